@@ -1,0 +1,71 @@
+//! Builds the lock component (`guest/`, for `wasm32-wasip2`) and hands it to
+//! the host crate, which carries it inside the `lockd` binary.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.parent().unwrap();
+    let guest = root.join("guest");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    for input in ["src", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", guest.join(input).display());
+    }
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+
+    require_target();
+
+    // One guest build for every host profile, beside the workspace's own.
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("guest");
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .arg(guest.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // The host's flags and wrappers (clippy, coverage) are not the guest's.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("running cargo to build the lock component");
+    assert!(
+        status.success(),
+        "building the lock component (guest/) failed"
+    );
+
+    let wasm = target_dir
+        .join(TARGET)
+        .join("release")
+        .join("lockd_guest.wasm");
+    std::fs::copy(&wasm, out_dir.join("lockd_guest.wasm"))
+        .unwrap_or_else(|e| panic!("copying {}: {e}", wasm.display()));
+}
+
+/// Stops the build with the one command that fixes it when the standard
+/// library for the component's target is missing.
+fn require_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("running rustc --print sysroot");
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_owned();
+    let std_dir = Path::new(&sysroot).join("lib/rustlib").join(TARGET);
+    if !std_dir.exists() {
+        eprintln!(
+            "\nlockd's lock component is built for {TARGET}, whose standard library is not \
+             installed.\nInstall it with:\n\n    rustup target add {TARGET}\n"
+        );
+        panic!("the {TARGET} target is missing: run `rustup target add {TARGET}`");
+    }
+}

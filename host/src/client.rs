@@ -1,0 +1,118 @@
+//! A small XML-RPC client for the command line: one HTTP/1.0 request per
+//! call, so nothing but std is needed to talk to a daemon.
+
+use crate::xmlrpc::{self, Fault, Value};
+use anyhow::{Context as _, bail};
+use std::io::{Read as _, Write as _};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Where a daemon listens: `http://host:port/path`.
+#[derive(Debug, Clone)]
+pub struct Client {
+    authority: String,
+    path: String,
+    timeout: Duration,
+}
+
+/// Why a call did not return a value.
+#[derive(Debug)]
+pub enum CallError {
+    /// The daemon answered with a fault.
+    Fault(Fault),
+    /// The daemon could not be reached, or answered with something else
+    /// than an XML-RPC response.
+    Transport(anyhow::Error),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Fault(fault) => f.write_str(&fault.message),
+            CallError::Transport(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl Client {
+    /// A client for `url`, which must be `http://host[:port][/path]`.
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("http://")
+            .with_context(|| format!("{url:?} is not an http:// URL"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            bail!("{url:?} names no host");
+        }
+        let authority = if authority
+            .rsplit(':')
+            .next()
+            .is_some_and(|p| p.parse::<u16>().is_ok())
+            && !authority.ends_with(']')
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Self {
+            authority,
+            path: path.to_owned(),
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Calls `method` with `params`.
+    pub fn call(&self, method: &str, params: &[Value]) -> Result<Value, CallError> {
+        let body = xmlrpc::encode_call(method, params);
+        let response = self.post(body.as_bytes()).map_err(CallError::Transport)?;
+        match xmlrpc::parse_response(&response) {
+            Ok(result) => result.map_err(CallError::Fault),
+            Err(e) => Err(CallError::Transport(anyhow::anyhow!(
+                "the daemon's answer is not an XML-RPC response: {e}"
+            ))),
+        }
+    }
+
+    fn post(&self, body: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let addr = self
+            .authority
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {}", self.authority))?
+            .next()
+            .with_context(|| format!("{} has no address", self.authority))?;
+        let mut stream = TcpStream::connect_timeout(&addr, self.timeout)
+            .with_context(|| format!("connecting to lockd at {addr}"))?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        let head = format!(
+            "POST {} HTTP/1.0\r\nHost: {}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+            self.path,
+            self.authority,
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .context("reading the daemon's answer")?;
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("the daemon's answer has no HTTP header")?;
+        let status_line = String::from_utf8_lossy(&response[..split]);
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
+        if status != "200" {
+            let body = String::from_utf8_lossy(&response[split + 4..]);
+            bail!("the daemon answered HTTP {status}: {}", body.trim());
+        }
+        Ok(response.split_off(split + 4))
+    }
+}

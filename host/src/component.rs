@@ -1,0 +1,113 @@
+//! The lock component inside wasmtime: compiled once per process, one
+//! instance per lock directory, the directory its only preopen.
+
+use anyhow::Context as _;
+use std::path::Path;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "lockd",
+    });
+}
+
+pub use bindings::exports::lockd::lockd::locks::LockError as GuestError;
+
+/// The component exactly as `lockd` runs it (`wasm32-wasip2`, built from
+/// `guest/` at build time).
+pub const COMPONENT_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lockd_guest.wasm"));
+
+/// Per-instance host state: the guest's WASI context and its resources.
+struct Ctx {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Ctx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The compiled component, linked against WASI and ready to instantiate.
+pub struct Runtime {
+    engine: Engine,
+    pre: bindings::LockdPre<Ctx>,
+}
+
+impl Runtime {
+    /// Compiles the embedded component.
+    pub fn new() -> anyhow::Result<Self> {
+        let engine = Engine::new(&Config::new())?;
+        let component = Component::new(&engine, COMPONENT_WASM)
+            .map_err(anyhow::Error::from)
+            .context("compiling the lock component")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        let pre = bindings::LockdPre::new(linker.instantiate_pre(&component)?)?;
+        Ok(Self { engine, pre })
+    }
+
+    /// A fresh instance whose only capability is `dir`, read-write. No
+    /// environment, arguments, network or standard streams.
+    pub fn instantiate(&self, dir: &Path) -> anyhow::Result<Instance> {
+        let mut wasi = WasiCtxBuilder::new();
+        // File work happens on the calling thread instead of a thread pool:
+        // every call is synchronous and already on a thread of its own.
+        wasi.allow_blocking_current_thread(true);
+        wasi.preopened_dir(dir, "/", FsPerms::ReadWrite)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("opening lock directory {}", dir.display()))?;
+        let ctx = Ctx {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(&self.engine, ctx);
+        let bindings = self.pre.instantiate(&mut store)?;
+        Ok(Instance { store, bindings })
+    }
+}
+
+/// One live instance of the component. A call that traps leaves it unusable;
+/// its owner replaces it.
+pub struct Instance {
+    store: Store<Ctx>,
+    bindings: bindings::Lockd,
+}
+
+impl Instance {
+    pub fn lock(
+        &mut self,
+        resource: &str,
+        client: &str,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        self.bindings
+            .lockd_lockd_locks()
+            .call_lock(&mut self.store, resource, client)
+    }
+
+    pub fn unlock(
+        &mut self,
+        resource: &str,
+        client: &str,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        self.bindings
+            .lockd_lockd_locks()
+            .call_unlock(&mut self.store, resource, client)
+    }
+
+    pub fn holder(
+        &mut self,
+        resource: &str,
+    ) -> wasmtime::Result<Result<Option<String>, GuestError>> {
+        self.bindings
+            .lockd_lockd_locks()
+            .call_holder(&mut self.store, resource)
+    }
+}

@@ -1,0 +1,91 @@
+//! Why a lock operation did not happen, and the fault code each reason has
+//! on the wire.
+
+use crate::component::GuestError;
+use crate::pyrepr::repr;
+use std::fmt;
+
+/// A lock operation that did not happen. `Display` gives the exact
+/// gocept.lockd message where gocept.lockd had one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockError {
+    /// Someone (possibly the caller) already holds the lock.
+    AlreadyLocked { holder: String },
+    /// Nobody holds the lock.
+    NotLocked,
+    /// `holder` holds the lock, not `client`.
+    NotOwner { holder: String, client: String },
+    /// A resource or client name that cannot be used, and why.
+    InvalidName(String),
+    /// The lock directory could not be read or written; nothing changed.
+    Storage(String),
+    /// The lock component failed (a trap); it has been restarted and the
+    /// operation did not happen.
+    Internal(String),
+}
+
+/// Fault codes of SPEC §2, as sent in `faultCode`.
+pub mod code {
+    pub const ALREADY_LOCKED: i32 = 1;
+    pub const NOT_LOCKED: i32 = 2;
+    pub const NOT_OWNER: i32 = 3;
+    pub const INVALID_NAME: i32 = 4;
+    pub const NOT_WELL_FORMED: i32 = -32700;
+    pub const INVALID_REQUEST: i32 = -32600;
+    pub const METHOD_NOT_FOUND: i32 = -32601;
+    pub const INVALID_PARAMS: i32 = -32602;
+    pub const INTERNAL: i32 = -32603;
+}
+
+impl LockError {
+    /// The `faultCode` this error is reported with.
+    pub fn fault_code(&self) -> i32 {
+        match self {
+            LockError::AlreadyLocked { .. } => code::ALREADY_LOCKED,
+            LockError::NotLocked => code::NOT_LOCKED,
+            LockError::NotOwner { .. } => code::NOT_OWNER,
+            LockError::InvalidName(_) => code::INVALID_NAME,
+            LockError::Storage(_) | LockError::Internal(_) => code::INTERNAL,
+        }
+    }
+
+    /// Converts the component's error; `client` is who asked.
+    pub(crate) fn from_guest(error: GuestError, client: &str) -> Self {
+        match error {
+            GuestError::AlreadyLocked(holder) => LockError::AlreadyLocked { holder },
+            GuestError::NotLocked => LockError::NotLocked,
+            GuestError::NotOwner(holder) => LockError::NotOwner {
+                holder,
+                client: client.to_owned(),
+            },
+            GuestError::InvalidName(reason) => LockError::InvalidName(reason),
+            GuestError::Io(message) => LockError::Storage(message),
+        }
+    }
+}
+
+impl fmt::Display for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::AlreadyLocked { holder } => {
+                write!(f, "Resource already locked by {}", repr(holder))
+            }
+            LockError::NotLocked => f.write_str("Resource not locked"),
+            LockError::NotOwner { holder, client } => write!(
+                f,
+                "Resource locked by {} cannot be unlocked by {}",
+                repr(holder),
+                repr(client)
+            ),
+            LockError::InvalidName(reason) => write!(f, "Invalid name: {reason}"),
+            LockError::Storage(message) => {
+                write!(f, "Storage error, the operation did not happen: {message}")
+            }
+            LockError::Internal(message) => {
+                write!(f, "Internal error, the operation did not happen: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LockError {}

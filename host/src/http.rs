@@ -1,0 +1,112 @@
+//! The HTTP transport: moves request bodies to [`rpc::handle`] and its
+//! answers back, over keep-alive connections served by a pool of workers.
+
+use crate::locks::Lockd;
+use crate::rpc;
+use std::io::Read as _;
+use std::sync::Arc;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+/// How the transport treats requests.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Request bodies longer than this get 413.
+    pub max_body: usize,
+    /// Threads answering requests; connections are read and written by
+    /// tiny_http's own threads, so this bounds requests in progress.
+    pub workers: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            max_body: 1 << 20,
+            workers: 16,
+        }
+    }
+}
+
+/// Serves `server` until it is unblocked ([`Server::unblock`]) or fails.
+pub fn serve(server: Arc<Server>, lockd: Arc<Lockd>, config: &ServeConfig) {
+    let workers: Vec<_> = (0..config.workers.max(1))
+        .map(|i| {
+            let (server, lockd, config) = (server.clone(), lockd.clone(), config.clone());
+            std::thread::Builder::new()
+                .name(format!("lockd-worker-{i}"))
+                .spawn(move || {
+                    for request in server.incoming_requests() {
+                        respond(&lockd, &config, request);
+                    }
+                })
+                .expect("spawning a worker thread")
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
+}
+
+fn respond(lockd: &Lockd, config: &ServeConfig, mut request: Request) {
+    let path = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let rpc_path = matches!(path.as_str(), "/" | "/RPC2");
+    let response = match (request.method(), rpc_path) {
+        (Method::Post, true) => match read_body(&mut request, config.max_body) {
+            Ok(body) => {
+                let xml = rpc::handle(lockd, &body);
+                Response::from_string(xml).with_header(header("Content-Type", "text/xml"))
+            }
+            Err(response) => response,
+        },
+        (_, true) => Response::from_string("XML-RPC takes POST\n")
+            .with_status_code(405)
+            .with_header(header("Allow", "POST")),
+        (_, false) => Response::from_string("not found\n").with_status_code(404),
+    };
+    tracing::debug!(
+        method = %request.method(),
+        %path,
+        status = response.status_code().0,
+        "request"
+    );
+    if let Err(e) = request.respond(response) {
+        tracing::debug!("writing a response failed: {e}");
+    }
+}
+
+type TextResponse = Response<std::io::Cursor<Vec<u8>>>;
+
+/// The request body, or 413 when it is longer than `max` (without reading
+/// more than `max + 1` bytes of it).
+fn read_body(request: &mut Request, max: usize) -> Result<Vec<u8>, TextResponse> {
+    let too_large = || {
+        Response::from_string(format!("request body larger than {max} bytes\n"))
+            .with_status_code(413)
+            .with_header(header("Connection", "close"))
+    };
+    if request.body_length().is_some_and(|len| len > max) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0));
+    match request
+        .as_reader()
+        .take(max as u64 + 1)
+        .read_to_end(&mut body)
+    {
+        Ok(_) if body.len() > max => Err(too_large()),
+        Ok(_) => Ok(body),
+        Err(e) => Err(
+            Response::from_string(format!("reading the request body: {e}\n"))
+                .with_status_code(400)
+                .with_header(header("Connection", "close")),
+        ),
+    }
+}

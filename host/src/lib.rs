@@ -1,0 +1,21 @@
+//! lockd: a lock daemon for fencing, a drop-in successor of gocept.lockd.
+//!
+//! The lock semantics live in a WebAssembly component (`guest/`, exporting
+//! `wit/lockd.wit`); this crate embeds it with wasmtime ([`Lockd`]) and
+//! serves it as XML-RPC over HTTP ([`http::serve`], [`rpc::handle`]).
+
+pub mod cli;
+pub mod client;
+mod component;
+mod error;
+mod guard;
+pub mod http;
+mod locks;
+mod pyrepr;
+pub mod rpc;
+pub mod xmlrpc;
+
+pub use component::COMPONENT_WASM;
+pub use error::{LockError, code};
+pub use guard::GUARD_FILE;
+pub use locks::Lockd;

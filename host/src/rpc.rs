@@ -1,0 +1,186 @@
+//! Dispatch: which XML-RPC method does what to the lock directory, the
+//! parameters each takes, and the fault each failure becomes.
+
+use crate::error::{LockError, code};
+use crate::locks::Lockd;
+use crate::xmlrpc::{self, Fault, MethodCall, Value};
+
+/// A method as `system.listMethods`, `system.methodHelp` and
+/// `system.methodSignature` describe it.
+struct Method {
+    name: &'static str,
+    /// Return type first, then the parameter types.
+    signature: &'static [&'static str],
+    help: &'static str,
+}
+
+/// Every method, sorted by name as `system.listMethods` returns them.
+const METHODS: &[Method] = &[
+    Method {
+        name: "lock",
+        signature: &["nil", "string", "string"],
+        help: "lock(resource, client): lock resource for client. Fault 1 if anyone, \
+               client included, holds it already.",
+    },
+    Method {
+        name: "system.listMethods",
+        signature: &["array"],
+        help: "system.listMethods(): the names of all methods.",
+    },
+    Method {
+        name: "system.methodHelp",
+        signature: &["string", "string"],
+        help: "system.methodHelp(name): what method name does.",
+    },
+    Method {
+        name: "system.methodSignature",
+        signature: &["array", "string"],
+        help: "system.methodSignature(name): the signatures of method name, each an \
+               array of the return type followed by the parameter types.",
+    },
+    Method {
+        name: "system.multicall",
+        signature: &["array", "array"],
+        help: "system.multicall(calls): run each {'methodName': ..., 'params': [...]} \
+               in order; each result is [value] or a fault struct.",
+    },
+    Method {
+        name: "unlock",
+        signature: &["nil", "string", "string"],
+        help: "unlock(resource, client): release client's lock on resource. Fault 2 if \
+               nobody holds it, fault 3 if another client does.",
+    },
+];
+
+/// Answers one HTTP request body with the XML-RPC response body: a result,
+/// or a fault for anything that went wrong, malformed input included.
+pub fn handle(lockd: &Lockd, body: &[u8]) -> String {
+    let result = match xmlrpc::parse_call(body) {
+        Ok(call) => dispatch(lockd, &call, true),
+        Err(e) => Err(Fault::new(
+            match e {
+                xmlrpc::ParseError::NotWellFormed(_) => code::NOT_WELL_FORMED,
+                xmlrpc::ParseError::Invalid(_) => code::INVALID_REQUEST,
+            },
+            e.to_string(),
+        )),
+    };
+    match result {
+        Ok(value) => xmlrpc::encode_response(&value),
+        Err(fault) => xmlrpc::encode_fault(&fault),
+    }
+}
+
+/// Runs one call. `top_level` is false inside `system.multicall`, which
+/// does not nest.
+fn dispatch(lockd: &Lockd, call: &MethodCall, top_level: bool) -> Result<Value, Fault> {
+    match call.name.as_str() {
+        "lock" => {
+            let [resource, client] = strings(call, ["resource", "client"])?;
+            lockd.lock(resource, client).map_err(fault)?;
+            Ok(Value::Nil)
+        }
+        "unlock" => {
+            let [resource, client] = strings(call, ["resource", "client"])?;
+            lockd.unlock(resource, client).map_err(fault)?;
+            Ok(Value::Nil)
+        }
+        "system.listMethods" => {
+            strings(call, [])?;
+            Ok(Value::Array(
+                METHODS.iter().map(|m| Value::from(m.name)).collect(),
+            ))
+        }
+        "system.methodHelp" => {
+            let [name] = strings(call, ["name"])?;
+            Ok(Value::from(method(name)?.help))
+        }
+        "system.methodSignature" => {
+            let [name] = strings(call, ["name"])?;
+            let signature = method(name)?.signature.iter().map(|&t| Value::from(t));
+            Ok(Value::Array(vec![Value::Array(signature.collect())]))
+        }
+        "system.multicall" if top_level => multicall(lockd, call),
+        "system.multicall" => Err(Fault::new(
+            code::INVALID_REQUEST,
+            "system.multicall cannot be nested",
+        )),
+        name => Err(not_found(name)),
+    }
+}
+
+fn multicall(lockd: &Lockd, call: &MethodCall) -> Result<Value, Fault> {
+    let [Value::Array(calls)] = call.params.as_slice() else {
+        return Err(Fault::new(
+            code::INVALID_PARAMS,
+            "system.multicall(calls) takes one array of {'methodName', 'params'} structs",
+        ));
+    };
+    let results = calls.iter().map(|entry| {
+        let result = match (entry.member("methodName"), entry.member("params")) {
+            (Some(Value::String(name)), Some(Value::Array(params))) => {
+                let call = MethodCall {
+                    name: name.clone(),
+                    params: params.clone(),
+                };
+                dispatch(lockd, &call, false)
+            }
+            _ => Err(Fault::new(
+                code::INVALID_PARAMS,
+                "each multicall entry is a struct with a string 'methodName' and an array 'params'",
+            )),
+        };
+        match result {
+            Ok(value) => Value::Array(vec![value]),
+            Err(fault) => xmlrpc::fault_struct(&fault),
+        }
+    });
+    Ok(Value::Array(results.collect()))
+}
+
+/// The wire form of a failed lock operation.
+pub fn fault(error: LockError) -> Fault {
+    Fault::new(error.fault_code(), error.to_string())
+}
+
+fn not_found(name: &str) -> Fault {
+    Fault::new(
+        code::METHOD_NOT_FOUND,
+        format!("method {name:?} is not supported"),
+    )
+}
+
+fn method(name: &str) -> Result<&'static Method, Fault> {
+    METHODS
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| not_found(name))
+}
+
+/// Exactly `N` string parameters, or fault -32602 naming what was expected.
+fn strings<'a, const N: usize>(
+    call: &'a MethodCall,
+    names: [&str; N],
+) -> Result<[&'a str; N], Fault> {
+    let wrong = || {
+        let got: Vec<_> = call.params.iter().map(Value::type_name).collect();
+        Fault::new(
+            code::INVALID_PARAMS,
+            format!(
+                "{}({}) takes {N} string parameter{}, got ({})",
+                call.name,
+                names.join(", "),
+                if N == 1 { "" } else { "s" },
+                got.join(", ")
+            ),
+        )
+    };
+    if call.params.len() != N {
+        return Err(wrong());
+    }
+    let mut out = [""; N];
+    for (slot, param) in out.iter_mut().zip(&call.params) {
+        *slot = param.as_str().ok_or_else(wrong)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,117 @@
+//! [`Value`]s, responses, faults and calls to bytes, laid out as Python's
+//! `xmlrpc` module lays them out.
+
+use super::{Fault, Value};
+use base64::Engine as _;
+use quick_xml::escape::partial_escape;
+use std::fmt::Write as _;
+
+const HEADER: &str = "<?xml version='1.0'?>\n";
+
+/// A `<methodResponse>` carrying `value`.
+pub fn encode_response(value: &Value) -> String {
+    let mut out = String::with_capacity(160);
+    out.push_str(HEADER);
+    out.push_str("<methodResponse>\n<params>\n<param>\n");
+    write_value(&mut out, value);
+    out.push_str("</param>\n</params>\n</methodResponse>\n");
+    out
+}
+
+/// A `<methodResponse>` carrying `fault`.
+pub fn encode_fault(fault: &Fault) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str(HEADER);
+    out.push_str("<methodResponse>\n<fault>\n");
+    write_value(&mut out, &fault_struct(fault));
+    out.push_str("</fault>\n</methodResponse>\n");
+    out
+}
+
+/// The struct a fault travels as (also inside `system.multicall` results).
+pub fn fault_struct(fault: &Fault) -> Value {
+    Value::Struct(vec![
+        ("faultCode".into(), Value::Int(fault.code)),
+        ("faultString".into(), Value::String(fault.message.clone())),
+    ])
+}
+
+/// A `<methodCall>` of `name` with `params`.
+pub fn encode_call(name: &str, params: &[Value]) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str(HEADER);
+    out.push_str("<methodCall>\n<methodName>");
+    write_text(&mut out, name);
+    out.push_str("</methodName>\n<params>\n");
+    for param in params {
+        out.push_str("<param>\n");
+        write_value(&mut out, param);
+        out.push_str("</param>\n");
+    }
+    out.push_str("</params>\n</methodCall>\n");
+    out
+}
+
+/// Character data, escaped; a CR is written as a reference so that XML's
+/// line-end normalisation does not turn it into LF on the other side.
+fn write_text(out: &mut String, text: &str) {
+    let escaped = partial_escape(text);
+    if escaped.contains('\r') {
+        out.push_str(&escaped.replace('\r', "&#13;"));
+    } else {
+        out.push_str(&escaped);
+    }
+}
+
+fn write_value(out: &mut String, value: &Value) {
+    out.push_str("<value>");
+    match value {
+        Value::Int(i) => {
+            let _ = write!(out, "<int>{i}</int>");
+        }
+        Value::I8(i) => {
+            let _ = write!(out, "<i8>{i}</i8>");
+        }
+        Value::Bool(b) => {
+            let _ = write!(out, "<boolean>{}</boolean>", u8::from(*b));
+        }
+        Value::String(s) => {
+            out.push_str("<string>");
+            write_text(out, s);
+            out.push_str("</string>");
+        }
+        Value::Double(d) => {
+            let _ = write!(out, "<double>{d:?}</double>");
+        }
+        Value::DateTime(s) => {
+            out.push_str("<dateTime.iso8601>");
+            write_text(out, s);
+            out.push_str("</dateTime.iso8601>");
+        }
+        Value::Base64(bytes) => {
+            out.push_str("<base64>\n");
+            out.push_str(&base64::engine::general_purpose::STANDARD.encode(bytes));
+            out.push_str("\n</base64>");
+        }
+        Value::Struct(members) => {
+            out.push_str("<struct>\n");
+            for (name, member) in members {
+                out.push_str("<member>\n<name>");
+                write_text(out, name);
+                out.push_str("</name>\n");
+                write_value(out, member);
+                out.push_str("</member>\n");
+            }
+            out.push_str("</struct>");
+        }
+        Value::Array(items) => {
+            out.push_str("<array><data>\n");
+            for item in items {
+                write_value(out, item);
+            }
+            out.push_str("</data></array>");
+        }
+        Value::Nil => out.push_str("<nil/>"),
+    }
+    out.push_str("</value>\n");
+}
