@@ -184,3 +184,72 @@ fn strings<'a, const N: usize>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(lockd: &Lockd, call: &str, params: &[Value]) -> Result<Value, Fault> {
+        let body = xmlrpc::encode_call(call, params);
+        xmlrpc::parse_response(handle(lockd, body.as_bytes()).as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn lock_and_unlock_map_to_faults_1_2_3_4() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lockd = Lockd::open(tmp.path()).unwrap();
+        let p = |r: &str, c: &str| [Value::from(r), Value::from(c)];
+        assert_eq!(answer(&lockd, "lock", &p("r", "a")), Ok(Value::Nil));
+        assert_eq!(answer(&lockd, "lock", &p("r", "a")).unwrap_err().code, 1);
+        assert_eq!(answer(&lockd, "unlock", &p("r", "b")).unwrap_err().code, 3);
+        assert_eq!(answer(&lockd, "unlock", &p("r", "a")), Ok(Value::Nil));
+        assert_eq!(answer(&lockd, "unlock", &p("r", "a")).unwrap_err().code, 2);
+        assert_eq!(answer(&lockd, "lock", &p("", "a")).unwrap_err().code, 4);
+    }
+
+    #[test]
+    fn introspection() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lockd = Lockd::open(tmp.path()).unwrap();
+        let Ok(Value::Array(names)) = answer(&lockd, "system.listMethods", &[]) else {
+            panic!("listMethods is not an array");
+        };
+        assert_eq!(names.len(), METHODS.len());
+        for name in names {
+            let help = answer(&lockd, "system.methodHelp", std::slice::from_ref(&name)).unwrap();
+            assert!(help.as_str().unwrap().starts_with(name.as_str().unwrap()));
+        }
+        let unknown = answer(&lockd, "system.methodHelp", &["nosuch".into()]).unwrap_err();
+        assert_eq!(unknown.code, code::METHOD_NOT_FOUND);
+        let wrong = answer(&lockd, "system.listMethods", &["extra".into()]).unwrap_err();
+        assert_eq!(wrong.code, code::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn multicall_runs_each_entry_and_reports_each_fault() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lockd = Lockd::open(tmp.path()).unwrap();
+        let entry = |name: &str, params: Vec<Value>| {
+            Value::Struct(vec![
+                ("methodName".into(), name.into()),
+                ("params".into(), Value::Array(params)),
+            ])
+        };
+        let calls = Value::Array(vec![
+            entry("lock", vec!["r".into(), "a".into()]),
+            entry("lock", vec!["r".into(), "b".into()]),
+            entry("system.multicall", vec![Value::Array(vec![])]),
+            Value::Struct(vec![("methodName".into(), "lock".into())]),
+            entry("unlock", vec!["r".into(), "a".into()]),
+        ]);
+        let Ok(Value::Array(results)) = answer(&lockd, "system.multicall", &[calls]) else {
+            panic!("multicall did not return an array");
+        };
+        let code = |v: &Value| v.member("faultCode").and_then(Value::as_i64);
+        assert_eq!(results[0], Value::Array(vec![Value::Nil]));
+        assert_eq!(code(&results[1]), Some(1));
+        assert_eq!(code(&results[2]), Some(i64::from(code::INVALID_REQUEST)));
+        assert_eq!(code(&results[3]), Some(i64::from(code::INVALID_PARAMS)));
+        assert_eq!(results[4], Value::Array(vec![Value::Nil]));
+    }
+}

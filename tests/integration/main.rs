@@ -1,1 +1,10 @@
+//! lockd's integration tests: the real binary, over real sockets.
 
+mod cli;
+mod compat;
+mod concurrency;
+mod legacy;
+mod names;
+mod protocol;
+mod restart;
+mod support;

@@ -1,0 +1,214 @@
+//! Literal XML in, values out, and back.
+
+use super::*;
+
+/// What Python's `xmlrpc.client` sends for `lock('resource1', 'client1')`.
+const PYTHON_LOCK_CALL: &str = "<?xml version='1.0'?>
+<methodCall>
+<methodName>lock</methodName>
+<params>
+<param>
+<value><string>resource1</string></value>
+</param>
+<param>
+<value><string>client1</string></value>
+</param>
+</params>
+</methodCall>
+";
+
+fn value_of(xml: &str) -> Result<Value, ParseError> {
+    let call = format!(
+        "<methodCall><methodName>m</methodName><params><param>{xml}</param></params></methodCall>"
+    );
+    parse_call(call.as_bytes()).map(|mut c| c.params.remove(0))
+}
+
+#[test]
+fn decodes_what_python_sends() {
+    let call = parse_call(PYTHON_LOCK_CALL.as_bytes()).unwrap();
+    assert_eq!(
+        call,
+        MethodCall {
+            name: "lock".into(),
+            params: vec!["resource1".into(), "client1".into()],
+        }
+    );
+}
+
+#[test]
+fn encodes_calls_as_python_does() {
+    assert_eq!(
+        encode_call("lock", &["resource1".into(), "client1".into()]),
+        PYTHON_LOCK_CALL
+    );
+}
+
+#[test]
+fn encodes_responses_and_faults() {
+    assert_eq!(
+        encode_response(&Value::Nil),
+        "<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n\
+         <value><nil/></value>\n</param>\n</params>\n</methodResponse>\n"
+    );
+    assert_eq!(
+        encode_fault(&Fault::new(1, "Resource already locked by 'a&b'")),
+        "<?xml version='1.0'?>\n<methodResponse>\n<fault>\n<value><struct>\n\
+         <member>\n<name>faultCode</name>\n<value><int>1</int></value>\n</member>\n\
+         <member>\n<name>faultString</name>\n\
+         <value><string>Resource already locked by 'a&amp;b'</string></value>\n</member>\n\
+         </struct></value>\n</fault>\n</methodResponse>\n"
+    );
+}
+
+#[test]
+fn decodes_every_value_type() {
+    let cases: Vec<(&str, Value)> = vec![
+        ("<value><int>-7</int></value>", Value::Int(-7)),
+        ("<value><i4> 42 </i4></value>", Value::Int(42)),
+        (
+            "<value><i8>9223372036854775807</i8></value>",
+            Value::I8(i64::MAX),
+        ),
+        ("<value><ex:i8>-5</ex:i8></value>", Value::I8(-5)),
+        ("<value><boolean>1</boolean></value>", Value::Bool(true)),
+        ("<value><boolean>0</boolean></value>", Value::Bool(false)),
+        ("<value><double>-1.5</double></value>", Value::Double(-1.5)),
+        (
+            "<value><string>a &lt;b&gt; &amp; &#x263A;</string></value>",
+            "a <b> & ☺".into(),
+        ),
+        (
+            "<value><string><![CDATA[<raw>]]></string></value>",
+            "<raw>".into(),
+        ),
+        ("<value><string/></value>", "".into()),
+        ("<value>untyped</value>", "untyped".into()),
+        ("<value>  spaced  </value>", "  spaced  ".into()),
+        ("<value></value>", "".into()),
+        ("<value/>", "".into()),
+        (
+            "<value><dateTime.iso8601>19980717T14:08:55</dateTime.iso8601></value>",
+            Value::DateTime("19980717T14:08:55".into()),
+        ),
+        (
+            "<value><base64>aGVs\nbG8=</base64></value>",
+            Value::Base64(b"hello".to_vec()),
+        ),
+        ("<value><nil/></value>", Value::Nil),
+        ("<value><ex:nil/></value>", Value::Nil),
+        (
+            "<value><array><data><value><int>1</int></value><value>x</value></data></array></value>",
+            Value::Array(vec![Value::Int(1), "x".into()]),
+        ),
+        (
+            "<value><array><data/></array></value>",
+            Value::Array(vec![]),
+        ),
+        (
+            "<value><struct><member><name>a</name><value><nil/></value></member>\
+             <member><name>b</name><value>c</value></member></struct></value>",
+            Value::Struct(vec![("a".into(), Value::Nil), ("b".into(), "c".into())]),
+        ),
+    ];
+    for (xml, want) in cases {
+        assert_eq!(value_of(xml), Ok(want), "{xml}");
+    }
+}
+
+#[test]
+fn round_trips_through_encode_and_decode() {
+    let value = Value::Struct(vec![
+        ("text".into(), "a\rb\nc\t<&>'\"ü".into()),
+        ("int".into(), Value::Int(i32::MIN)),
+        ("i8".into(), Value::I8(i64::MIN)),
+        ("bool".into(), Value::Bool(true)),
+        ("double".into(), Value::Double(0.1)),
+        ("date".into(), Value::DateTime("20261126T08:00:00".into())),
+        ("bytes".into(), Value::Base64(vec![0, 1, 2, 255])),
+        ("nil".into(), Value::Nil),
+        ("empty".into(), "".into()),
+        (
+            "list".into(),
+            Value::Array(vec![Value::Array(vec![]), Value::Struct(vec![])]),
+        ),
+    ]);
+    let xml = encode_response(&value);
+    assert_eq!(parse_response(xml.as_bytes()), Ok(Ok(value)));
+    let fault = Fault::new(-32603, "x");
+    assert_eq!(
+        parse_response(encode_fault(&fault).as_bytes()),
+        Ok(Err(fault))
+    );
+}
+
+#[test]
+fn refuses_what_is_not_well_formed() {
+    for bad in [
+        "",
+        "<methodCall>",
+        "<methodCall></methodResponse>",
+        "<a/><b/>",
+        "<methodCall><methodName>m</methodName></methodCall>trailing",
+        "<!DOCTYPE x [<!ENTITY e 'x'>]><methodCall><methodName>&e;</methodName></methodCall>",
+        "<methodCall><methodName>&undefined;</methodName></methodCall>",
+        "<methodCall><methodName>&#xD800;</methodName></methodCall>",
+    ] {
+        assert!(
+            matches!(
+                parse_call(bad.as_bytes()),
+                Err(ParseError::NotWellFormed(_))
+            ),
+            "{bad:?}: {:?}",
+            parse_call(bad.as_bytes())
+        );
+    }
+    assert!(matches!(
+        parse_call(b"\xff\xfe<a/>"),
+        Err(ParseError::NotWellFormed(_))
+    ));
+}
+
+#[test]
+fn refuses_what_is_not_a_method_call() {
+    let deep = format!(
+        "{}<value>x</value>{}",
+        "<value><array><data>".repeat(100),
+        "</data></array></value>".repeat(100)
+    );
+    for bad in [
+        "<methodResponse/>",
+        "<methodCall/>",
+        "<methodCall><methodName></methodName></methodCall>",
+        "<methodCall><methodName>m</methodName><params><param/></params></methodCall>",
+        "<methodCall><methodName>m</methodName><extra/></methodCall>",
+    ] {
+        assert!(
+            matches!(parse_call(bad.as_bytes()), Err(ParseError::Invalid(_))),
+            "{bad:?}: {:?}",
+            parse_call(bad.as_bytes())
+        );
+    }
+    for bad in [
+        "<value><int>1.5</int></value>",
+        "<value><int>99999999999</int></value>",
+        "<value><boolean>yes</boolean></value>",
+        "<value><base64>!!</base64></value>",
+        "<value><unknown>1</unknown></value>",
+        "<value>text<string>and a type</string></value>",
+        "<value><struct><member><value>no name</value></member></struct></value>",
+        deep.as_str(),
+    ] {
+        assert!(
+            matches!(value_of(bad), Err(ParseError::Invalid(_))),
+            "{bad:?}: {:?}",
+            value_of(bad)
+        );
+    }
+}
+
+#[test]
+fn a_call_without_params_has_none() {
+    let call = parse_call(b"<methodCall><methodName>system.listMethods</methodName></methodCall>");
+    assert_eq!(call.unwrap().params, vec![]);
+}

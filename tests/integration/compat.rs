@@ -1,0 +1,89 @@
+//! gocept.lockd compatibility, seen from Python's `xmlrpc.client`.
+
+use crate::support::TestServer;
+use std::process::Command;
+
+fn python(script: &str, url: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/");
+    let output = Command::new("python3")
+        .arg(format!("{path}{script}"))
+        .arg(url)
+        .output()
+        .expect("running python3");
+    assert!(
+        output.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn the_gocept_lockd_doctest_through_python() {
+    let server = TestServer::start();
+    let got = python("scenario.py", &server.url());
+    let want = "\
+lock('resource1', 'client1') -> None
+lock('resource1', 'client2') -> Fault(1, \"Resource already locked by 'client1'\")
+lock('resource2', 'client2') -> None
+unlock('resource1', 'client2') -> Fault(3, \"Resource locked by 'client1' cannot be unlocked by 'client2'\")
+unlock('resource1', 'client1') -> None
+unlock('resource1', 'client1') -> Fault(2, 'Resource not locked')
+";
+    assert_eq!(got, want);
+    // The one lock left is a gocept.lockd lock file: the client on line one.
+    let content = std::fs::read_to_string(server.dir.join("resource2.resource.lock")).unwrap();
+    assert_eq!(content.lines().next(), Some("client2"));
+    assert!(!server.dir.join("resource1.resource.lock").exists());
+}
+
+#[test]
+fn introspection_and_multicall_through_python() {
+    let server = TestServer::start();
+    let got = python("introspect.py", &server.url());
+    let want = "\
+methods ['lock', 'system.listMethods', 'system.methodHelp', 'system.methodSignature', 'system.multicall', 'unlock']
+signature [['nil', 'string', 'string']]
+help unlock(resource, client)
+multicall None
+multicall Fault(1, \"Resource already locked by 'a'\")
+multicall None
+";
+    assert_eq!(got, want);
+}
+
+#[test]
+fn rpc2_path_and_keep_alive_serve_many_calls_on_one_connection() {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let server = TestServer::start();
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    for (i, path) in ["/", "/RPC2", "/", "/RPC2"].iter().enumerate() {
+        let method = if i % 2 == 0 { "lock" } else { "unlock" };
+        let body = crate::support::call_xml(method, &["ka", "c"]);
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let body = String::from_utf8(body).unwrap();
+        assert!(body.contains("<nil/>"), "{method} on {path}: {body}");
+    }
+}

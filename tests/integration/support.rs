@@ -1,0 +1,169 @@
+//! A real `lockd serve` process per test, on a port of its own, killed when
+//! the test is done; and small helpers to talk to it.
+
+use lockd::client::{CallError, Client};
+use lockd::xmlrpc::{Fault, Value};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tempfile::TempDir;
+
+pub const LOCKD: &str = env!("CARGO_BIN_EXE_lockd");
+
+/// A running daemon. Dropping it kills the process.
+pub struct TestServer {
+    child: Child,
+    /// The lock directory.
+    pub dir: PathBuf,
+    /// `host:port` it listens on.
+    pub addr: String,
+    log: Arc<Mutex<String>>,
+    _tmp: Option<TempDir>,
+}
+
+impl TestServer {
+    /// A daemon on a fresh, empty lock directory.
+    pub fn start() -> Self {
+        let tmp = TempDir::new().unwrap();
+        let mut server = Self::start_in(&tmp.path().join("locks"), &[]);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// A daemon on `dir` with extra `serve` arguments.
+    pub fn start_in(dir: &Path, args: &[&str]) -> Self {
+        Self::try_start_in(dir, args).unwrap_or_else(|log| panic!("lockd did not start:\n{log}"))
+    }
+
+    /// Like [`start_in`](Self::start_in), but returns the daemon's output
+    /// if it exits instead of listening.
+    pub fn try_start_in(dir: &Path, args: &[&str]) -> Result<Self, String> {
+        let mut child = Command::new(LOCKD)
+            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir)
+            .args(args)
+            .env("LOCKD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning lockd");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split('/').next().unwrap().to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => Ok(Self {
+                child,
+                dir: dir.to_owned(),
+                addr,
+                log,
+                _tmp: None,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+                Err(format!("{status}\n{}", log.lock().unwrap()))
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url()).unwrap()
+    }
+
+    /// Calls `method` with string parameters; a transport error fails the test.
+    pub fn call(&self, method: &str, params: &[&str]) -> Result<Value, Fault> {
+        let params: Vec<Value> = params.iter().map(|&p| Value::from(p)).collect();
+        match self.client().call(method, &params) {
+            Ok(value) => Ok(value),
+            Err(CallError::Fault(fault)) => Err(fault),
+            Err(CallError::Transport(e)) => panic!("calling {method}: {e:#}\n{}", self.log()),
+        }
+    }
+
+    /// What the daemon has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `kill -9`: no chance to clean up.
+    pub fn kill9(mut self) -> PathBuf {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.dir.clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns the status code and
+/// body of the answer (HTTP/1.0, so the server closes after one answer).
+pub fn raw_http(addr: &str, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    (status, body.to_owned())
+}
+
+/// A POST of `body` to `/` as HTTP/1.0.
+pub fn post(addr: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "POST / HTTP/1.0\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw_http(addr, request.as_bytes())
+}
+
+/// The XML of a call of `method` with string parameters, as Python sends it.
+pub fn call_xml(method: &str, params: &[&str]) -> String {
+    let params: Vec<Value> = params.iter().map(|&p| Value::from(p)).collect();
+    lockd::xmlrpc::encode_call(method, &params)
+}
+
+/// The fault code of a fault response body.
+pub fn fault_code(body: &str) -> i32 {
+    match lockd::xmlrpc::parse_response(body.as_bytes()) {
+        Ok(Err(fault)) => fault.code,
+        other => panic!("expected a fault, got {other:?} from {body:?}"),
+    }
+}

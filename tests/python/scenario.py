@@ -1,0 +1,23 @@
+"""gocept.lockd's own doctest, played through Python's xmlrpc.client.
+
+Usage: scenario.py URL. Prints one line per call: the call, then `None` or
+`Fault(code, 'message')`. The Rust test compares the lines.
+"""
+import sys
+import xmlrpc.client
+
+server = xmlrpc.client.ServerProxy(sys.argv[1])
+steps = [
+    ("lock", "resource1", "client1"),
+    ("lock", "resource1", "client2"),
+    ("lock", "resource2", "client2"),
+    ("unlock", "resource1", "client2"),
+    ("unlock", "resource1", "client1"),
+    ("unlock", "resource1", "client1"),
+]
+for method, resource, client in steps:
+    try:
+        outcome = repr(getattr(server, method)(resource, client))
+    except xmlrpc.client.Fault as fault:
+        outcome = "Fault(%d, %r)" % (fault.faultCode, fault.faultString)
+    print("%s(%r, %r) -> %s" % (method, resource, client, outcome))
