@@ -34,18 +34,16 @@ pub fn lock_file_name(resource: &str) -> Result<String, String> {
     Ok(file)
 }
 
-/// The name gocept.lockd gave `resource`'s lock file, where it differs from
-/// lockd's and is still a single, unambiguous file name: gocept.lockd wrote
-/// `<resource>.resource.lock` unencoded, so a name like `my vm` was stored as
-/// `my vm.resource.lock`. Names that are themselves a valid encoding (so the
-/// file could be another resource's) get no legacy name.
-pub fn legacy_file_name(resource: &str) -> Option<String> {
-    let unsafe_byte = resource.bytes().any(|b| b == b'/' || b == 0);
-    if unsafe_byte || decode(resource).is_some() {
+/// The resource whose lock `file` holds, if `file` is a lock file: the
+/// decoded name for files lockd wrote, and the bare name for files
+/// gocept.lockd wrote unencoded (such as `my vm.resource.lock`). lockd's own
+/// files (`.lockd*`) are not lock files.
+pub fn resource_of_file(file: &str) -> Option<String> {
+    let stem = file.strip_suffix(SUFFIX)?;
+    if stem.is_empty() || file.starts_with(".lockd") {
         return None;
     }
-    let file = format!("{resource}{SUFFIX}");
-    (file.len() <= MAX_FILE_NAME).then_some(file)
+    Some(decode(stem).unwrap_or_else(|| stem.to_owned()))
 }
 
 /// Checks a client name: non-empty, at most [`MAX_CLIENT`] bytes, and no NUL,
@@ -160,15 +158,25 @@ mod tests {
     }
 
     #[test]
-    fn legacy_names_only_where_unambiguous() {
-        assert_eq!(legacy_file_name("plain"), None);
-        assert_eq!(legacy_file_name("a%20b"), None);
-        assert_eq!(legacy_file_name("a/b"), None);
+    fn lock_files_map_back_to_their_resource() {
+        for name in ["plain", "a/b", "../x", ".hidden", "ü", "a b", "100%"] {
+            let file = lock_file_name(name).unwrap();
+            assert_eq!(resource_of_file(&file).as_deref(), Some(name));
+        }
+        // Written by gocept.lockd, unencoded.
         assert_eq!(
-            legacy_file_name("my vm").as_deref(),
-            Some("my vm.resource.lock")
+            resource_of_file("my vm.resource.lock").as_deref(),
+            Some("my vm")
         );
-        assert_eq!(legacy_file_name(".x").as_deref(), Some(".x.resource.lock"));
+        assert_eq!(resource_of_file(".x.resource.lock").as_deref(), Some(".x"));
+        for not_a_lock in [
+            "notes.txt",
+            ".resource.lock",
+            ".lockd-write.tmp",
+            ".lockd.x.resource.lock",
+        ] {
+            assert_eq!(resource_of_file(not_a_lock), None, "{not_a_lock}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::client::{CallError, Client};
 use crate::http::{self, ServeConfig};
-use crate::locks::Lockd;
+use crate::locks::{Durability, Lockd, Options};
 use crate::xmlrpc::Value;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -55,6 +55,11 @@ struct ServeArgs {
     /// The largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "LOCKD_MAX_BODY", default_value_t = ServeConfig::default().max_body)]
     max_body: usize,
+    /// When a change counts as done: `always` (synced to disk before the
+    /// reply; survives power loss) or `none` (written, synced when the OS
+    /// decides, as gocept.lockd did; survives a daemon crash, not power loss).
+    #[arg(long, env = "LOCKD_SYNC", value_enum, default_value_t = Durability::Always)]
+    sync: Durability,
     /// Threads answering requests.
     #[arg(long, env = "LOCKD_WORKERS", default_value_t = ServeConfig::default().workers)]
     workers: usize,
@@ -105,7 +110,20 @@ pub fn run() -> ExitCode {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
-    let lockd = Arc::new(Lockd::open(&args.dir)?);
+    let options = Options {
+        durability: args.sync,
+    };
+    let lockd = Arc::new(Lockd::open_with(&args.dir, &options)?);
+    let report = lockd.open_report();
+    tracing::info!(
+        "lock directory {}: {} locks held, {} changes replayed from the journal",
+        lockd.dir().display(),
+        report.held,
+        report.replayed
+    );
+    for note in &report.notes {
+        tracing::warn!("{note}");
+    }
     let server = tiny_http::Server::http(&args.listen)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -114,9 +132,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .to_ip()
         .context("listening on a non-IP address")?;
     tracing::info!(
-        "lockd {} listening on http://{addr}/ with lock directory {}",
+        "lockd {} listening on http://{addr}/ with lock directory {} (sync={:?})",
         env!("CARGO_PKG_VERSION"),
-        lockd.dir().display()
+        lockd.dir().display(),
+        args.sync
     );
     let config = ServeConfig {
         max_body: args.max_body,

@@ -14,7 +14,9 @@ mod bindings {
     });
 }
 
-pub use bindings::exports::lockd::lockd::locks::LockError as GuestError;
+pub use bindings::exports::lockd::lockd::locks::{
+    Durability, LockError as GuestError, LockRequest, OpenReport, Reply, Request,
+};
 
 /// The component exactly as `lockd` runs it (`wasm32-wasip2`, built from
 /// `guest/` at build time).
@@ -82,32 +84,21 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn lock(
+    /// Opens the lock directory; see the WIT `open`.
+    pub fn open(
         &mut self,
-        resource: &str,
-        client: &str,
-    ) -> wasmtime::Result<Result<(), GuestError>> {
+        durability: Durability,
+    ) -> wasmtime::Result<Result<OpenReport, GuestError>> {
+        let options = bindings::exports::lockd::lockd::locks::Options { durability };
         self.bindings
             .lockd_lockd_locks()
-            .call_lock(&mut self.store, resource, client)
+            .call_open(&mut self.store, options)
     }
 
-    pub fn unlock(
-        &mut self,
-        resource: &str,
-        client: &str,
-    ) -> wasmtime::Result<Result<(), GuestError>> {
+    /// Runs a batch of requests with one sync; see the WIT `apply`.
+    pub fn apply(&mut self, batch: &[Request]) -> wasmtime::Result<Vec<Result<Reply, GuestError>>> {
         self.bindings
             .lockd_lockd_locks()
-            .call_unlock(&mut self.store, resource, client)
-    }
-
-    pub fn holder(
-        &mut self,
-        resource: &str,
-    ) -> wasmtime::Result<Result<Option<String>, GuestError>> {
-        self.bindings
-            .lockd_lockd_locks()
-            .call_holder(&mut self.store, resource)
+            .call_apply(&mut self.store, batch)
     }
 }

@@ -18,4 +18,4 @@ pub mod xmlrpc;
 pub use component::COMPONENT_WASM;
 pub use error::{LockError, code};
 pub use guard::GUARD_FILE;
-pub use locks::Lockd;
+pub use locks::{Durability, Lockd, OpenReport, Options};

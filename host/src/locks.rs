@@ -1,18 +1,56 @@
-//! [`Lockd`]: a lock directory opened for use, in-process.
+//! [`Lockd`]: a lock directory opened for use, in-process, with concurrent
+//! callers' changes committed together (group commit).
 
-use crate::component::{GuestError, Instance, Runtime};
+use crate::component::{
+    Durability as GuestDurability, GuestError, Instance, LockRequest, Reply, Request, Runtime,
+};
 use crate::error::LockError;
 use crate::guard::DirGuard;
 use anyhow::Context as _;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// The most requests one guest call takes; later arrivals wait for the next.
+const MAX_BATCH: usize = 256;
+
+/// When a change counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Durability {
+    /// On disk (journal synced) before the call returns; survives power loss
+    /// and `kill -9`. Concurrent changes share one sync.
+    #[default]
+    Always,
+    /// In the lock files before the call returns, synced when the operating
+    /// system decides, as gocept.lockd did: survives `kill -9` of the
+    /// daemon, not power loss or an operating system crash.
+    None,
+}
+
+/// How to open a lock directory.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub durability: Durability,
+}
+
+/// What opening found in the lock directory.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// Locks held.
+    pub held: u64,
+    /// Changes replayed from the journal of an interrupted run.
+    pub replayed: u64,
+    /// Unknown files left alone, leftovers removed, unreadable lock files.
+    pub notes: Vec<String>,
+}
 
 /// A lock directory served by the lock component, as gocept.lockd's `Lockd`
 /// class was used in-process.
 ///
-/// Operations are serialised, so they are linearizable: of any number of
-/// concurrent `lock` calls on one resource exactly one succeeds. Every
-/// successful change is on disk (file and directory synced) when it returns.
+/// Operations are linearizable: of any number of concurrent `lock` calls on
+/// one resource exactly one succeeds. Every successful change is durable as
+/// [`Options::durability`] says when it returns; callers arriving while a
+/// batch is being synced are served together by the next one.
 ///
 /// ```
 /// use lockd::{LockError, Lockd};
@@ -39,15 +77,36 @@ use std::sync::Mutex;
 /// ```
 pub struct Lockd {
     dir: PathBuf,
+    options: Options,
+    report: OpenReport,
     runtime: Runtime,
+    /// Used by one batch leader at a time.
     instance: Mutex<Instance>,
+    queue: Mutex<Queue>,
+    /// Signalled when a batch is done.
+    batch_done: Condvar,
     _guard: DirGuard,
 }
 
+/// Requests waiting for the next batch, and results waiting for their caller.
+#[derive(Default)]
+struct Queue {
+    next_ticket: u64,
+    pending: Vec<(u64, Request)>,
+    done: HashMap<u64, Result<Reply, LockError>>,
+    /// Whether some caller is running a batch right now.
+    leader: bool,
+}
+
 impl Lockd {
-    /// Opens `dir` (created if missing) for exclusive use by this process.
-    /// Fails if another lockd has it open.
+    /// Opens `dir` (created if missing) for exclusive use by this process,
+    /// with every change synced before it returns.
     pub fn open(dir: impl AsRef<Path>) -> anyhow::Result<Self> {
+        Self::open_with(dir, &Options::default())
+    }
+
+    /// Opens `dir` with `options`. Fails if another lockd has it open.
+    pub fn open_with(dir: impl AsRef<Path>, options: &Options) -> anyhow::Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating lock directory {}", dir.display()))?;
@@ -56,11 +115,15 @@ impl Lockd {
             .with_context(|| format!("resolving lock directory {}", dir.display()))?;
         let guard = DirGuard::acquire(&dir)?;
         let runtime = Runtime::new()?;
-        let instance = runtime.instantiate(&dir)?;
+        let (instance, report) = open_instance(&runtime, &dir, options)?;
         Ok(Self {
             dir,
+            options: options.clone(),
+            report,
             runtime,
             instance: Mutex::new(instance),
+            queue: Mutex::new(Queue::default()),
+            batch_done: Condvar::new(),
             _guard: guard,
         })
     }
@@ -70,40 +133,128 @@ impl Lockd {
         &self.dir
     }
 
+    /// What opening the directory found.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
     /// Locks `resource` for `client`. Refused while anyone holds it,
     /// `client` included, as gocept.lockd did.
     pub fn lock(&self, resource: &str, client: &str) -> Result<(), LockError> {
-        self.call(client, |instance| instance.lock(resource, client))
+        self.submit(Request::Lock(lock_request(resource, client)))
+            .map(drop)
     }
 
     /// Releases `client`'s lock on `resource`.
     pub fn unlock(&self, resource: &str, client: &str) -> Result<(), LockError> {
-        self.call(client, |instance| instance.unlock(resource, client))
+        self.submit(Request::Unlock(lock_request(resource, client)))
+            .map(drop)
     }
 
     /// Who holds `resource`, if anyone.
     pub fn holder(&self, resource: &str) -> Result<Option<String>, LockError> {
-        self.call("", |instance| instance.holder(resource))
+        match self.submit(Request::Holder(resource.to_owned()))? {
+            Reply::Holder(holder) => Ok(holder),
+            Reply::Done => Err(LockError::Internal(
+                "holder answered without a holder".into(),
+            )),
+        }
     }
 
-    /// Runs one component call with the instance to itself. A trap poisons an
-    /// instance, so it is replaced before the error is reported.
-    fn call<T>(
-        &self,
-        client: &str,
-        op: impl FnOnce(&mut Instance) -> wasmtime::Result<Result<T, GuestError>>,
-    ) -> Result<T, LockError> {
-        let mut instance = self.instance.lock().unwrap_or_else(|p| p.into_inner());
-        match op(&mut instance) {
-            Ok(result) => result.map_err(|e| LockError::from_guest(e, client)),
+    /// Queues `request` and waits for its result. Whoever finds no batch
+    /// running becomes the leader: it takes everything queued so far into
+    /// one guest call (one sync), hands out the results, and lets the next
+    /// waiter lead.
+    fn submit(&self, request: Request) -> Result<Reply, LockError> {
+        let mut queue = lock(&self.queue);
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.pending.push((ticket, request));
+        loop {
+            if let Some(result) = queue.done.remove(&ticket) {
+                return result;
+            }
+            if queue.leader {
+                queue = self
+                    .batch_done
+                    .wait(queue)
+                    .unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            queue.leader = true;
+            let take = queue.pending.len().min(MAX_BATCH);
+            let (tickets, batch): (Vec<u64>, Vec<Request>) = queue.pending.drain(..take).unzip();
+            drop(queue);
+            let results = self.run(&batch);
+            queue = lock(&self.queue);
+            queue.done.extend(tickets.into_iter().zip(results));
+            queue.leader = false;
+            self.batch_done.notify_all();
+        }
+    }
+
+    /// One guest call for `batch`. A trap poisons an instance, so it is
+    /// replaced (reopening the directory) before the error is reported.
+    fn run(&self, batch: &[Request]) -> Vec<Result<Reply, LockError>> {
+        let mut instance = lock(&self.instance);
+        match instance.apply(batch) {
+            Ok(results) => batch
+                .iter()
+                .zip(results)
+                .map(|(request, result)| result.map_err(|e| lock_error(request, e)))
+                .collect(),
             Err(trap) => {
                 tracing::error!("lock component trapped: {trap:?}");
-                match self.runtime.instantiate(&self.dir) {
-                    Ok(fresh) => *instance = fresh,
+                match open_instance(&self.runtime, &self.dir, &self.options) {
+                    Ok((fresh, _)) => *instance = fresh,
                     Err(e) => tracing::error!("restarting the lock component failed: {e:#}"),
                 }
-                Err(LockError::Internal(format!("{trap:#}")))
+                let error = LockError::Internal(format!("{trap:#}"));
+                vec![Err(error); batch.len()]
             }
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_request(resource: &str, client: &str) -> LockRequest {
+    LockRequest {
+        resource: resource.to_owned(),
+        client: client.to_owned(),
+    }
+}
+
+/// The component's error for `request`, with who asked where it matters.
+fn lock_error(request: &Request, error: GuestError) -> LockError {
+    let client = match request {
+        Request::Lock(r) | Request::Unlock(r) => r.client.as_str(),
+        Request::Holder(_) => "",
+    };
+    LockError::from_guest(error, client)
+}
+
+fn open_instance(
+    runtime: &Runtime,
+    dir: &Path,
+    options: &Options,
+) -> anyhow::Result<(Instance, OpenReport)> {
+    let mut instance = runtime.instantiate(dir)?;
+    let durability = match options.durability {
+        Durability::Always => GuestDurability::Always,
+        Durability::None => GuestDurability::None,
+    };
+    let report = instance
+        .open(durability)?
+        .map_err(|e| anyhow::anyhow!("opening lock directory {}: {e:?}", dir.display()))?;
+    Ok((
+        instance,
+        OpenReport {
+            held: report.held,
+            replayed: report.replayed,
+            notes: report.notes,
+        },
+    ))
 }
