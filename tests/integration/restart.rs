@@ -5,10 +5,20 @@ use crate::support::{LOCKD, TestServer};
 use lockd::xmlrpc::Value;
 
 #[test]
-fn locks_survive_kill_9_and_restart() {
+fn locks_survive_kill_9_and_restart_with_sync_always() {
+    locks_survive_kill_9_and_restart("always");
+}
+
+#[test]
+fn locks_survive_kill_9_and_restart_with_sync_none() {
+    locks_survive_kill_9_and_restart("none");
+}
+
+fn locks_survive_kill_9_and_restart(sync: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("locks");
-    let server = TestServer::start_in(&dir, &[]);
+    let args = ["--sync", sync];
+    let server = TestServer::start_in(&dir, &args);
     for i in 0..10 {
         server.call("lock", &[&format!("vm{i}"), "host-a"]).unwrap();
     }
@@ -19,7 +29,7 @@ fn locks_survive_kill_9_and_restart() {
     }
     server.kill9();
 
-    let server = TestServer::start_in(&dir, &[]);
+    let server = TestServer::start_in(&dir, &args);
     for i in 0..5 {
         assert_eq!(
             server.call("lock", &[&format!("vm{i}"), "host-b"]),
@@ -34,7 +44,7 @@ fn locks_survive_kill_9_and_restart() {
     }
     drop(server);
 
-    let server = TestServer::start_in(&dir, &[]);
+    let server = TestServer::start_in(&dir, &args);
     let fault = server.call("lock", &["vm0", "host-a"]).unwrap_err();
     assert_eq!(fault.message, "Resource already locked by 'host-b'");
     assert_eq!(server.call("unlock", &["vm9", "host-a"]), Ok(Value::Nil));
@@ -56,4 +66,80 @@ fn a_second_daemon_on_the_same_directory_refuses_to_start() {
     );
     // The first one is unaffected.
     assert_eq!(server.call("lock", &["still", "served"]), Ok(Value::Nil));
+}
+
+/// Appends one journal record as the component writes it: length, CRC-32
+/// of the payload, payload (kind byte, then length-prefixed strings).
+fn record(out: &mut Vec<u8>, kind: u8, strings: &[&str]) {
+    let mut payload = vec![kind];
+    for s in strings {
+        payload.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        payload.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+}
+
+#[test]
+fn the_journal_of_an_interrupted_run_is_replayed_into_the_lock_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("locks");
+    std::fs::create_dir(&dir).unwrap();
+    // The lock files as a crash may leave them: one lock never written, one
+    // unlock never applied, one lock whose holder changed twice.
+    std::fs::write(dir.join("stale.resource.lock"), "gone\n").unwrap();
+    std::fs::write(dir.join("moved.resource.lock"), "first\n").unwrap();
+    let mut journal = Vec::new();
+    record(&mut journal, 1, &["new/one", "writer"]);
+    record(&mut journal, 2, &["stale"]);
+    record(&mut journal, 2, &["moved"]);
+    record(&mut journal, 1, &["moved", "second"]);
+    // A torn tail: a record cut short by the crash, never acknowledged.
+    let mut torn = Vec::new();
+    record(&mut torn, 1, &["torn", "nobody"]);
+    journal.extend_from_slice(&torn[..torn.len() - 3]);
+    std::fs::write(dir.join(".lockd.journal"), &journal).unwrap();
+
+    let server = TestServer::start_in(&dir, &[]);
+    assert!(
+        server.log().contains("4 changes replayed from the journal"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("new%2Fone.resource.lock")).unwrap(),
+        "writer\n"
+    );
+    assert!(!dir.join("stale.resource.lock").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("moved.resource.lock")).unwrap(),
+        "second\n"
+    );
+    assert!(!dir.join("torn.resource.lock").exists());
+    assert_eq!(
+        std::fs::metadata(dir.join(".lockd.journal")).unwrap().len(),
+        0
+    );
+    let fault = server.call("lock", &["new/one", "x"]).unwrap_err();
+    assert_eq!(fault.message, "Resource already locked by 'writer'");
+    assert_eq!(server.call("lock", &["torn", "x"]), Ok(Value::Nil));
+}
+
+#[test]
+fn the_startup_report_names_what_is_not_a_lock_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("locks");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("README"), "mine").unwrap();
+    std::fs::write(dir.join(".lockd-write.tmp"), "half").unwrap();
+    let server = TestServer::start_in(&dir, &[]);
+    let log = server.log();
+    assert!(
+        log.contains("left alone \"README\": not a lock file"),
+        "{log}"
+    );
+    assert!(log.contains("removed .lockd-write.tmp"), "{log}");
+    assert_eq!(std::fs::read_to_string(dir.join("README")).unwrap(), "mine");
+    assert!(!dir.join(".lockd-write.tmp").exists());
 }
