@@ -42,6 +42,38 @@ enum Command {
     Lock(LockArgs),
     /// Release CLIENT's lock on RESOURCE (exit 2 if not locked, 3 if held by another).
     Unlock(LockArgs),
+    /// Measure throughput, latency, start-up and memory of lockd (and of a
+    /// baseline server) under lock/unlock load on 127.0.0.1.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Connection counts to measure, each a run of its own.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    connections: Vec<usize>,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Sync modes to measure, each with a daemon of its own.
+    #[arg(long, value_delimiter = ',', default_value = "always,none")]
+    sync: Vec<Durability>,
+    /// Contend: all connections lock and unlock these few shared resources
+    /// (faults are expected and counted) instead of each its own.
+    #[arg(long)]
+    contended: Option<usize>,
+    /// Lock files to create before the daemon starts (start-up with many
+    /// held locks).
+    #[arg(long, default_value_t = 0)]
+    preload: usize,
+    /// Another XML-RPC lock server (e.g. gocept.lockd) to run the same load
+    /// against, right after each lockd run; the ratio is printed.
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Run the daemon on these CPUs only (a taskset(1) list such as `0`);
+    /// pin `lockd bench` itself elsewhere, e.g. `taskset -c 1 lockd bench`.
+    #[arg(long)]
+    server_cpus: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +137,28 @@ pub fn run() -> ExitCode {
         },
         Command::Lock(args) => call(&args.daemon, "lock", &[&args.resource, &args.client]),
         Command::Unlock(args) => call(&args.daemon, "unlock", &[&args.resource, &args.client]),
+        Command::Bench(args) => {
+            let config = crate::bench::BenchConfig {
+                connections: args.connections,
+                duration: std::time::Duration::from_secs_f64(args.duration),
+                syncs: args
+                    .sync
+                    .iter()
+                    .map(|s| format!("{s:?}").to_lowercase())
+                    .collect(),
+                contended: args.contended,
+                preload: args.preload,
+                baseline: args.baseline,
+                server_cpus: args.server_cpus,
+            };
+            match crate::bench::run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lockd bench: {e:#}");
+                    ExitCode::from(exit::SOFTWARE)
+                }
+            }
+        }
     }
 }
 

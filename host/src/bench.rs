@@ -1,0 +1,319 @@
+//! `lockd bench`: starts daemons on temporary directories, drives lock and
+//! unlock over keep-alive connections for a fixed time, and prints
+//! throughput, latency and the daemon's peak memory, optionally next to
+//! another server speaking the same protocol (the ratio is printed).
+
+use anyhow::{Context as _, bail};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub connections: Vec<usize>,
+    pub duration: Duration,
+    pub syncs: Vec<String>,
+    /// Resources shared by all connections in the contended workload.
+    pub contended: Option<usize>,
+    /// Lock files created before the daemon starts.
+    pub preload: usize,
+    /// Another server to run the same load against.
+    pub baseline: Option<String>,
+    /// CPUs to run the daemon on (a `taskset` list), if it is to be pinned.
+    pub server_cpus: Option<String>,
+}
+
+/// One load run's figures.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub ops: u64,
+    pub faults: u64,
+    pub secs: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+}
+
+impl Figures {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+}
+
+/// Runs every configured measurement and prints one line each.
+pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
+    let workload = match config.contended {
+        Some(k) => format!("contended on {k} resources"),
+        None => "distinct resources".to_owned(),
+    };
+    println!(
+        "lockd bench: lock/unlock over keep-alive connections, {workload}, {} s per run",
+        config.duration.as_secs_f64()
+    );
+    println!(
+        "{:<28} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "server", "conns", "ops/s", "p50 us", "p99 us", "p999 us", "peak RSS", "ratio"
+    );
+    for sync in &config.syncs {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("locks");
+        preload(&dir, config.preload)?;
+        let (mut daemon, addr, started) = Daemon::start(&dir, sync, config.server_cpus.as_deref())?;
+        println!(
+            "# lockd --sync={sync}: first request served {:.1} ms after start ({} locks held)",
+            started.as_secs_f64() * 1000.0,
+            config.preload
+        );
+        for &conns in &config.connections {
+            let figures = load(&addr, conns, config.duration, config.contended)?;
+            let baseline = match &config.baseline {
+                Some(url) => Some(load(
+                    authority(url)?,
+                    conns,
+                    config.duration,
+                    config.contended,
+                )?),
+                None => None,
+            };
+            let rss = daemon.peak_rss_kib();
+            print_line(&format!("lockd --sync={sync}"), conns, &figures, rss, None);
+            if let Some(base) = baseline {
+                let ratio = figures.ops_per_sec() / base.ops_per_sec();
+                print_line("baseline", conns, &base, None, Some(ratio));
+            }
+        }
+        daemon.stop();
+    }
+    Ok(())
+}
+
+fn print_line(name: &str, conns: usize, f: &Figures, rss_kib: Option<u64>, ratio: Option<f64>) {
+    let rss = rss_kib.map_or("-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    let ratio = ratio.map_or(String::new(), |r| format!("{r:.2}x"));
+    let faults = if f.faults > 0 {
+        format!(" ({} faults)", f.faults)
+    } else {
+        String::new()
+    };
+    println!(
+        "{name:<28} {conns:>5} {:>10.0} {:>8} {:>8} {:>8} {rss:>9} {ratio:>8}{faults}",
+        f.ops_per_sec(),
+        f.p50_us,
+        f.p99_us,
+        f.p999_us
+    );
+}
+
+/// `host:port` of an `http://host:port/...` URL.
+fn authority(url: &str) -> anyhow::Result<&str> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("the baseline must be an http:// URL")?;
+    Ok(rest.split('/').next().unwrap_or(rest))
+}
+
+/// Lock files of a directory already in use, for measuring start-up.
+fn preload(dir: &Path, count: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for i in 0..count {
+        std::fs::write(
+            dir.join(format!("preload-{i}.resource.lock")),
+            "preloader\n",
+        )?;
+    }
+    Ok(())
+}
+
+/// A `lockd serve` child process.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts one and returns its address and how long it took until a
+    /// first request was answered.
+    fn start(
+        dir: &Path,
+        sync: &str,
+        cpus: Option<&str>,
+    ) -> anyhow::Result<(Self, String, Duration)> {
+        let start = Instant::now();
+        let lockd = std::env::current_exe()?;
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", cpus]).arg(lockd);
+                taskset
+            }
+            None => Command::new(lockd),
+        };
+        let mut child = command
+            .args(["serve", "--listen", "127.0.0.1:0", "--sync", sync, "--dir"])
+            .arg(dir)
+            .env("LOCKD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut addr = None;
+        for line in stderr.lines() {
+            let line = line?;
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                addr = rest.split('/').next().map(str::to_owned);
+                break;
+            }
+        }
+        let daemon = Self { child };
+        let addr = addr.context("the daemon did not start")?;
+        let mut conn = Connection::open(&addr)?;
+        conn.call(&crate::xmlrpc::encode_call("system.listMethods", &[]))?;
+        Ok((daemon, addr, start.elapsed()))
+    }
+
+    /// The most memory the process has had resident, from /proc.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    head: String,
+}
+
+impl Connection {
+    fn open(addr: &str) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Self {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            head: format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/xml\r\n"),
+        })
+    }
+
+    /// Posts `body` and returns whether the answer was a fault.
+    fn call(&mut self, body: &str) -> anyhow::Result<bool> {
+        let request = format!("{}Content-Length: {}\r\n\r\n{body}", self.head, body.len());
+        self.writer.write_all(request.as_bytes())?;
+        let mut line = String::new();
+        let mut length = None;
+        let mut status_line = true;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                bail!("connection closed");
+            }
+            if status_line {
+                if !line.starts_with("HTTP/1.1 200") {
+                    bail!("HTTP error: {}", line.trim());
+                }
+                status_line = false;
+            } else if line == "\r\n" {
+                break;
+            } else if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = Some(value.trim().parse::<usize>()?);
+            }
+        }
+        let mut body = vec![0; length.context("no Content-Length")?];
+        self.reader.read_exact(&mut body)?;
+        Ok(body.windows(7).any(|w| w == b"<fault>"))
+    }
+}
+
+/// Drives `conns` connections for `duration`; each alternately locks and
+/// unlocks (its own resources, or one of `contended` shared ones).
+pub fn load(
+    addr: &str,
+    conns: usize,
+    duration: Duration,
+    contended: Option<usize>,
+) -> anyhow::Result<Figures> {
+    let stop = Arc::new(AtomicBool::new(false));
+    // Unique names per run, so that runs against a long-lived server never
+    // meet each other's locks.
+    let since_epoch = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .unwrap_or_default();
+    let run = format!("{:x}-{:x}", std::process::id(), since_epoch.as_nanos());
+    let threads: Vec<_> = (0..conns)
+        .map(|t| {
+            let (stop, addr, run) = (stop.clone(), addr.to_owned(), run.clone());
+            std::thread::spawn(move || -> anyhow::Result<(Vec<u32>, u64)> {
+                let mut conn = Connection::open(&addr)?;
+                let client = format!("bench-{run}-{t}");
+                let mut latencies = Vec::with_capacity(1 << 16);
+                let mut faults = 0;
+                let mut step = 0usize;
+                // Stops only after an unlock, so that no lock is left held.
+                while step % 2 == 1 || !stop.load(Ordering::Relaxed) {
+                    let resource = match contended {
+                        Some(k) => format!("contended-{}", (step / 2) % k.max(1)),
+                        None => format!("r-{run}-{t}-{}", step / 2),
+                    };
+                    let method = if step % 2 == 0 { "lock" } else { "unlock" };
+                    let body = crate::xmlrpc::encode_call(
+                        method,
+                        &[resource.as_str().into(), client.as_str().into()],
+                    );
+                    let start = Instant::now();
+                    faults += u64::from(conn.call(&body)?);
+                    latencies.push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    step += 1;
+                }
+                Ok((latencies, faults))
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut faults = 0;
+    for t in threads {
+        let (latencies, f) = t.join().expect("load thread panicked")?;
+        all.extend(latencies);
+        faults += f;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if all.is_empty() {
+            return 0;
+        }
+        let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
+        u64::from(all[i])
+    };
+    Ok(Figures {
+        ops: all.len() as u64,
+        faults,
+        secs,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+    })
+}
