@@ -270,12 +270,12 @@ pub fn load(
                 let mut faults = 0;
                 let mut step = 0usize;
                 // Stops only after an unlock, so that no lock is left held.
-                while step % 2 == 1 || !stop.load(Ordering::Relaxed) {
+                while !step.is_multiple_of(2) || !stop.load(Ordering::Relaxed) {
                     let resource = match contended {
                         Some(k) => format!("contended-{}", (step / 2) % k.max(1)),
                         None => format!("r-{run}-{t}-{}", step / 2),
                     };
-                    let method = if step % 2 == 0 { "lock" } else { "unlock" };
+                    let method = if step.is_multiple_of(2) { "lock" } else { "unlock" };
                     let body = crate::xmlrpc::encode_call(
                         method,
                         &[resource.as_str().into(), client.as_str().into()],
