@@ -47,8 +47,19 @@ fn main() {
         .join(TARGET)
         .join("release")
         .join("lockd_guest.wasm");
-    std::fs::copy(&wasm, out_dir.join("lockd_guest.wasm"))
-        .unwrap_or_else(|e| panic!("copying {}: {e}", wasm.display()));
+    let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("reading {}: {e}", wasm.display()));
+    std::fs::write(out_dir.join("lockd_guest.wasm"), &bytes).expect("writing the component");
+
+    // Compiled ahead of time so that the daemon starts without running
+    // Cranelift. The engine is configured exactly as the host's
+    // (`Runtime::new`); where the running machine differs (CPU features), the
+    // host finds out when loading it and compiles the component itself.
+    let engine = wasmtime::Engine::new(&wasmtime::Config::new()).expect("creating an engine");
+    let compiled = engine
+        .precompile_component(&bytes)
+        .expect("compiling the component ahead of time");
+    std::fs::write(out_dir.join("lockd_guest.cwasm"), compiled)
+        .expect("writing the compiled component");
 }
 
 /// Stops the build with the one command that fixes it when the standard

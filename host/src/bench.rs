@@ -275,7 +275,11 @@ pub fn load(
                         Some(k) => format!("contended-{}", (step / 2) % k.max(1)),
                         None => format!("r-{run}-{t}-{}", step / 2),
                     };
-                    let method = if step.is_multiple_of(2) { "lock" } else { "unlock" };
+                    let method = if step.is_multiple_of(2) {
+                        "lock"
+                    } else {
+                        "unlock"
+                    };
                     let body = crate::xmlrpc::encode_call(
                         method,
                         &[resource.as_str().into(), client.as_str().into()],

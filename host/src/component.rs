@@ -22,6 +22,10 @@ pub use bindings::exports::lockd::lockd::locks::{
 /// `guest/` at build time).
 pub const COMPONENT_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lockd_guest.wasm"));
 
+/// [`COMPONENT_WASM`] compiled ahead of time for this machine's kind, by the
+/// same wasmtime with the same configuration as [`Runtime::new`] uses.
+const COMPONENT_PRECOMPILED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lockd_guest.cwasm"));
+
 /// Per-instance host state: the guest's WASI context and its resources.
 struct Ctx {
     wasi: WasiCtx,
@@ -47,9 +51,21 @@ impl Runtime {
     /// Compiles the embedded component.
     pub fn new() -> anyhow::Result<Self> {
         let engine = Engine::new(&Config::new())?;
-        let component = Component::new(&engine, COMPONENT_WASM)
-            .map_err(anyhow::Error::from)
-            .context("compiling the lock component")?;
+        // SAFETY: the bytes were produced by `Engine::precompile_component`
+        // of this very wasmtime at build time and are embedded read-only;
+        // wasmtime checks that they suit this engine and this CPU.
+        let precompiled = unsafe { Component::deserialize(&engine, COMPONENT_PRECOMPILED) };
+        let component = match precompiled {
+            Ok(component) => component,
+            Err(e) => {
+                tracing::debug!(
+                    "compiling the lock component: the precompiled one does not fit ({e})"
+                );
+                Component::new(&engine, COMPONENT_WASM)
+                    .map_err(anyhow::Error::from)
+                    .context("compiling the lock component")?
+            }
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         let pre = bindings::LockdPre::new(linker.instantiate_pre(&component)?)?;
@@ -100,5 +116,18 @@ impl Instance {
         self.bindings
             .lockd_lockd_locks()
             .call_apply(&mut self.store, batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_precompiled_component_loads_on_the_build_machine() {
+        let engine = Engine::new(&Config::new()).unwrap();
+        // SAFETY: as in `Runtime::new`.
+        let component = unsafe { Component::deserialize(&engine, COMPONENT_PRECOMPILED) };
+        assert!(component.is_ok(), "{:?}", component.err());
     }
 }
