@@ -1,0 +1,81 @@
+//! What running the lock semantics inside wasmtime costs: a lock+unlock pair
+//! through the component (in-process, no HTTP) against the same file
+//! operations done natively with `std::fs`.
+//!
+//! `cargo bench --bench guest_vs_native [-- PAIRS]`
+
+use lockd::{Durability, Lockd, Options};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What the component does for one pair, written with `std::fs`: the lock
+/// file under a temporary name, renamed into place, later removed; with a
+/// journal, each change appended and synced first.
+fn native_pair(dir: &Path, journal: Option<&mut File>, name: &str) {
+    let content = b"bench-client\n";
+    let mut journal = journal;
+    if let Some(j) = journal.as_deref_mut() {
+        j.write_all(&[0; 40]).unwrap();
+        j.sync_data().unwrap();
+    }
+    let tmp = dir.join(".lockd-write.tmp");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&tmp)
+        .unwrap();
+    f.write_all(content).unwrap();
+    drop(f);
+    let file = dir.join(format!("{name}.resource.lock"));
+    fs::rename(&tmp, &file).unwrap();
+    if let Some(j) = journal {
+        j.write_all(&[0; 24]).unwrap();
+        j.sync_data().unwrap();
+    }
+    fs::remove_file(&file).unwrap();
+}
+
+fn time_pairs(pairs: usize, mut pair: impl FnMut(usize)) -> Duration {
+    for i in 0..pairs / 10 {
+        pair(usize::MAX - i); // warm-up
+    }
+    let start = Instant::now();
+    for i in 0..pairs {
+        pair(i);
+    }
+    start.elapsed() / pairs as u32
+}
+
+fn main() {
+    let pairs: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    println!("lock+unlock pairs, one at a time, in-process; mean per pair");
+    for (durability, pairs) in [(Durability::None, pairs), (Durability::Always, pairs / 10)] {
+        let guest_dir = tempfile::tempdir().unwrap();
+        let lockd = Lockd::open_with(guest_dir.path(), &Options { durability }).unwrap();
+        let guest = time_pairs(pairs, |i| {
+            let name = format!("r{i}");
+            lockd.lock(&name, "bench-client").unwrap();
+            lockd.unlock(&name, "bench-client").unwrap();
+        });
+
+        let native_dir = tempfile::tempdir().unwrap();
+        let mut journal = (durability == Durability::Always)
+            .then(|| File::create(native_dir.path().join(".lockd.journal")).unwrap());
+        let native = time_pairs(pairs, |i| {
+            native_pair(native_dir.path(), journal.as_mut(), &format!("r{i}"))
+        });
+        println!(
+            "sync={:<6} pairs={pairs:<6} component {:>7.1} us   std::fs {:>7.1} us   ratio {:.2}x",
+            format!("{durability:?}").to_lowercase(),
+            guest.as_secs_f64() * 1e6,
+            native.as_secs_f64() * 1e6,
+            guest.as_secs_f64() / native.as_secs_f64()
+        );
+    }
+}
