@@ -9,7 +9,8 @@ use crate::guard::DirGuard;
 use anyhow::Context as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::Thread;
 
 /// The most requests one guest call takes; later arrivals wait for the next.
 const MAX_BATCH: usize = 256;
@@ -83,8 +84,6 @@ pub struct Lockd {
     /// Used by one batch leader at a time.
     instance: Mutex<Instance>,
     queue: Mutex<Queue>,
-    /// Signalled when a batch is done.
-    batch_done: Condvar,
     _guard: DirGuard,
 }
 
@@ -92,10 +91,17 @@ pub struct Lockd {
 #[derive(Default)]
 struct Queue {
     next_ticket: u64,
-    pending: Vec<(u64, Request)>,
+    pending: Vec<Pending>,
     done: HashMap<u64, Result<Reply, LockError>>,
     /// Whether some caller is running a batch right now.
     leader: bool,
+}
+
+/// A queued request and the thread waiting for its result.
+struct Pending {
+    ticket: u64,
+    request: Request,
+    waiter: Thread,
 }
 
 impl Lockd {
@@ -123,7 +129,6 @@ impl Lockd {
             runtime,
             instance: Mutex::new(instance),
             queue: Mutex::new(Queue::default()),
-            batch_done: Condvar::new(),
             _guard: guard,
         })
     }
@@ -163,33 +168,48 @@ impl Lockd {
 
     /// Queues `request` and waits for its result. Whoever finds no batch
     /// running becomes the leader: it takes everything queued so far into
-    /// one guest call (one sync), hands out the results, and lets the next
-    /// waiter lead.
+    /// one guest call (one sync), hands each waiter its result, and wakes
+    /// the oldest of those still queued to lead the next batch. Each waiter
+    /// is woken once, by name: no herd.
     fn submit(&self, request: Request) -> Result<Reply, LockError> {
         let mut queue = lock(&self.queue);
         let ticket = queue.next_ticket;
         queue.next_ticket += 1;
-        queue.pending.push((ticket, request));
+        queue.pending.push(Pending {
+            ticket,
+            request,
+            waiter: std::thread::current(),
+        });
         loop {
             if let Some(result) = queue.done.remove(&ticket) {
                 return result;
             }
             if queue.leader {
-                queue = self
-                    .batch_done
-                    .wait(queue)
-                    .unwrap_or_else(|p| p.into_inner());
+                drop(queue);
+                std::thread::park();
+                queue = lock(&self.queue);
                 continue;
             }
             queue.leader = true;
             let take = queue.pending.len().min(MAX_BATCH);
-            let (tickets, batch): (Vec<u64>, Vec<Request>) = queue.pending.drain(..take).unzip();
+            let (waiters, requests): (Vec<(u64, Thread)>, Vec<Request>) = queue
+                .pending
+                .drain(..take)
+                .map(|p| ((p.ticket, p.waiter), p.request))
+                .unzip();
             drop(queue);
-            let results = self.run(&batch);
+            let results = self.run(&requests);
             queue = lock(&self.queue);
-            queue.done.extend(tickets.into_iter().zip(results));
+            for ((waiting, waiter), result) in waiters.into_iter().zip(results) {
+                queue.done.insert(waiting, result);
+                if waiting != ticket {
+                    waiter.unpark();
+                }
+            }
             queue.leader = false;
-            self.batch_done.notify_all();
+            if let Some(next) = queue.pending.first() {
+                next.waiter.unpark();
+            }
         }
     }
 
