@@ -10,6 +10,13 @@ use wasip2::filesystem::types::{
 /// reader sees either no lock file or one with its holder, never a partial
 /// one. Calls are serialised (one instance per directory), so one name does.
 pub const TEMP_FILE: &str = ".lockd-write.tmp";
+/// Removed lock files are kept under these names (with a slot number) and
+/// reused for the next lock, rewritten in place: renaming an existing file
+/// costs the file system far less than creating and deleting an inode per
+/// lock, as long as the file is not truncated (which frees its block).
+const SPARE_PREFIX: &str = ".lockd-spare-";
+/// How many removed lock files are kept for reuse.
+const SPARE_SLOTS: usize = 64;
 /// The journal of changes not yet known to be synced in the lock files.
 pub const JOURNAL_FILE: &str = ".lockd.journal";
 /// Lock files are small: a first read of this size takes most whole.
@@ -27,6 +34,14 @@ fn err(what: &str, file: &str, code: ErrorCode) -> IoError {
 /// The preopened lock directory.
 pub struct LockDir {
     dir: Descriptor,
+    /// Spare slots holding a file, with its size where known.
+    spares: Vec<(usize, Option<u64>)>,
+    /// Spare slots without a file.
+    empty_slots: Vec<usize>,
+}
+
+fn spare_name(slot: usize) -> String {
+    format!("{SPARE_PREFIX}{slot}")
 }
 
 impl LockDir {
@@ -35,7 +50,27 @@ impl LockDir {
         let (dir, _) = get_directories().into_iter().next().ok_or_else(|| {
             "no preopened directory: the host must preopen the lock directory".to_owned()
         })?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            spares: Vec::new(),
+            empty_slots: (0..SPARE_SLOTS).rev().collect(),
+        })
+    }
+
+    /// Takes `file`, found in the directory, into the spare pool if it is a
+    /// spare; returns whether it is one. Spares without a slot are removed.
+    pub fn adopt_spare(&mut self, file: &str) -> Result<bool, IoError> {
+        let Some(slot) = file.strip_prefix(SPARE_PREFIX) else {
+            return Ok(false);
+        };
+        match slot.parse::<usize>() {
+            Ok(slot) if spare_name(slot) == file && self.empty_slots.contains(&slot) => {
+                self.empty_slots.retain(|&s| s != slot);
+                self.spares.push((slot, None));
+            }
+            _ => self.remove(file)?,
+        }
+        Ok(true)
     }
 
     /// The names of the regular files in the directory.
@@ -94,18 +129,63 @@ impl LockDir {
         }))
     }
 
-    /// Replaces `file` with `content` atomically: written under
-    /// [`TEMP_FILE`], synced first if `sync`, then renamed into place.
-    pub fn write_atomically(&self, file: &str, content: &[u8], sync: bool) -> Result<(), IoError> {
-        let fd = self.create(TEMP_FILE, true)?;
-        write_all(&fd, TEMP_FILE, content, 0)?;
+    /// Puts `content` in place as `file`, atomically: it is written under
+    /// another name (a spare, or [`TEMP_FILE`]), synced first if `sync`, then
+    /// renamed into place, so no reader sees it partly written.
+    pub fn write_atomically(
+        &mut self,
+        file: &str,
+        content: &[u8],
+        sync: bool,
+    ) -> Result<(), IoError> {
+        let len = content.len() as u64;
+        let spare = self.spares.pop();
+        let (staging, fd) = match spare {
+            Some((slot, size)) => {
+                let name = spare_name(slot);
+                let fd = self.open_for_writing(&name, OpenFlags::empty())?;
+                if size != Some(len) {
+                    fd.set_size(len).map_err(|e| err("resizing", &name, e))?;
+                }
+                (name, fd)
+            }
+            None => {
+                let fd =
+                    self.open_for_writing(TEMP_FILE, OpenFlags::CREATE | OpenFlags::TRUNCATE)?;
+                (TEMP_FILE.to_owned(), fd)
+            }
+        };
+        if let Some((slot, _)) = spare {
+            // From here on the slot's file is being rewritten, then moved.
+            self.empty_slots.push(slot);
+        }
+        write_all(&fd, &staging, content, 0)?;
         if sync {
-            fd.sync().map_err(|e| err("syncing", TEMP_FILE, e))?;
+            fd.sync().map_err(|e| err("syncing", &staging, e))?;
         }
         drop(fd);
         self.dir
-            .rename_at(TEMP_FILE, &self.dir, file)
+            .rename_at(&staging, &self.dir, file)
             .map_err(|e| err("renaming into", file, e))
+    }
+
+    /// Removes lock file `file`, whose size is `len`, keeping it as a spare
+    /// when there is room; a file that is already gone is not an error.
+    pub fn remove_lock_file(&mut self, file: &str, len: Option<u64>) -> Result<(), IoError> {
+        if let Some(slot) = self.empty_slots.pop() {
+            match self.dir.rename_at(file, &self.dir, &spare_name(slot)) {
+                Ok(()) => {
+                    self.spares.push((slot, len));
+                    return Ok(());
+                }
+                Err(ErrorCode::NoEntry) => {
+                    self.empty_slots.push(slot);
+                    return Ok(());
+                }
+                Err(_) => self.empty_slots.push(slot),
+            }
+        }
+        self.remove(file)
     }
 
     /// Removes `file`; a file that is already gone is not an error.
@@ -141,6 +221,10 @@ impl LockDir {
         if truncate {
             flags |= OpenFlags::TRUNCATE;
         }
+        self.open_for_writing(file, flags)
+    }
+
+    fn open_for_writing(&self, file: &str, flags: OpenFlags) -> Result<Descriptor, IoError> {
         self.dir
             .open_at(
                 PathFlags::empty(),

@@ -56,12 +56,21 @@ struct Held {
     /// The lock file: lockd's name for the resource, or the unencoded name
     /// gocept.lockd gave it.
     file: String,
+    /// The lock file's size, if this run wrote it (and so knows it).
+    len: Option<u64>,
 }
 
 /// A change made in memory, to be written to the lock files once durable.
 enum Change {
-    Write { file: String, holder: String },
-    Remove { file: String },
+    Write {
+        file: String,
+        holder: String,
+    },
+    /// `len` is the lock file's size, where known.
+    Remove {
+        file: String,
+        len: Option<u64>,
+    },
 }
 
 /// The open lock directory.
@@ -82,10 +91,13 @@ fn lock_file_content(holder: &str) -> Vec<u8> {
 impl State {
     /// Opens the preopened directory; see the WIT `open`.
     pub fn open(durability: Durability) -> Result<(Self, Report), IoError> {
-        let dir = LockDir::open()?;
+        let mut dir = LockDir::open()?;
         let mut report = Report::default();
         let mut held = HashMap::new();
         for file in dir.files()? {
+            if dir.adopt_spare(&file)? {
+                continue;
+            }
             if file == TEMP_FILE {
                 dir.remove(&file)?;
                 report
@@ -108,7 +120,14 @@ impl State {
                             .notes
                             .push(format!("{file:?} names no holder: the lock is held by ''"));
                     }
-                    held.insert(resource, Held { holder, file });
+                    held.insert(
+                        resource,
+                        Held {
+                            holder,
+                            file,
+                            len: None,
+                        },
+                    );
                 }
                 Ok(None) => {}
                 Err(e) => report
@@ -153,15 +172,16 @@ impl State {
                 continue;
             }
             if let Some(old) = self.held.remove(&resource) {
-                self.dir.remove(&old.file)?;
+                self.dir.remove_lock_file(&old.file, None)?;
             }
             if let Some(holder) = holder {
                 let file = name::lock_file_name(&resource)
                     .map_err(|e| format!("journal names a resource that cannot be stored: {e}"))?;
-                self.dir
-                    .write_atomically(&file, &lock_file_content(&holder), false)?;
+                let content = lock_file_content(&holder);
+                self.dir.write_atomically(&file, &content, false)?;
                 self.unsynced.insert(file.clone());
-                self.held.insert(resource, Held { holder, file });
+                let len = Some(content.len() as u64);
+                self.held.insert(resource, Held { holder, file, len });
             }
         }
         Ok(())
@@ -271,6 +291,7 @@ impl State {
                 self.held.insert(
                     resource.clone(),
                     Held {
+                        len: Some(lock_file_content(&client).len() as u64),
                         holder: client.clone(),
                         file,
                     },
@@ -293,6 +314,7 @@ impl State {
                         let before = self.held.remove(&resource).expect("just seen");
                         let change = Change::Remove {
                             file: before.file.clone(),
+                            len: before.len,
                         };
                         let record = Record::Unlock {
                             resource: resource.clone(),
@@ -318,8 +340,8 @@ impl State {
                     .write_atomically(file, &lock_file_content(holder), false)?;
                 self.unsynced.insert(file.clone());
             }
-            Change::Remove { file } => {
-                self.dir.remove(file)?;
+            Change::Remove { file, len } => {
+                self.dir.remove_lock_file(file, *len)?;
                 self.unsynced.remove(file);
             }
         }

@@ -10,9 +10,10 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// What the component does for one pair, written with `std::fs`: the lock
-/// file under a temporary name, renamed into place, later removed; with a
-/// journal, each change appended and synced first.
+/// What the component does for one pair, written with `std::fs`: a spare
+/// file rewritten in place, renamed into place as the lock file, later
+/// renamed back to the spare; with a journal, each change appended and
+/// synced first.
 fn native_pair(dir: &Path, journal: Option<&mut File>, name: &str) {
     let content = b"bench-client\n";
     let mut journal = journal;
@@ -20,10 +21,10 @@ fn native_pair(dir: &Path, journal: Option<&mut File>, name: &str) {
         j.write_all(&[0; 40]).unwrap();
         j.sync_data().unwrap();
     }
-    let tmp = dir.join(".lockd-write.tmp");
+    let tmp = dir.join(".lockd-spare-0");
     let mut f = OpenOptions::new()
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .write(true)
         .open(&tmp)
         .unwrap();
@@ -35,7 +36,7 @@ fn native_pair(dir: &Path, journal: Option<&mut File>, name: &str) {
         j.write_all(&[0; 24]).unwrap();
         j.sync_data().unwrap();
     }
-    fs::remove_file(&file).unwrap();
+    fs::rename(&file, &tmp).unwrap();
 }
 
 fn time_pairs(pairs: usize, mut pair: impl FnMut(usize)) -> Duration {

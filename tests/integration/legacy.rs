@@ -52,3 +52,53 @@ fn gocept_lock_files_are_honoured_after_a_switch() {
         "not a lock"
     );
 }
+
+#[test]
+fn reused_lock_files_hold_exactly_their_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("locks");
+    std::fs::create_dir(&dir).unwrap();
+    // Longer than anything written after it, and without a newline.
+    std::fs::write(
+        dir.join("legacy.resource.lock"),
+        "a-rather-long-old-client-name",
+    )
+    .unwrap();
+    let server = TestServer::start_in(&dir, &[]);
+    server
+        .call("unlock", &["legacy", "a-rather-long-old-client-name"])
+        .unwrap();
+    // Removed lock files are recycled for new locks: whatever a file held
+    // before, a new lock file holds exactly its holder.
+    let clients = [
+        "x",
+        "a-much-longer-client-name-than-before",
+        "yy",
+        "z",
+        "medium-name",
+    ];
+    for (round, client) in clients.iter().enumerate() {
+        for i in 0..3 {
+            let resource = format!("r{round}-{i}");
+            server.call("lock", &[&resource, client]).unwrap();
+            let content = std::fs::read_to_string(dir.join(format!("{resource}.resource.lock")));
+            assert_eq!(content.unwrap(), format!("{client}\n"), "{resource}");
+        }
+        for i in 0..3 {
+            server
+                .call("unlock", &[&format!("r{round}-{i}"), client])
+                .unwrap();
+        }
+    }
+    let locks = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".resource.lock")
+        })
+        .count();
+    assert_eq!(locks, 0);
+}
