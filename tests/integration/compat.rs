@@ -19,8 +19,18 @@ fn python(script: &str, url: &str) -> String {
 }
 
 #[test]
-fn the_gocept_lockd_doctest_through_python() {
-    let server = TestServer::start();
+fn the_gocept_lockd_doctest_through_python_with_sync_always() {
+    the_gocept_lockd_doctest_through_python("always");
+}
+
+#[test]
+fn the_gocept_lockd_doctest_through_python_with_sync_none() {
+    the_gocept_lockd_doctest_through_python("none");
+}
+
+fn the_gocept_lockd_doctest_through_python(sync: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(&tmp.path().join("locks"), &["--sync", sync]);
     let got = python("scenario.py", &server.url());
     let want = "\
 lock('resource1', 'client1') -> None
