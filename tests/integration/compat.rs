@@ -29,8 +29,7 @@ fn the_gocept_lockd_doctest_through_python_with_sync_none() {
 }
 
 fn the_gocept_lockd_doctest_through_python(sync: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = TestServer::start_in(&tmp.path().join("locks"), &["--sync", sync]);
+    let server = TestServer::start_with(&["--sync", sync]);
     let got = python("scenario.py", &server.url());
     let want = "\
 lock('resource1', 'client1') -> None

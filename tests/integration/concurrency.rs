@@ -1,6 +1,6 @@
 //! Many clients at once: exactly one wins each lock.
 
-use crate::support::TestServer;
+use crate::support::{TestServer, lock_files};
 use std::sync::{Arc, Barrier};
 
 #[test]
@@ -58,15 +58,5 @@ fn concurrent_clients_on_distinct_resources_all_succeed() {
     for t in threads {
         t.join().unwrap();
     }
-    let left = std::fs::read_dir(&server.dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".resource.lock")
-        })
-        .count();
-    assert_eq!(left, 0);
+    assert_eq!(lock_files(&server.dir).len(), 0);
 }

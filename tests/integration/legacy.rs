@@ -1,13 +1,11 @@
 //! A lock directory written by gocept.lockd is honoured as it is.
 
-use crate::support::TestServer;
+use crate::support::{TestServer, lock_files, temp_lock_dir};
 use lockd::xmlrpc::Value;
 
 #[test]
 fn gocept_lock_files_are_honoured_after_a_switch() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("locks");
-    std::fs::create_dir(&dir).unwrap();
+    let (_tmp, dir) = temp_lock_dir();
     // gocept.lockd wrote the bare client, no newline, under the raw name.
     std::fs::write(dir.join("legacy.resource.lock"), "oldclient").unwrap();
     std::fs::write(dir.join("my vm.resource.lock"), "vmclient").unwrap();
@@ -55,9 +53,7 @@ fn gocept_lock_files_are_honoured_after_a_switch() {
 
 #[test]
 fn reused_lock_files_hold_exactly_their_holder() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("locks");
-    std::fs::create_dir(&dir).unwrap();
+    let (_tmp, dir) = temp_lock_dir();
     // Longer than anything written after it, and without a newline.
     std::fs::write(
         dir.join("legacy.resource.lock"),
@@ -90,15 +86,5 @@ fn reused_lock_files_hold_exactly_their_holder() {
                 .unwrap();
         }
     }
-    let locks = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".resource.lock")
-        })
-        .count();
-    assert_eq!(locks, 0);
+    assert_eq!(lock_files(&dir).len(), 0);
 }

@@ -1,16 +1,8 @@
 //! Hostile and unusual resource names: stored inside the lock directory,
 //! under a reversible name, and refused where they cannot be stored.
 
-use crate::support::TestServer;
+use crate::support::{TestServer, lock_files};
 use std::collections::BTreeSet;
-
-fn lock_files(dir: &std::path::Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|name| !name.starts_with(".lockd"))
-        .collect()
-}
 
 #[test]
 fn hostile_names_stay_inside_the_directory_and_round_trip() {

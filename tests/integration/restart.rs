@@ -1,7 +1,7 @@
 //! Locks outlive the daemon: a restart, a `kill -9`; and one daemon per
 //! directory.
 
-use crate::support::{LOCKD, TestServer};
+use crate::support::{LOCKD, TestServer, temp_lock_dir};
 use lockd::xmlrpc::Value;
 
 #[test]
@@ -83,9 +83,7 @@ fn record(out: &mut Vec<u8>, kind: u8, strings: &[&str]) {
 
 #[test]
 fn the_journal_of_an_interrupted_run_is_replayed_into_the_lock_files() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("locks");
-    std::fs::create_dir(&dir).unwrap();
+    let (_tmp, dir) = temp_lock_dir();
     // The lock files as a crash may leave them: one lock never written, one
     // unlock never applied, one lock whose holder changed twice.
     std::fs::write(dir.join("stale.resource.lock"), "gone\n").unwrap();
@@ -128,9 +126,7 @@ fn the_journal_of_an_interrupted_run_is_replayed_into_the_lock_files() {
 
 #[test]
 fn the_startup_report_names_what_is_not_a_lock_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("locks");
-    std::fs::create_dir(&dir).unwrap();
+    let (_tmp, dir) = temp_lock_dir();
     std::fs::write(dir.join("README"), "mine").unwrap();
     std::fs::write(dir.join(".lockd-write.tmp"), "half").unwrap();
     let server = TestServer::start_in(&dir, &[]);

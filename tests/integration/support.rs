@@ -28,8 +28,14 @@ pub struct TestServer {
 impl TestServer {
     /// A daemon on a fresh, empty lock directory.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A daemon on a fresh, empty lock directory, with extra `serve`
+    /// arguments.
+    pub fn start_with(args: &[&str]) -> Self {
         let tmp = TempDir::new().unwrap();
-        let mut server = Self::start_in(&tmp.path().join("locks"), &[]);
+        let mut server = Self::start_in(&tmp.path().join("locks"), args);
         server._tmp = Some(tmp);
         server
     }
@@ -120,6 +126,24 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A fresh temporary directory with an empty `locks` directory in it; the
+/// directory lives as long as the `TempDir`.
+pub fn temp_lock_dir() -> (TempDir, PathBuf) {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("locks");
+    std::fs::create_dir(&dir).unwrap();
+    (tmp, dir)
+}
+
+/// The files in `dir` that are not lockd's own (`.lockd*`).
+pub fn lock_files(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| !name.starts_with(".lockd"))
+        .collect()
 }
 
 /// Sends raw bytes on a fresh connection and returns the status code and
