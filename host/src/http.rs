@@ -61,13 +61,8 @@ fn respond(lockd: &Lockd, config: &ServeConfig, mut request: Request) {
     let response = match (request.method(), rpc_path) {
         (Method::Post, true) => match read_body(&mut request, config.max_body) {
             Ok(body) => {
-                // Answered by whichever thread commits the call, so that
-                // this worker goes on reading requests meanwhile.
-                return rpc::handle_then(lockd, &body, move |xml| {
-                    let response =
-                        Response::from_string(xml).with_header(header("Content-Type", "text/xml"));
-                    send(request, response, &path);
-                });
+                let xml = rpc::handle(lockd, &body);
+                Response::from_string(xml).with_header(header("Content-Type", "text/xml"))
             }
             Err(response) => response,
         },
@@ -76,13 +71,9 @@ fn respond(lockd: &Lockd, config: &ServeConfig, mut request: Request) {
             .with_header(header("Allow", "POST")),
         (_, false) => Response::from_string("not found\n").with_status_code(404),
     };
-    send(request, response, &path);
-}
-
-fn send(request: Request, response: TextResponse, path: &str) {
     tracing::debug!(
         method = %request.method(),
-        path,
+        %path,
         status = response.status_code().0,
         "request"
     );

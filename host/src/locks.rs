@@ -97,18 +97,11 @@ struct Queue {
     leader: bool,
 }
 
-/// A queued request and who gets its result.
+/// A queued request and the thread waiting for its result.
 struct Pending {
+    ticket: u64,
     request: Request,
-    then: Completion,
-}
-
-/// Where a result goes once its batch is done.
-enum Completion {
-    /// To `done`, for a caller parked in [`Lockd::submit`].
-    Wake { ticket: u64, waiter: Thread },
-    /// To a function, run by the batch leader (it answers a request).
-    Call(Box<dyn FnOnce(Result<Reply, LockError>) + Send>),
+    waiter: Thread,
 }
 
 impl Lockd {
@@ -173,62 +166,19 @@ impl Lockd {
         }
     }
 
-    /// Locks `resource` for `client` and passes the result to `then`, which
-    /// runs on whichever thread commits the batch (possibly this one, before
-    /// this returns). The caller never waits for another batch to finish.
-    pub fn lock_then(
-        &self,
-        resource: &str,
-        client: &str,
-        then: impl FnOnce(Result<(), LockError>) + Send + 'static,
-    ) {
-        let request = Request::Lock(lock_request(resource, client));
-        self.submit_then(request, Box::new(move |r| then(r.map(drop))));
-    }
-
-    /// Releases `client`'s lock on `resource`, passing the result to `then`
-    /// as [`lock_then`](Self::lock_then) does.
-    pub fn unlock_then(
-        &self,
-        resource: &str,
-        client: &str,
-        then: impl FnOnce(Result<(), LockError>) + Send + 'static,
-    ) {
-        let request = Request::Unlock(lock_request(resource, client));
-        self.submit_then(request, Box::new(move |r| then(r.map(drop))));
-    }
-
-    /// Queues `request`; if no batch is running, leads until the queue is
-    /// empty, else leaves it to the running leader.
-    fn submit_then(
-        &self,
-        request: Request,
-        then: Box<dyn FnOnce(Result<Reply, LockError>) + Send>,
-    ) {
-        let mut queue = lock(&self.queue);
-        queue.pending.push(Pending {
-            request,
-            then: Completion::Call(then),
-        });
-        if !queue.leader {
-            queue.leader = true;
-            drop(queue);
-            self.lead();
-        }
-    }
-
-    /// Queues `request` and waits for its result, leading batches while no
-    /// one else does.
+    /// Queues `request` and waits for its result. Whoever finds no batch
+    /// running becomes the leader: it takes everything queued so far into
+    /// one guest call (one sync), hands each waiter its result, and wakes
+    /// the oldest of those still queued to lead the next batch. Each waiter
+    /// is woken once, by name: no herd.
     fn submit(&self, request: Request) -> Result<Reply, LockError> {
         let mut queue = lock(&self.queue);
         let ticket = queue.next_ticket;
         queue.next_ticket += 1;
         queue.pending.push(Pending {
+            ticket,
             request,
-            then: Completion::Wake {
-                ticket,
-                waiter: std::thread::current(),
-            },
+            waiter: std::thread::current(),
         });
         loop {
             if let Some(result) = queue.done.remove(&ticket) {
@@ -237,41 +187,28 @@ impl Lockd {
             if queue.leader {
                 drop(queue);
                 std::thread::park();
-            } else {
-                queue.leader = true;
-                drop(queue);
-                self.lead();
+                queue = lock(&self.queue);
+                continue;
             }
-            queue = lock(&self.queue);
-        }
-    }
-
-    /// Runs batches (group commit: one guest call, one sync each) of
-    /// whatever is queued until nothing is, handing out each result as it
-    /// is done. Called by the one thread that set `leader`.
-    fn lead(&self) {
-        loop {
-            let mut queue = lock(&self.queue);
-            if queue.pending.is_empty() {
-                queue.leader = false;
-                return;
-            }
+            queue.leader = true;
             let take = queue.pending.len().min(MAX_BATCH);
-            let (completions, requests): (Vec<Completion>, Vec<Request>) = queue
+            let (waiters, requests): (Vec<(u64, Thread)>, Vec<Request>) = queue
                 .pending
                 .drain(..take)
-                .map(|p| (p.then, p.request))
+                .map(|p| ((p.ticket, p.waiter), p.request))
                 .unzip();
             drop(queue);
             let results = self.run(&requests);
-            for (completion, result) in completions.into_iter().zip(results) {
-                match completion {
-                    Completion::Wake { ticket, waiter } => {
-                        lock(&self.queue).done.insert(ticket, result);
-                        waiter.unpark();
-                    }
-                    Completion::Call(then) => then(result),
+            queue = lock(&self.queue);
+            for ((waiting, waiter), result) in waiters.into_iter().zip(results) {
+                queue.done.insert(waiting, result);
+                if waiting != ticket {
+                    waiter.unpark();
                 }
+            }
+            queue.leader = false;
+            if let Some(next) = queue.pending.first() {
+                next.waiter.unpark();
             }
         }
     }
@@ -340,44 +277,4 @@ fn open_instance(
             notes: report.notes,
         },
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::{Arc, Barrier};
-
-    /// In-process callers, blocking and callback-style mixed, contending for
-    /// one resource: exactly one wins each round, and every caller gets an
-    /// answer.
-    #[test]
-    fn concurrent_callers_of_both_kinds_get_one_winner() {
-        let tmp = tempfile::tempdir().unwrap();
-        let lockd = Arc::new(Lockd::open(tmp.path()).unwrap());
-        for round in 0..10 {
-            let resource = format!("contended-{round}");
-            let barrier = Arc::new(Barrier::new(16));
-            let threads: Vec<_> = (0..16)
-                .map(|i| {
-                    let (lockd, barrier, resource) =
-                        (lockd.clone(), barrier.clone(), resource.clone());
-                    std::thread::spawn(move || {
-                        let client = format!("c{i}");
-                        barrier.wait();
-                        if i % 2 == 0 {
-                            lockd.lock(&resource, &client).is_ok()
-                        } else {
-                            let (tx, rx) = std::sync::mpsc::channel();
-                            lockd.lock_then(&resource, &client, move |r| tx.send(r).unwrap());
-                            rx.recv().unwrap().is_ok()
-                        }
-                    })
-                })
-                .collect();
-            let winners = threads.into_iter().map(|t| t.join().unwrap());
-            assert_eq!(winners.filter(|&won| won).count(), 1, "round {round}");
-            let holder = lockd.holder(&resource).unwrap().unwrap();
-            assert_eq!(lockd.unlock(&resource, &holder), Ok(()));
-        }
-    }
 }

@@ -55,46 +55,19 @@ const METHODS: &[Method] = &[
 /// Answers one HTTP request body with the XML-RPC response body: a result,
 /// or a fault for anything that went wrong, malformed input included.
 pub fn handle(lockd: &Lockd, body: &[u8]) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    handle_then(lockd, body, move |answer| {
-        let _ = tx.send(answer);
-    });
-    rx.recv().expect("every request is answered")
-}
-
-/// Like [`handle`], but passes the response body to `respond` instead of
-/// returning it. `lock` and `unlock` are committed with other callers'
-/// changes (group commit) and `respond` runs on the thread that commits
-/// them, so the calling thread never waits for someone else's sync.
-pub fn handle_then(lockd: &Lockd, body: &[u8], respond: impl FnOnce(String) + Send + 'static) {
-    let call = match xmlrpc::parse_call(body) {
-        Ok(call) => call,
-        Err(e) => {
-            let code = match e {
+    let result = match xmlrpc::parse_call(body) {
+        Ok(call) => dispatch(lockd, &call, true),
+        Err(e) => Err(Fault::new(
+            match e {
                 xmlrpc::ParseError::NotWellFormed(_) => code::NOT_WELL_FORMED,
                 xmlrpc::ParseError::Invalid(_) => code::INVALID_REQUEST,
-            };
-            return respond(xmlrpc::encode_fault(&Fault::new(code, e.to_string())));
-        }
+            },
+            e.to_string(),
+        )),
     };
-    let answer = |result: Result<(), LockError>| match result {
-        Ok(()) => xmlrpc::encode_response(&Value::Nil),
-        Err(e) => xmlrpc::encode_fault(&fault(e)),
-    };
-    match call.name.as_str() {
-        "lock" | "unlock" => match strings(&call, ["resource", "client"]) {
-            Ok([resource, client]) if call.name == "lock" => {
-                lockd.lock_then(resource, client, move |r| respond(answer(r)))
-            }
-            Ok([resource, client]) => {
-                lockd.unlock_then(resource, client, move |r| respond(answer(r)))
-            }
-            Err(fault) => respond(xmlrpc::encode_fault(&fault)),
-        },
-        _ => respond(match dispatch(lockd, &call, true) {
-            Ok(value) => xmlrpc::encode_response(&value),
-            Err(fault) => xmlrpc::encode_fault(&fault),
-        }),
+    match result {
+        Ok(value) => xmlrpc::encode_response(&value),
+        Err(fault) => xmlrpc::encode_fault(&fault),
     }
 }
 
