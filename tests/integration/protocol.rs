@@ -131,3 +131,60 @@ fn every_value_type_is_accepted_where_a_string_is_not_needed() {
         assert_eq!(fault_code(&answer), -32602, "{typed}: {answer}");
     }
 }
+
+#[test]
+fn pipelined_requests_on_one_connection_are_all_answered_in_order() {
+    use std::io::{Read as _, Write as _};
+    let server = TestServer::start();
+    let multicall = "<?xml version='1.0'?><methodCall><methodName>system.multicall</methodName>\
+        <params><param><value><array><data>\
+        <value><struct><member><name>methodName</name><value>lock</value></member>\
+        <member><name>params</name><value><array><data><value>p1</value><value>c</value></data></array></value></member>\
+        </struct></value></data></array></value></param></params></methodCall>";
+    let mut pipeline = String::new();
+    for round in 0..20 {
+        for body in [
+            multicall.to_owned(),
+            call_xml("lock", &[&format!("p2-{round}"), "c"]),
+        ] {
+            pipeline.push_str(&format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ));
+        }
+    }
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(pipeline.as_bytes()).unwrap();
+    let mut received = String::new();
+    let mut buf = [0; 65536];
+    while received.matches("</methodResponse>").count() < 40 {
+        let n = stream.read(&mut buf).expect("all 40 answers within 20 s");
+        assert!(n > 0, "connection closed after {received}");
+        received.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let answers: Vec<&str> = received.split("</methodResponse>").collect();
+    // The first multicall takes the lock, the later ones find it taken; every
+    // plain lock succeeds.
+    assert!(
+        answers[0].contains("<array><data>\n<value><nil/>"),
+        "{}",
+        answers[0]
+    );
+    for round in 0..20 {
+        assert!(
+            answers[2 * round + 1].contains("<nil/>"),
+            "{}",
+            answers[2 * round + 1]
+        );
+        if round > 0 {
+            assert!(
+                answers[2 * round].contains("faultCode"),
+                "{}",
+                answers[2 * round]
+            );
+        }
+    }
+}
