@@ -27,7 +27,8 @@ const MAX_LOCK_FILE: usize = 64 * 1024;
 /// A failed file operation, as text for the `io` error.
 pub type IoError = String;
 
-fn err(what: &str, file: &str, code: ErrorCode) -> IoError {
+/// The message of a failed `what` on `file`.
+pub fn io_error(what: &str, file: &str, code: ErrorCode) -> IoError {
     format!("{what} {file:?}: {}", code.message())
 }
 
@@ -78,11 +79,11 @@ impl LockDir {
         let stream = self
             .dir
             .read_directory()
-            .map_err(|e| err("listing", ".", e))?;
+            .map_err(|e| io_error("listing", ".", e))?;
         let mut names = Vec::new();
         while let Some(entry) = stream
             .read_directory_entry()
-            .map_err(|e| err("listing", ".", e))?
+            .map_err(|e| io_error("listing", ".", e))?
         {
             if entry.type_ == DescriptorType::RegularFile {
                 names.push(entry.name);
@@ -102,7 +103,7 @@ impl LockDir {
         ) {
             Ok(fd) => fd,
             Err(ErrorCode::NoEntry) => return Ok(None),
-            Err(e) => return Err(err("opening", file, e)),
+            Err(e) => return Err(io_error("opening", file, e)),
         };
         let mut content = Vec::new();
         while content.len() < limit {
@@ -111,7 +112,7 @@ impl LockDir {
                 .min((limit - content.len()) as u64);
             let (chunk, end) = fd
                 .read(want, content.len() as u64)
-                .map_err(|e| err("reading", file, e))?;
+                .map_err(|e| io_error("reading", file, e))?;
             content.extend_from_slice(&chunk);
             if end || chunk.is_empty() {
                 break;
@@ -130,14 +131,10 @@ impl LockDir {
     }
 
     /// Puts `content` in place as `file`, atomically: it is written under
-    /// another name (a spare, or [`TEMP_FILE`]), synced first if `sync`, then
-    /// renamed into place, so no reader sees it partly written.
-    pub fn write_atomically(
-        &mut self,
-        file: &str,
-        content: &[u8],
-        sync: bool,
-    ) -> Result<(), IoError> {
+    /// another name (a spare, or [`TEMP_FILE`]), then renamed into place, so
+    /// no reader sees it partly written. Nothing is synced: the journal, or
+    /// the next checkpoint, makes it durable.
+    pub fn write_atomically(&mut self, file: &str, content: &[u8]) -> Result<(), IoError> {
         let len = content.len() as u64;
         let spare = self.spares.pop();
         let (staging, fd) = match spare {
@@ -145,7 +142,8 @@ impl LockDir {
                 let name = spare_name(slot);
                 let fd = self.open_for_writing(&name, OpenFlags::empty())?;
                 if size != Some(len) {
-                    fd.set_size(len).map_err(|e| err("resizing", &name, e))?;
+                    fd.set_size(len)
+                        .map_err(|e| io_error("resizing", &name, e))?;
                 }
                 (name, fd)
             }
@@ -160,13 +158,10 @@ impl LockDir {
             self.empty_slots.push(slot);
         }
         write_all(&fd, &staging, content, 0)?;
-        if sync {
-            fd.sync().map_err(|e| err("syncing", &staging, e))?;
-        }
         drop(fd);
         self.dir
             .rename_at(&staging, &self.dir, file)
-            .map_err(|e| err("renaming into", file, e))
+            .map_err(|e| io_error("renaming into", file, e))
     }
 
     /// Removes lock file `file`, whose size is `len`, keeping it as a spare
@@ -192,7 +187,7 @@ impl LockDir {
     pub fn remove(&self, file: &str) -> Result<(), IoError> {
         match self.dir.unlink_file_at(file) {
             Ok(()) | Err(ErrorCode::NoEntry) => Ok(()),
-            Err(e) => Err(err("removing", file, e)),
+            Err(e) => Err(io_error("removing", file, e)),
         }
     }
 
@@ -204,24 +199,20 @@ impl LockDir {
             OpenFlags::empty(),
             DescriptorFlags::READ,
         ) {
-            Ok(fd) => fd.sync().map_err(|e| err("syncing", file, e)),
+            Ok(fd) => fd.sync().map_err(|e| io_error("syncing", file, e)),
             Err(ErrorCode::NoEntry) => Ok(()),
-            Err(e) => Err(err("opening", file, e)),
+            Err(e) => Err(io_error("opening", file, e)),
         }
     }
 
     /// Syncs the directory itself: which names exist.
     pub fn sync(&self) -> Result<(), IoError> {
-        self.dir.sync().map_err(|e| err("syncing", ".", e))
+        self.dir.sync().map_err(|e| io_error("syncing", ".", e))
     }
 
     /// Opens `file` for writing, creating it if missing.
-    pub fn create(&self, file: &str, truncate: bool) -> Result<Descriptor, IoError> {
-        let mut flags = OpenFlags::CREATE;
-        if truncate {
-            flags |= OpenFlags::TRUNCATE;
-        }
-        self.open_for_writing(file, flags)
+    pub fn create(&self, file: &str) -> Result<Descriptor, IoError> {
+        self.open_for_writing(file, OpenFlags::CREATE)
     }
 
     fn open_for_writing(&self, file: &str, flags: OpenFlags) -> Result<Descriptor, IoError> {
@@ -232,7 +223,7 @@ impl LockDir {
                 flags,
                 DescriptorFlags::READ | DescriptorFlags::WRITE,
             )
-            .map_err(|e| err("creating", file, e))
+            .map_err(|e| io_error("opening for writing", file, e))
     }
 }
 
@@ -242,14 +233,8 @@ pub fn write_all(fd: &Descriptor, file: &str, content: &[u8], offset: u64) -> Re
     while written < content.len() {
         let n = fd
             .write(&content[written..], offset + written as u64)
-            .map_err(|e| err("writing", file, e))?;
+            .map_err(|e| io_error("writing", file, e))?;
         written += n as usize;
     }
     Ok(())
-}
-
-/// The message of a failed operation on `file`, for callers holding their
-/// own descriptor.
-pub fn io_error(what: &str, file: &str, code: ErrorCode) -> IoError {
-    err(what, file, code)
 }

@@ -28,7 +28,7 @@ impl Journal {
     /// Opens (or creates) the journal and returns the records it holds.
     pub fn open(dir: &LockDir) -> Result<(Self, Vec<Record>), IoError> {
         let content = dir.read(JOURNAL_FILE, usize::MAX)?.unwrap_or_default();
-        let fd = dir.create(JOURNAL_FILE, false)?;
+        let fd = dir.create(JOURNAL_FILE)?;
         let (records, valid) = decode_all(&content);
         let mut journal = Self {
             fd,

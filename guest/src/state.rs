@@ -64,7 +64,7 @@ struct Held {
 enum Change {
     Write {
         file: String,
-        holder: String,
+        content: Vec<u8>,
     },
     /// `len` is the lock file's size, where known.
     Remove {
@@ -178,7 +178,7 @@ impl State {
                 let file = name::lock_file_name(&resource)
                     .map_err(|e| format!("journal names a resource that cannot be stored: {e}"))?;
                 let content = lock_file_content(&holder);
-                self.dir.write_atomically(&file, &content, false)?;
+                self.dir.write_atomically(&file, &content)?;
                 self.unsynced.insert(file.clone());
                 let len = Some(content.len() as u64);
                 self.held.insert(resource, Held { holder, file, len });
@@ -284,18 +284,16 @@ impl State {
                 if let Some(held) = self.held.get(&resource) {
                     return Err(Error::AlreadyLocked(held.holder.clone()));
                 }
-                let change = Change::Write {
-                    file: file.clone(),
-                    holder: client.clone(),
-                };
+                let content = lock_file_content(&client);
                 self.held.insert(
                     resource.clone(),
                     Held {
-                        len: Some(lock_file_content(&client).len() as u64),
+                        len: Some(content.len() as u64),
                         holder: client.clone(),
-                        file,
+                        file: file.clone(),
                     },
                 );
+                let change = Change::Write { file, content };
                 let record = Record::Lock {
                     resource: resource.clone(),
                     client,
@@ -335,9 +333,8 @@ impl State {
 
     fn perform(&mut self, change: &Change) -> Result<(), IoError> {
         match change {
-            Change::Write { file, holder } => {
-                self.dir
-                    .write_atomically(file, &lock_file_content(holder), false)?;
+            Change::Write { file, content } => {
+                self.dir.write_atomically(file, content)?;
                 self.unsynced.insert(file.clone());
             }
             Change::Remove { file, len } => {
