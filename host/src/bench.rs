@@ -3,6 +3,7 @@
 //! throughput, latency and the daemon's peak memory, optionally next to
 //! another server speaking the same protocol (the ratio is printed).
 
+use crate::locks::Durability;
 use anyhow::{Context as _, bail};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 pub struct BenchConfig {
     pub connections: Vec<usize>,
     pub duration: Duration,
-    pub syncs: Vec<String>,
+    pub syncs: Vec<Durability>,
     /// Resources shared by all connections in the contended workload.
     pub contended: Option<usize>,
     /// Lock files created before the daemon starts.
@@ -59,7 +60,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         "{:<28} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}",
         "server", "conns", "ops/s", "p50 us", "p99 us", "p999 us", "peak RSS", "ratio"
     );
-    for sync in &config.syncs {
+    for sync in config.syncs.iter().map(|s| s.name()) {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("locks");
         preload(&dir, config.preload)?;

@@ -141,11 +141,7 @@ pub fn run() -> ExitCode {
             let config = crate::bench::BenchConfig {
                 connections: args.connections,
                 duration: std::time::Duration::from_secs_f64(args.duration),
-                syncs: args
-                    .sync
-                    .iter()
-                    .map(|s| format!("{s:?}").to_lowercase())
-                    .collect(),
+                syncs: args.sync,
                 contended: args.contended,
                 preload: args.preload,
                 baseline: args.baseline,
@@ -186,10 +182,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .to_ip()
         .context("listening on a non-IP address")?;
     tracing::info!(
-        "lockd {} listening on http://{addr}/ with lock directory {} (sync={:?})",
+        "lockd {} listening on http://{addr}/ with lock directory {} (sync={})",
         env!("CARGO_PKG_VERSION"),
         lockd.dir().display(),
-        args.sync
+        args.sync.name()
     );
     let config = ServeConfig {
         max_body: args.max_body,

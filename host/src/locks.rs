@@ -28,6 +28,16 @@ pub enum Durability {
     None,
 }
 
+impl Durability {
+    /// The name `--sync` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Always => "always",
+            Durability::None => "none",
+        }
+    }
+}
+
 /// How to open a lock directory.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
