@@ -2,9 +2,12 @@
 //! answers back, over keep-alive connections served by a pool of workers.
 
 use crate::locks::Lockd;
+use crate::order::Order;
+use crate::pool_keeper::PoolKeeper;
 use crate::rpc;
 use std::io::Read as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 /// How the transport treats requests.
@@ -28,29 +31,43 @@ impl Default for ServeConfig {
 
 /// Serves `server` until it is unblocked ([`Server::unblock`]) or fails.
 pub fn serve(server: Arc<Server>, lockd: Arc<Lockd>, config: &ServeConfig) {
-    let workers: Vec<_> = (0..config.workers.max(1))
-        .map(|i| {
-            let (server, lockd, config) = (server.clone(), lockd.clone(), config.clone());
+    let requests = Arc::new(AtomicU64::new(0));
+    let _keeper = match server.server_addr().to_ip() {
+        Some(addr) => match PoolKeeper::start(addr, requests.clone()) {
+            Ok(keeper) => Some(keeper),
+            Err(e) => {
+                tracing::warn!("not keeping the connection pool: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let order = Order::default();
+    std::thread::scope(|scope| {
+        for i in 0..config.workers.max(1) {
+            let (server, lockd, order, requests) = (&server, &lockd, &order, &requests);
             std::thread::Builder::new()
                 .name(format!("lockd-worker-{i}"))
-                .spawn(move || {
-                    for request in server.incoming_requests() {
-                        respond(&lockd, &config, request);
+                .spawn_scoped(scope, move || {
+                    while let Some((mut request, ticket)) = order.next(server) {
+                        requests.fetch_add(1, Ordering::Relaxed);
+                        let turn = ticket.wait();
+                        let response = answer(lockd, config, &mut request);
+                        drop(turn);
+                        send(request, response);
                     }
                 })
-                .expect("spawning a worker thread")
-        })
-        .collect();
-    for worker in workers {
-        let _ = worker.join();
-    }
+                .expect("spawning a worker thread");
+        }
+    });
 }
 
 fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
 }
 
-fn respond(lockd: &Lockd, config: &ServeConfig, mut request: Request) {
+/// The response to `request`, its body read.
+fn answer(lockd: &Lockd, config: &ServeConfig, request: &mut Request) -> TextResponse {
     let path = request
         .url()
         .split('?')
@@ -59,7 +76,7 @@ fn respond(lockd: &Lockd, config: &ServeConfig, mut request: Request) {
         .to_owned();
     let rpc_path = matches!(path.as_str(), "/" | "/RPC2");
     let response = match (request.method(), rpc_path) {
-        (Method::Post, true) => match read_body(&mut request, config.max_body) {
+        (Method::Post, true) => match read_body(request, config.max_body) {
             Ok(body) => {
                 let xml = rpc::handle(lockd, &body);
                 Response::from_string(xml).with_header(header("Content-Type", "text/xml"))
@@ -77,6 +94,12 @@ fn respond(lockd: &Lockd, config: &ServeConfig, mut request: Request) {
         status = response.status_code().0,
         "request"
     );
+    response
+}
+
+/// Writes `response`; after the answers to the connection's earlier
+/// requests, as tiny_http orders them.
+fn send(request: Request, response: TextResponse) {
     if let Err(e) = request.respond(response) {
         tracing::debug!("writing a response failed: {e}");
     }

@@ -12,6 +12,8 @@ mod error;
 mod guard;
 pub mod http;
 mod locks;
+mod order;
+mod pool_keeper;
 mod pyrepr;
 pub mod rpc;
 pub mod xmlrpc;

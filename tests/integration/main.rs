@@ -3,6 +3,7 @@
 mod cli;
 mod compat;
 mod concurrency;
+mod connections;
 mod legacy;
 mod names;
 mod protocol;

@@ -132,40 +132,53 @@ fn every_value_type_is_accepted_where_a_string_is_not_needed() {
     }
 }
 
-#[test]
-fn pipelined_requests_on_one_connection_are_all_answered_in_order() {
+/// Sends `bodies` as pipelined HTTP/1.1 requests on one connection, all
+/// before reading anything, and returns the answers' bodies in order.
+fn pipeline(addr: &str, bodies: &[String]) -> Vec<String> {
     use std::io::{Read as _, Write as _};
-    let server = TestServer::start();
-    let multicall = "<?xml version='1.0'?><methodCall><methodName>system.multicall</methodName>\
-        <params><param><value><array><data>\
-        <value><struct><member><name>methodName</name><value>lock</value></member>\
-        <member><name>params</name><value><array><data><value>p1</value><value>c</value></data></array></value></member>\
-        </struct></value></data></array></value></param></params></methodCall>";
     let mut pipeline = String::new();
-    for round in 0..20 {
-        for body in [
-            multicall.to_owned(),
-            call_xml("lock", &[&format!("p2-{round}"), "c"]),
-        ] {
-            pipeline.push_str(&format!(
-                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ));
-        }
+    for body in bodies {
+        pipeline.push_str(&format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
     }
-    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .unwrap();
     stream.write_all(pipeline.as_bytes()).unwrap();
     let mut received = String::new();
     let mut buf = [0; 65536];
-    while received.matches("</methodResponse>").count() < 40 {
-        let n = stream.read(&mut buf).expect("all 40 answers within 20 s");
+    while received.matches("</methodResponse>").count() < bodies.len() {
+        let n = stream.read(&mut buf).expect("all answers within 20 s");
         assert!(n > 0, "connection closed after {received}");
         received.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    let answers: Vec<&str> = received.split("</methodResponse>").collect();
+    received
+        .split("</methodResponse>")
+        .take(bodies.len())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn pipelined_requests_on_one_connection_are_all_answered_in_order() {
+    let server = TestServer::start();
+    let multicall = "<?xml version='1.0'?><methodCall><methodName>system.multicall</methodName>\
+        <params><param><value><array><data>\
+        <value><struct><member><name>methodName</name><value>lock</value></member>\
+        <member><name>params</name><value><array><data><value>p1</value><value>c</value></data></array></value></member>\
+        </struct></value></data></array></value></param></params></methodCall>";
+    let bodies: Vec<String> = (0..20)
+        .flat_map(|round| {
+            [
+                multicall.to_owned(),
+                call_xml("lock", &[&format!("p2-{round}"), "c"]),
+            ]
+        })
+        .collect();
+    let answers = pipeline(&server.addr, &bodies);
     // The first multicall takes the lock, the later ones find it taken; every
     // plain lock succeeds.
     assert!(
@@ -186,5 +199,21 @@ fn pipelined_requests_on_one_connection_are_all_answered_in_order() {
                 answers[2 * round]
             );
         }
+    }
+}
+
+#[test]
+fn pipelined_requests_are_applied_in_the_order_sent() {
+    let server = TestServer::start_with(&["--sync", "none"]);
+    // lock, unlock, lock, unlock, ... of one resource: each succeeds only
+    // if the one before it was applied first.
+    let bodies: Vec<String> = (0..200)
+        .map(|i| {
+            let method = if i % 2 == 0 { "lock" } else { "unlock" };
+            call_xml(method, &["pipelined", "c"])
+        })
+        .collect();
+    for (i, answer) in pipeline(&server.addr, &bodies).iter().enumerate() {
+        assert!(!answer.contains("faultCode"), "request {i}: {answer}");
     }
 }

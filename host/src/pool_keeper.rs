@@ -1,0 +1,101 @@
+//! Keeps every accepted connection served.
+//!
+//! tiny_http gives each accepted connection to a thread of its pool for the
+//! connection's whole life. When connections arrive together while pool
+//! threads are idle, the pool can count an idle thread that has already
+//! been handed the previous connection, and queue the new connection behind
+//! it instead of starting a thread: that connection is then not read until
+//! some other connection closes, which with keep-alive clients may be never
+//! (32 connections opened at once left one unanswered for good).
+//!
+//! Every accepted connection makes the pool run its queue: a thread that
+//! finishes a connection takes the oldest queued one. So the keeper opens
+//! a connection to the daemon itself and closes it at once, every
+//! [`BUSY`] while requests are coming in and every [`IDLE`] otherwise: a
+//! queued connection waits at most about that long per connection queued
+//! before it. The pool sees an empty connection, which no worker ever
+//! receives.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often the keeper connects while requests are being served.
+pub const BUSY: Duration = Duration::from_millis(20);
+/// How often the keeper connects when no request came since the last time.
+pub const IDLE: Duration = Duration::from_millis(250);
+
+/// The keeper's thread; stopped when dropped.
+pub struct PoolKeeper {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PoolKeeper {
+    /// Starts keeping the pool of the server listening on `listen`, which
+    /// counts the requests it receives in `requests`.
+    pub fn start(listen: SocketAddr, requests: Arc<AtomicU64>) -> std::io::Result<Self> {
+        let target = reachable(listen);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("lockd-pool-keeper".into())
+            .spawn(move || {
+                let mut seen = requests.load(Ordering::Relaxed);
+                while !stopped.load(Ordering::Relaxed) {
+                    let now = requests.load(Ordering::Relaxed);
+                    std::thread::sleep(if now == seen { IDLE } else { BUSY });
+                    seen = now;
+                    if let Err(e) = TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+                        tracing::debug!("pool keeper could not connect to {target}: {e}");
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for PoolKeeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Where to connect to reach a server listening on `listen`: a wildcard
+/// address is reached on the loopback address of its family.
+fn reachable(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, listen.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, listen.port()).into(),
+        _ => listen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_addresses_are_reached_on_loopback() {
+        assert_eq!(
+            reachable("0.0.0.0:8000".parse().unwrap()),
+            "127.0.0.1:8000".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("[::]:8000".parse().unwrap()),
+            "[::1]:8000".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("10.1.2.3:8000".parse().unwrap()),
+            "10.1.2.3:8000".parse().unwrap()
+        );
+    }
+}
