@@ -2,7 +2,7 @@
 //! answers back, over keep-alive connections served by a pool of workers.
 
 use crate::locks::Lockd;
-use crate::order::Order;
+use crate::order::{Order, Turn};
 use crate::pool_keeper::PoolKeeper;
 use crate::rpc;
 use std::io::Read as _;
@@ -42,19 +42,16 @@ pub fn serve(server: Arc<Server>, lockd: Arc<Lockd>, config: &ServeConfig) {
         },
         None => None,
     };
-    let order = Order::default();
+    let order = Arc::new(Order::default());
     std::thread::scope(|scope| {
         for i in 0..config.workers.max(1) {
             let (server, lockd, order, requests) = (&server, &lockd, &order, &requests);
             std::thread::Builder::new()
                 .name(format!("lockd-worker-{i}"))
                 .spawn_scoped(scope, move || {
-                    while let Some((mut request, ticket)) = order.next(server) {
+                    while let Some((request, ticket)) = order.next(server) {
                         requests.fetch_add(1, Ordering::Relaxed);
-                        let turn = ticket.wait();
-                        let response = answer(lockd, config, &mut request);
-                        drop(turn);
-                        send(request, response);
+                        respond(lockd, config, request, ticket.wait());
                     }
                 })
                 .expect("spawning a worker thread");
@@ -66,20 +63,19 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
 }
 
-/// The response to `request`, its body read.
-fn answer(lockd: &Lockd, config: &ServeConfig, request: &mut Request) -> TextResponse {
-    let path = request
-        .url()
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let rpc_path = matches!(path.as_str(), "/" | "/RPC2");
+/// Answers `request` during its connection's `turn`: XML-RPC calls
+/// through [`rpc::handle_then`], which may answer from another thread.
+fn respond(lockd: &Lockd, config: &ServeConfig, mut request: Request, turn: Turn) {
+    let path = request.url().split('?').next().unwrap_or_default();
+    let rpc_path = matches!(path, "/" | "/RPC2");
     let response = match (request.method(), rpc_path) {
-        (Method::Post, true) => match read_body(request, config.max_body) {
+        (Method::Post, true) => match read_body(&mut request, config.max_body) {
             Ok(body) => {
-                let xml = rpc::handle(lockd, &body);
-                Response::from_string(xml).with_header(header("Content-Type", "text/xml"))
+                return rpc::handle_then(lockd, &body, move |xml| {
+                    let response =
+                        Response::from_string(xml).with_header(header("Content-Type", "text/xml"));
+                    send(request, response, turn);
+                });
             }
             Err(response) => response,
         },
@@ -88,18 +84,20 @@ fn answer(lockd: &Lockd, config: &ServeConfig, request: &mut Request) -> TextRes
             .with_header(header("Allow", "POST")),
         (_, false) => Response::from_string("not found\n").with_status_code(404),
     };
+    send(request, response, turn);
+}
+
+/// Ends the connection's `turn` (its next request may be handled) and
+/// writes `response`, after the answers to the connection's earlier
+/// requests, as tiny_http orders them.
+fn send(request: Request, response: TextResponse, turn: Turn) {
+    drop(turn);
     tracing::debug!(
         method = %request.method(),
-        %path,
+        path = request.url(),
         status = response.status_code().0,
         "request"
     );
-    response
-}
-
-/// Writes `response`; after the answers to the connection's earlier
-/// requests, as tiny_http orders them.
-fn send(request: Request, response: TextResponse) {
     if let Err(e) = request.respond(response) {
         tracing::debug!("writing a response failed: {e}");
     }

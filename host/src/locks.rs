@@ -107,11 +107,32 @@ struct Queue {
     leader: bool,
 }
 
-/// A queued request and the thread waiting for its result.
+/// A queued request and who takes its result.
 struct Pending {
     ticket: u64,
     request: Request,
-    waiter: Thread,
+    then: Then,
+}
+
+/// Who takes a result.
+enum Then {
+    /// A thread waiting in [`Lockd::submit`], woken by name.
+    Wake(Thread),
+    /// A function, called by the thread that ran the batch.
+    Call(Box<dyn FnOnce(Result<Reply, LockError>) + Send>),
+}
+
+impl Queue {
+    fn push(&mut self, request: Request, then: Then) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.pending.push(Pending {
+            ticket,
+            request,
+            then,
+        });
+        ticket
+    }
 }
 
 impl Lockd {
@@ -176,20 +197,38 @@ impl Lockd {
         }
     }
 
+    /// Locks `resource` for `client` and calls `then` with the outcome,
+    /// once it is as durable as [`Options::durability`] says, from
+    /// whichever thread commits it: this one or one committing a batch
+    /// that took it along. Returns without waiting if a batch is running.
+    pub fn lock_then(
+        &self,
+        resource: &str,
+        client: &str,
+        then: impl FnOnce(Result<(), LockError>) + Send + 'static,
+    ) {
+        let request = Request::Lock(lock_request(resource, client));
+        self.submit_then(request, move |result| then(result.map(drop)));
+    }
+
+    /// [`unlock`](Self::unlock), calling `then` as [`lock_then`](Self::lock_then) does.
+    pub fn unlock_then(
+        &self,
+        resource: &str,
+        client: &str,
+        then: impl FnOnce(Result<(), LockError>) + Send + 'static,
+    ) {
+        let request = Request::Unlock(lock_request(resource, client));
+        self.submit_then(request, move |result| then(result.map(drop)));
+    }
+
     /// Queues `request` and waits for its result. Whoever finds no batch
-    /// running becomes the leader: it takes everything queued so far into
-    /// one guest call (one sync), hands each waiter its result, and wakes
-    /// the oldest of those still queued to lead the next batch. Each waiter
-    /// is woken once, by name: no herd.
+    /// running becomes the leader (see [`lead`](Self::lead)); the others
+    /// sleep until the leader hands them their result, or the next batch
+    /// to lead. Each waiter is woken by name: no herd.
     fn submit(&self, request: Request) -> Result<Reply, LockError> {
         let mut queue = lock(&self.queue);
-        let ticket = queue.next_ticket;
-        queue.next_ticket += 1;
-        queue.pending.push(Pending {
-            ticket,
-            request,
-            waiter: std::thread::current(),
-        });
+        let ticket = queue.push(request, Then::Wake(std::thread::current()));
         loop {
             if let Some(result) = queue.done.remove(&ticket) {
                 return result;
@@ -198,27 +237,75 @@ impl Lockd {
                 drop(queue);
                 std::thread::park();
                 queue = lock(&self.queue);
-                continue;
+            } else {
+                queue = self.lead(queue);
             }
+        }
+    }
+
+    /// Queues `request`; `then` gets its result from the thread that runs
+    /// its batch, which is this one if no batch is running.
+    fn submit_then(
+        &self,
+        request: Request,
+        then: impl FnOnce(Result<Reply, LockError>) + Send + 'static,
+    ) {
+        let mut queue = lock(&self.queue);
+        queue.push(request, Then::Call(Box::new(then)));
+        if !queue.leader {
+            drop(self.lead(queue));
+        }
+    }
+
+    /// Runs batches while no one else does: takes everything queued so far
+    /// into one guest call (one sync), hands waiting threads their results,
+    /// wakes the oldest thread still queued to lead the next batch, and
+    /// then, no longer leading, calls the functions waiting for results.
+    /// If only functions are queued by then, nobody is left to run them
+    /// but this thread, so it leads again.
+    fn lead<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        let me = std::thread::current().id();
+        loop {
             queue.leader = true;
             let take = queue.pending.len().min(MAX_BATCH);
-            let (waiters, requests): (Vec<(u64, Thread)>, Vec<Request>) = queue
+            let (thens, requests): (Vec<(u64, Then)>, Vec<Request>) = queue
                 .pending
                 .drain(..take)
-                .map(|p| ((p.ticket, p.waiter), p.request))
+                .map(|p| ((p.ticket, p.then), p.request))
                 .unzip();
             drop(queue);
             let results = self.run(&requests);
             queue = lock(&self.queue);
-            for ((waiting, waiter), result) in waiters.into_iter().zip(results) {
-                queue.done.insert(waiting, result);
-                if waiting != ticket {
-                    waiter.unpark();
+            let mut calls = Vec::new();
+            for ((ticket, then), result) in thens.into_iter().zip(results) {
+                match then {
+                    Then::Wake(waiter) => {
+                        queue.done.insert(ticket, result);
+                        if waiter.id() != me {
+                            waiter.unpark();
+                        }
+                    }
+                    Then::Call(call) => calls.push((call, result)),
                 }
             }
             queue.leader = false;
-            if let Some(next) = queue.pending.first() {
-                next.waiter.unpark();
+            let next_leader = queue.pending.iter().find_map(|p| match &p.then {
+                Then::Wake(waiter) => Some(waiter),
+                Then::Call(_) => None,
+            });
+            if let Some(waiter) = next_leader {
+                waiter.unpark();
+            }
+            if calls.is_empty() {
+                return queue;
+            }
+            drop(queue);
+            for (call, result) in calls {
+                call(result);
+            }
+            queue = lock(&self.queue);
+            if queue.leader || queue.pending.is_empty() {
+                return queue;
             }
         }
     }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use tiny_http::{Request, Server};
 
 /// Tickets per connection, drawn in the order requests leave the queue.
@@ -35,21 +35,21 @@ struct Turns {
 /// A request's place in its connection's order; [`Ticket::wait`] turns it
 /// into the [`Turn`] during which the request is handled.
 #[must_use]
-pub struct Ticket<'a> {
-    order: &'a Order,
+pub struct Ticket {
+    order: Arc<Order>,
     place: Option<(SocketAddr, u64)>,
 }
 
 /// While alive, no later request of the same connection is handled.
-pub struct Turn<'a> {
-    order: &'a Order,
+pub struct Turn {
+    order: Arc<Order>,
     place: Option<(SocketAddr, u64)>,
 }
 
 impl Order {
     /// The next request from `server` with its ticket; `None` once the
     /// server has stopped.
-    pub fn next<'a>(&'a self, server: &Server) -> Option<(Request, Ticket<'a>)> {
+    pub fn next(self: &Arc<Self>, server: &Server) -> Option<(Request, Ticket)> {
         let _taking = lock(&self.taking);
         let request = server.recv().ok()?;
         let place = request.remote_addr().map(|&addr| {
@@ -59,7 +59,13 @@ impl Order {
             turns.next += 1;
             (addr, ticket)
         });
-        Some((request, Ticket { order: self, place }))
+        Some((
+            request,
+            Ticket {
+                order: self.clone(),
+                place,
+            },
+        ))
     }
 
     /// Connections with requests in progress.
@@ -69,9 +75,9 @@ impl Order {
     }
 }
 
-impl<'a> Ticket<'a> {
+impl Ticket {
     /// Waits until the connection's earlier requests have been handled.
-    pub fn wait(self) -> Turn<'a> {
+    pub fn wait(self) -> Turn {
         if let Some((addr, ticket)) = self.place {
             let mut connections = lock(&self.order.connections);
             loop {
@@ -99,7 +105,7 @@ impl<'a> Ticket<'a> {
     }
 }
 
-impl Drop for Turn<'_> {
+impl Drop for Turn {
     fn drop(&mut self) {
         let Some((addr, _)) = self.place else { return };
         let mut connections = lock(&self.order.connections);
@@ -125,13 +131,13 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn ticket(order: &Order, addr: SocketAddr) -> Ticket<'_> {
+    fn ticket(order: &Arc<Order>, addr: SocketAddr) -> Ticket {
         let mut connections = lock(&order.connections);
         let turns = connections.entry(addr).or_default();
         let ticket = turns.next;
         turns.next += 1;
         Ticket {
-            order,
+            order: order.clone(),
             place: Some((addr, ticket)),
         }
     }
@@ -146,11 +152,10 @@ mod tests {
         let other = ticket(&order, b);
         let log = Arc::new(Mutex::new(Vec::new()));
         std::thread::scope(|s| {
-            let (order2, log2) = (&order, log.clone());
+            let log2 = log.clone();
             let later = s.spawn(move || {
                 let _turn = second.wait();
                 log2.lock().unwrap().push("second");
-                let _ = order2;
             });
             // Another connection's request goes ahead at once.
             drop(other.wait());

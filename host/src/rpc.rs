@@ -55,16 +55,48 @@ const METHODS: &[Method] = &[
 /// Answers one HTTP request body with the XML-RPC response body: a result,
 /// or a fault for anything that went wrong, malformed input included.
 pub fn handle(lockd: &Lockd, body: &[u8]) -> String {
-    let result = match xmlrpc::parse_call(body) {
-        Ok(call) => dispatch(lockd, &call, true),
-        Err(e) => Err(Fault::new(
-            match e {
-                xmlrpc::ParseError::NotWellFormed(_) => code::NOT_WELL_FORMED,
-                xmlrpc::ParseError::Invalid(_) => code::INVALID_REQUEST,
-            },
-            e.to_string(),
-        )),
+    encode(parse(body).and_then(|call| dispatch(lockd, &call, true)))
+}
+
+/// Like [`handle`], but hands the response body to `reply` instead of
+/// returning it: at once, or, for `lock` and `unlock`, from the thread that
+/// commits the change together with others (see [`Lockd::lock_then`]), so
+/// that this thread need not wait for the sync.
+pub fn handle_then(lockd: &Lockd, body: &[u8], reply: impl FnOnce(String) + Send + 'static) {
+    let call = match parse(body) {
+        Ok(call) => call,
+        Err(fault) => return reply(xmlrpc::encode_fault(&fault)),
     };
+    let change = match (call.name.as_str(), strings(&call, ["resource", "client"])) {
+        ("lock", Ok(names)) => Some((Lockd::lock_then as ChangeThen, names)),
+        ("unlock", Ok(names)) => Some((Lockd::unlock_then as ChangeThen, names)),
+        _ => None,
+    };
+    match change {
+        Some((change, [resource, client])) => change(
+            lockd,
+            resource,
+            client,
+            Box::new(move |result| reply(encode(result.map(|()| Value::Nil).map_err(fault)))),
+        ),
+        None => reply(encode(dispatch(lockd, &call, true))),
+    }
+}
+
+/// [`Lockd::lock_then`] or [`Lockd::unlock_then`].
+type ChangeThen = fn(&Lockd, &str, &str, Box<dyn FnOnce(Result<(), LockError>) + Send>);
+
+fn parse(body: &[u8]) -> Result<MethodCall, Fault> {
+    xmlrpc::parse_call(body).map_err(|e| {
+        let code = match e {
+            xmlrpc::ParseError::NotWellFormed(_) => code::NOT_WELL_FORMED,
+            xmlrpc::ParseError::Invalid(_) => code::INVALID_REQUEST,
+        };
+        Fault::new(code, e.to_string())
+    })
+}
+
+fn encode(result: Result<Value, Fault>) -> String {
     match result {
         Ok(value) => xmlrpc::encode_response(&value),
         Err(fault) => xmlrpc::encode_fault(&fault),
