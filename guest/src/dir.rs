@@ -19,10 +19,12 @@ const SPARE_PREFIX: &str = ".lockd-spare-";
 const SPARE_SLOTS: usize = 64;
 /// The journal of changes not yet known to be synced in the lock files.
 pub const JOURNAL_FILE: &str = ".lockd.journal";
+/// The high-water mark of fencing tokens: none at or above it was issued.
+pub const TOKENS_FILE: &str = ".lockd.tokens";
 /// Lock files are small: a first read of this size takes most whole.
 const READ_CHUNK: u64 = 4096;
 /// Lock files longer than this are read only this far.
-const MAX_LOCK_FILE: usize = 64 * 1024;
+pub const MAX_LOCK_FILE: usize = 64 * 1024;
 
 /// A failed file operation, as text for the `io` error.
 pub type IoError = String;
@@ -119,15 +121,6 @@ impl LockDir {
             }
         }
         Ok(Some(content))
-    }
-
-    /// The first line of lock file `file`: its holder.
-    pub fn read_holder(&self, file: &str) -> Result<Option<String>, IoError> {
-        Ok(self.read(file, MAX_LOCK_FILE)?.map(|content| {
-            let line = content.split(|&b| b == b'\n').next().unwrap_or_default();
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            String::from_utf8_lossy(line).into_owned()
-        }))
     }
 
     /// Puts `content` in place as `file`, atomically: it is written under

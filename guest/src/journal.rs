@@ -8,8 +8,10 @@
 /// One change to the set of held locks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    Lock { resource: String, client: String },
-    Unlock { resource: String },
+    /// The lock file of `resource` now holds `content`.
+    Put { resource: String, content: String },
+    /// `resource` is no longer locked.
+    Remove { resource: String },
 }
 
 use crate::dir::{self, IoError, JOURNAL_FILE, LockDir};
@@ -87,8 +89,10 @@ impl Journal {
     }
 }
 
+/// A lock taken by the first version of lockd: resource, then holder.
 const LOCK: u8 = 1;
-const UNLOCK: u8 = 2;
+const REMOVE: u8 = 2;
+const PUT: u8 = 3;
 const HEADER: usize = 8;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -101,13 +105,13 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
     match record {
-        Record::Lock { resource, client } => {
-            out.push(LOCK);
+        Record::Put { resource, content } => {
+            out.push(PUT);
             put_str(out, resource);
-            put_str(out, client);
+            put_str(out, content);
         }
-        Record::Unlock { resource } => {
-            out.push(UNLOCK);
+        Record::Remove { resource } => {
+            out.push(REMOVE);
             put_str(out, resource);
         }
     }
@@ -148,11 +152,15 @@ fn decode_one(bytes: &[u8]) -> Option<(Record, usize)> {
         String::from_utf8(s.to_vec()).ok()
     };
     let record = match payload[0] {
-        LOCK => Record::Lock {
+        LOCK => Record::Put {
             resource: string()?,
-            client: string()?,
+            content: format!("{}\n", string()?),
         },
-        UNLOCK => Record::Unlock {
+        PUT => Record::Put {
+            resource: string()?,
+            content: string()?,
+        },
+        REMOVE => Record::Remove {
             resource: string()?,
         },
         _ => return None,
@@ -166,16 +174,16 @@ mod tests {
 
     fn sample() -> Vec<Record> {
         vec![
-            Record::Lock {
+            Record::Put {
                 resource: "vm/1".into(),
-                client: "host-a".into(),
+                content: "host-a\ntoken: 1\n".into(),
             },
-            Record::Unlock {
+            Record::Remove {
                 resource: "vm/1".into(),
             },
-            Record::Lock {
+            Record::Put {
                 resource: "ü".into(),
-                client: "c".into(),
+                content: "c\n".into(),
             },
         ]
     }
@@ -187,6 +195,23 @@ mod tests {
             encode(r, &mut bytes);
         }
         assert_eq!(decode_all(&bytes), (sample(), bytes.len()));
+    }
+
+    #[test]
+    fn locks_of_the_first_journal_format_read_as_lock_files_with_their_holder() {
+        let mut bytes = vec![0; HEADER];
+        bytes.push(LOCK);
+        put_str(&mut bytes, "r");
+        put_str(&mut bytes, "client1");
+        let len = (bytes.len() - HEADER) as u32;
+        let crc = crc32fast::hash(&bytes[HEADER..]);
+        bytes[..4].copy_from_slice(&len.to_le_bytes());
+        bytes[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+        let put = Record::Put {
+            resource: "r".into(),
+            content: "client1\n".into(),
+        };
+        assert_eq!(decode_all(&bytes), (vec![put], bytes.len()));
     }
 
     #[test]

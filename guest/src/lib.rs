@@ -1,10 +1,14 @@
 //! lockd's lock semantics as a WebAssembly component: the `lockd:lockd/locks`
 //! interface of `wit/lockd.wit`, kept in the host's preopened lock directory.
 
+mod clock;
 mod dir;
 mod journal;
+mod lease;
 mod name;
+mod rules;
 mod state;
+mod tokens;
 
 use std::cell::RefCell;
 
@@ -13,17 +17,38 @@ wit_bindgen::generate!({
     world: "lockd",
 });
 
+use clock::Clock;
 use exports::lockd::lockd::locks as wit;
-use state::{Durability, Error, Reply, Request, State};
+use lease::LockInfo;
+use state::{Durability, Error, Reply, Request, Settings, State};
+
+/// The lock-delay when the host does not call `open`.
+const DEFAULT_LOCK_DELAY_MS: u64 = 5000;
 
 impl From<Error> for wit::LockError {
     fn from(error: Error) -> Self {
         match error {
             Error::AlreadyLocked(holder) => wit::LockError::AlreadyLocked(holder),
+            Error::CoolingDown(ms) => wit::LockError::CoolingDown(ms),
             Error::NotLocked => wit::LockError::NotLocked,
             Error::NotOwner(holder) => wit::LockError::NotOwner(holder),
             Error::InvalidName(reason) => wit::LockError::InvalidName(reason),
+            Error::LeaseExpired => wit::LockError::LeaseExpired,
+            Error::StaleToken => wit::LockError::StaleToken,
             Error::Io(message) => wit::LockError::Io(message),
+        }
+    }
+}
+
+impl From<LockInfo> for wit::LockInfo {
+    fn from(info: LockInfo) -> Self {
+        wit::LockInfo {
+            resource: info.resource,
+            client: info.client,
+            token: info.token,
+            acquired_ms: info.acquired_ms,
+            ttl_ms: info.ttl_ms,
+            expires_ms: info.expires_ms,
         }
     }
 }
@@ -40,24 +65,79 @@ impl From<wit::Request> for Request {
                 client: r.client,
             },
             wit::Request::Holder(resource) => Request::Holder { resource },
+            wit::Request::Acquire(r) => Request::Acquire {
+                resource: r.resource,
+                client: r.client,
+                ttl_ms: r.ttl_ms,
+                reentrant: r.reentrant,
+            },
+            wit::Request::Release(r) => Request::Release {
+                resource: r.resource,
+                client: r.client,
+                token: r.token,
+            },
+            wit::Request::Renew(r) => Request::Renew {
+                resource: r.resource,
+                client: r.client,
+                ttl_ms: r.ttl_ms,
+                token: r.token,
+            },
+            wit::Request::Status(resource) => Request::Status { resource },
+            wit::Request::Check(r) => Request::Check {
+                resource: r.resource,
+                token: r.token,
+            },
+            wit::Request::BreakLock(resource) => Request::Break { resource },
+            wit::Request::List(prefix) => Request::List { prefix },
+            wit::Request::Sweep => Request::Sweep,
         }
     }
 }
 
-thread_local! {
-    /// The open lock directory of this instance.
-    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+impl From<Reply> for wit::Reply {
+    fn from(reply: Reply) -> Self {
+        match reply {
+            Reply::Done => wit::Reply::Done,
+            Reply::Holder(holder) => wit::Reply::Holder(holder),
+            Reply::Lock(info) => wit::Reply::Lock(info.into()),
+            Reply::Status(info) => wit::Reply::Status(info.map(Into::into)),
+            Reply::Valid(valid) => wit::Reply::Valid(valid),
+            Reply::Locks(locks) => wit::Reply::Locks(locks.into_iter().map(Into::into).collect()),
+            Reply::Swept(swept) => wit::Reply::Swept(wit::Swept {
+                expired: swept.expired.into_iter().map(Into::into).collect(),
+                available: swept.available,
+                next_deadline_ms: swept.next_deadline_ms,
+                now_ms: swept.now_ms,
+            }),
+        }
+    }
 }
 
-/// Runs `batch` on the lock directory, opening it with the default
-/// durability on first use.
+/// An instance's open lock directory and its clock.
+struct Instance {
+    state: State,
+    clock: Clock,
+}
+
+thread_local! {
+    static INSTANCE: RefCell<Option<Instance>> = const { RefCell::new(None) };
+}
+
+/// Runs `batch` on the lock directory, opening it with the defaults on
+/// first use.
 fn apply(batch: Vec<Request>) -> Result<Vec<Result<Reply, Error>>, wit::LockError> {
-    STATE.with_borrow_mut(|state| {
-        if state.is_none() {
-            let (opened, _) = State::open(Durability::Always).map_err(wit::LockError::Io)?;
-            *state = Some(opened);
+    INSTANCE.with_borrow_mut(|instance| {
+        if instance.is_none() {
+            let settings = Settings {
+                durability: Durability::Always,
+                lock_delay_ms: DEFAULT_LOCK_DELAY_MS,
+            };
+            let (state, _) = State::open(settings).map_err(wit::LockError::Io)?;
+            let clock = Clock::new();
+            *instance = Some(Instance { state, clock });
         }
-        Ok(state.as_mut().expect("opened above").apply(batch))
+        let Instance { state, clock } = instance.as_mut().expect("opened above");
+        Ok(state.apply(batch, clock.now_ms()))
     })
 }
 
@@ -71,15 +151,19 @@ struct Component;
 
 impl wit::Guest for Component {
     fn open(options: wit::Options) -> Result<wit::OpenReport, wit::LockError> {
-        let durability = match options.durability {
-            wit::Durability::Always => Durability::Always,
-            wit::Durability::None => Durability::None,
+        let settings = Settings {
+            durability: match options.durability {
+                wit::Durability::Always => Durability::Always,
+                wit::Durability::None => Durability::None,
+            },
+            lock_delay_ms: options.lock_delay_ms,
         };
-        STATE.with_borrow_mut(|state| {
+        INSTANCE.with_borrow_mut(|instance| {
             // Release the old journal before it is opened again.
-            *state = None;
-            let (opened, report) = State::open(durability).map_err(wit::LockError::Io)?;
-            *state = Some(opened);
+            *instance = None;
+            let (state, report) = State::open(settings).map_err(wit::LockError::Io)?;
+            let clock = Clock::new();
+            *instance = Some(Instance { state, clock });
             Ok(wit::OpenReport {
                 held: report.held,
                 replayed: report.replayed,
@@ -93,11 +177,7 @@ impl wit::Guest for Component {
         match apply(batch.into_iter().map(Request::from).collect()) {
             Ok(results) => results
                 .into_iter()
-                .map(|r| match r {
-                    Ok(Reply::Done) => Ok(wit::Reply::Done),
-                    Ok(Reply::Holder(h)) => Ok(wit::Reply::Holder(h)),
-                    Err(e) => Err(e.into()),
-                })
+                .map(|r| r.map(Into::into).map_err(Into::into))
                 .collect(),
             Err(e) => vec![Err(e); n],
         }
@@ -114,7 +194,7 @@ impl wit::Guest for Component {
     fn holder(resource: String) -> Result<Option<String>, wit::LockError> {
         match apply_one(Request::Holder { resource })? {
             Reply::Holder(holder) => Ok(holder),
-            Reply::Done => unreachable!("holder replies with a holder"),
+            _ => unreachable!("holder replies with a holder"),
         }
     }
 }

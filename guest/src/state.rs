@@ -1,9 +1,11 @@
 //! The lock table: which resource is held by whom, kept in memory and in the
 //! lock directory, changed in batches with one sync per batch.
 
-use crate::dir::{IoError, LockDir, TEMP_FILE};
+use crate::dir::{IoError, LockDir, MAX_LOCK_FILE, TEMP_FILE};
 use crate::journal::{self, Journal, Record};
+use crate::lease::LockInfo;
 use crate::name;
+use crate::tokens::Tokens;
 use std::collections::{HashMap, HashSet};
 
 /// The journal is folded into the lock files (which are then synced) and
@@ -14,9 +16,16 @@ const CHECKPOINT_BYTES: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     AlreadyLocked(String),
+    /// Free, but its last lock expired or was broken less than the
+    /// lock-delay ago: milliseconds left.
+    CoolingDown(u64),
     NotLocked,
     NotOwner(String),
     InvalidName(String),
+    /// The asker's lease ran out.
+    LeaseExpired,
+    /// The token given is not the current holder's.
+    StaleToken,
     Io(String),
 }
 
@@ -27,18 +36,80 @@ pub enum Durability {
     None,
 }
 
-/// One request of a batch.
-pub enum Request {
-    Lock { resource: String, client: String },
-    Unlock { resource: String, client: String },
-    Holder { resource: String },
+/// How the directory is opened; see the WIT `options`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub durability: Durability,
+    /// How long an expired or broken lock stays unavailable.
+    pub lock_delay_ms: u64,
 }
 
-/// The result of one successful request.
+/// One request of a batch; see the WIT `request`.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Lock {
+        resource: String,
+        client: String,
+    },
+    Unlock {
+        resource: String,
+        client: String,
+    },
+    Holder {
+        resource: String,
+    },
+    Acquire {
+        resource: String,
+        client: String,
+        ttl_ms: Option<u64>,
+        reentrant: bool,
+    },
+    Release {
+        resource: String,
+        client: String,
+        token: Option<u64>,
+    },
+    Renew {
+        resource: String,
+        client: String,
+        ttl_ms: u64,
+        token: Option<u64>,
+    },
+    Status {
+        resource: String,
+    },
+    Check {
+        resource: String,
+        token: u64,
+    },
+    Break {
+        resource: String,
+    },
+    List {
+        prefix: String,
+    },
+    Sweep,
+}
+
+/// The result of one successful request; see the WIT `reply`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
     Done,
     Holder(Option<String>),
+    Lock(LockInfo),
+    Status(Option<LockInfo>),
+    Valid(bool),
+    Locks(Vec<LockInfo>),
+    Swept(Swept),
+}
+
+/// What a sweep did; see the WIT `swept`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub expired: Vec<LockInfo>,
+    pub available: Vec<String>,
+    pub next_deadline_ms: Option<u64>,
+    pub now_ms: u64,
 }
 
 /// What opening found; see the WIT `open-report`.
@@ -49,19 +120,27 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-/// A held lock.
+/// A held lock and its file.
 #[derive(Debug, Clone)]
-struct Held {
-    holder: String,
+pub(crate) struct Held {
+    pub info: LockInfo,
     /// The lock file: lockd's name for the resource, or the unencoded name
     /// gocept.lockd gave it.
-    file: String,
+    pub file: String,
     /// The lock file's size, if this run wrote it (and so knows it).
-    len: Option<u64>,
+    pub len: Option<u64>,
+}
+
+/// A resource whose lock expired or was broken: unavailable until `until_ms`.
+#[derive(Debug, Clone)]
+pub(crate) struct Cooling {
+    /// Who held it.
+    pub client: String,
+    pub until_ms: u64,
 }
 
 /// A change made in memory, to be written to the lock files once durable.
-enum Change {
+pub(crate) enum Change {
     Write {
         file: String,
         content: Vec<u8>,
@@ -73,24 +152,32 @@ enum Change {
     },
 }
 
+/// One change of the table: the resource, what it held before (to take the
+/// change back), the file change and its journal record.
+pub(crate) struct Step {
+    pub resource: String,
+    pub before: Option<Held>,
+    pub change: Change,
+    pub record: Record,
+}
+
 /// The open lock directory.
 pub struct State {
-    dir: LockDir,
+    pub(crate) dir: LockDir,
     durability: Durability,
-    held: HashMap<String, Held>,
+    pub(crate) lock_delay_ms: u64,
+    pub(crate) held: HashMap<String, Held>,
+    pub(crate) cooling: HashMap<String, Cooling>,
+    pub(crate) tokens: Tokens,
     /// Present with `Durability::Always`.
     journal: Option<Journal>,
     /// Lock files written since the last checkpoint, not yet synced.
     unsynced: HashSet<String>,
 }
 
-fn lock_file_content(holder: &str) -> Vec<u8> {
-    format!("{holder}\n").into_bytes()
-}
-
 impl State {
     /// Opens the preopened directory; see the WIT `open`.
-    pub fn open(durability: Durability) -> Result<(Self, Report), IoError> {
+    pub fn open(settings: Settings) -> Result<(Self, Report), IoError> {
         let mut dir = LockDir::open()?;
         let mut report = Report::default();
         let mut held = HashMap::new();
@@ -113,9 +200,10 @@ impl State {
                 }
                 continue;
             };
-            match dir.read_holder(&file) {
-                Ok(Some(holder)) => {
-                    if holder.is_empty() {
+            match dir.read(&file, MAX_LOCK_FILE) {
+                Ok(Some(content)) => {
+                    let info = LockInfo::parse(resource.clone(), &content);
+                    if info.client.is_empty() {
                         report
                             .notes
                             .push(format!("{file:?} names no holder: the lock is held by ''"));
@@ -123,9 +211,9 @@ impl State {
                     held.insert(
                         resource,
                         Held {
-                            holder,
+                            info,
                             file,
-                            len: None,
+                            len: Some(content.len() as u64),
                         },
                     );
                 }
@@ -135,21 +223,37 @@ impl State {
                     .push(format!("unreadable lock file left alone: {e}")),
             }
         }
+        let (journal, records) = Journal::open(&dir)?;
+        let mut seen = held.values().map(|h| h.info.token).max().unwrap_or(0);
+        for record in &records {
+            if let Record::Put { resource, content } = record {
+                let info = LockInfo::parse(resource.clone(), content.as_bytes());
+                seen = seen.max(info.token);
+            }
+        }
+        let tokens = Tokens::open(&dir, seen)?;
         let mut state = Self {
             dir,
-            durability,
+            durability: settings.durability,
+            lock_delay_ms: settings.lock_delay_ms,
             held,
-            journal: None,
+            cooling: HashMap::new(),
+            tokens,
+            journal: Some(journal),
             unsynced: HashSet::new(),
         };
-        let (journal, records) = Journal::open(&state.dir)?;
         report.replayed = records.len() as u64;
         state.replay(records)?;
-        state.journal = Some(journal);
+        let upgraded = state.give_tokens()?;
+        if upgraded > 0 {
+            report.notes.push(format!(
+                "gave {upgraded} lock(s) without a fencing token (written by gocept.lockd) one"
+            ));
+        }
         // Folds the replayed changes into the lock files and empties the
         // journal, so every run starts from files that are the whole truth.
         state.checkpoint()?;
-        if durability == Durability::None {
+        if settings.durability == Durability::None {
             state.journal = None;
         }
         report.held = state.held.len() as u64;
@@ -162,28 +266,49 @@ impl State {
         let mut last: HashMap<String, Option<String>> = HashMap::new();
         for record in records {
             match record {
-                Record::Lock { resource, client } => last.insert(resource, Some(client)),
-                Record::Unlock { resource } => last.insert(resource, None),
+                Record::Put { resource, content } => last.insert(resource, Some(content)),
+                Record::Remove { resource } => last.insert(resource, None),
             };
         }
-        for (resource, holder) in last {
-            let current = self.held.get(&resource).map(|h| h.holder.as_str());
-            if current == holder.as_deref() {
-                continue;
-            }
+        for (resource, content) in last {
             if let Some(old) = self.held.remove(&resource) {
-                self.dir.remove_lock_file(&old.file, None)?;
+                self.dir.remove_lock_file(&old.file, old.len)?;
             }
-            if let Some(holder) = holder {
+            if let Some(content) = content {
                 let file = name::lock_file_name(&resource)
                     .map_err(|e| format!("journal names a resource that cannot be stored: {e}"))?;
-                let content = lock_file_content(&holder);
-                self.dir.write_atomically(&file, &content)?;
-                self.unsynced.insert(file.clone());
-                let len = Some(content.len() as u64);
-                self.held.insert(resource, Held { holder, file, len });
+                let info = LockInfo::parse(resource.clone(), content.as_bytes());
+                self.put(resource, info, file)?;
             }
         }
+        Ok(())
+    }
+
+    /// Gives every lock without a token (a gocept.lockd lock file) one,
+    /// rewriting its file; returns how many.
+    fn give_tokens(&mut self) -> Result<usize, IoError> {
+        let mut tokenless: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.info.token == 0)
+            .map(|(r, _)| r.clone())
+            .collect();
+        tokenless.sort();
+        for resource in &tokenless {
+            let mut held = self.held.remove(resource).expect("listed above");
+            held.info.token = self.tokens.issue(&mut self.dir)?;
+            self.put(resource.clone(), held.info, held.file)?;
+        }
+        Ok(tokenless.len())
+    }
+
+    /// Writes `info` as lock file `file` (unsynced) and holds it.
+    fn put(&mut self, resource: String, info: LockInfo, file: String) -> Result<(), IoError> {
+        let content = info.file_content();
+        self.dir.write_atomically(&file, &content)?;
+        self.unsynced.insert(file.clone());
+        let len = Some(content.len() as u64);
+        self.held.insert(resource, Held { info, file, len });
         Ok(())
     }
 
@@ -203,37 +328,38 @@ impl State {
         Ok(())
     }
 
-    /// Runs a batch; see the WIT `apply`.
-    pub fn apply(&mut self, batch: Vec<Request>) -> Vec<Result<Reply, Error>> {
+    /// Runs a batch at `now_ms` (milliseconds since the Unix epoch, on a
+    /// clock that does not run backwards); see the WIT `apply`.
+    pub fn apply(&mut self, batch: Vec<Request>, now_ms: u64) -> Vec<Result<Reply, Error>> {
         let mut results = Vec::with_capacity(batch.len());
-        // Per change: the index of its result, the resource and what it
-        // held before, and what to do to the lock files.
-        let mut changes: Vec<(usize, String, Option<Held>, Change)> = Vec::new();
+        // Per request with changes: the index of its result and its steps.
+        let mut changed: Vec<(usize, Vec<Step>)> = Vec::new();
         let mut records = Vec::new();
         for request in batch {
-            let outcome = self.decide(request);
-            match outcome {
-                Ok((reply, None)) => results.push(Ok(reply)),
-                Ok((reply, Some((resource, before, change, record)))) => {
+            match self.decide(request, now_ms) {
+                Ok((reply, steps)) if steps.is_empty() => results.push(Ok(reply)),
+                Ok((reply, steps)) => {
                     if self.durability == Durability::None {
                         // Nothing to sync: the lock files are the record.
-                        match self.perform(&change) {
+                        match self.perform_all(&steps) {
                             Ok(()) => results.push(Ok(reply)),
                             Err(e) => {
-                                self.restore(resource, before);
+                                self.undo(steps);
                                 results.push(Err(Error::Io(e)));
                             }
                         }
                     } else {
-                        journal::encode(&record, &mut records);
-                        changes.push((results.len(), resource, before, change));
+                        for step in &steps {
+                            journal::encode(&step.record, &mut records);
+                        }
+                        changed.push((results.len(), steps));
                         results.push(Ok(reply));
                     }
                 }
                 Err(e) => results.push(Err(e)),
             }
         }
-        if changes.is_empty() {
+        if changed.is_empty() {
             return results;
         }
         let journal = self
@@ -241,8 +367,8 @@ impl State {
             .as_mut()
             .expect("a journal with Durability::Always");
         if let Err(e) = journal.append(&records) {
-            for (i, resource, before, _) in changes.into_iter().rev() {
-                self.restore(resource, before);
+            for (i, steps) in changed.into_iter().rev() {
+                self.undo(steps);
                 results[i] = Err(Error::Io(e.clone()));
             }
             return results;
@@ -250,8 +376,8 @@ impl State {
         // Durable in the journal: the lock files follow. A lock file that
         // cannot be written now is rewritten from the journal at the next
         // open; the change itself stands.
-        for (_, _, _, change) in &changes {
-            let _ = self.perform(change);
+        for (_, steps) in &changed {
+            let _ = self.perform_all(steps);
         }
         if self
             .journal
@@ -263,72 +389,43 @@ impl State {
         results
     }
 
-    /// What `request` does to the table: its reply and, for a change, the
-    /// resource, its previous state, the file change and the journal
-    /// record. The table is changed already; [`restore`](Self::restore)
-    /// takes it back.
-    #[allow(clippy::type_complexity)]
-    fn decide(
-        &mut self,
-        request: Request,
-    ) -> Result<(Reply, Option<(String, Option<Held>, Change, Record)>), Error> {
-        match request {
-            Request::Holder { resource } => {
-                name::lock_file_name(&resource).map_err(Error::InvalidName)?;
-                let holder = self.held.get(&resource).map(|h| h.holder.clone());
-                Ok((Reply::Holder(holder), None))
-            }
-            Request::Lock { resource, client } => {
-                let file = name::lock_file_name(&resource).map_err(Error::InvalidName)?;
-                name::check_client(&client).map_err(Error::InvalidName)?;
-                if let Some(held) = self.held.get(&resource) {
-                    return Err(Error::AlreadyLocked(held.holder.clone()));
+    /// Takes `steps` back in memory, last first.
+    fn undo(&mut self, steps: Vec<Step>) {
+        for step in steps.into_iter().rev() {
+            match step.before {
+                Some(held) => {
+                    self.cooling.remove(&step.resource);
+                    self.held.insert(step.resource, held);
                 }
-                let content = lock_file_content(&client);
-                self.held.insert(
-                    resource.clone(),
-                    Held {
-                        len: Some(content.len() as u64),
-                        holder: client.clone(),
-                        file: file.clone(),
-                    },
-                );
-                let change = Change::Write { file, content };
-                let record = Record::Lock {
-                    resource: resource.clone(),
-                    client,
-                };
-                Ok((Reply::Done, Some((resource, None, change, record))))
-            }
-            Request::Unlock { resource, client } => {
-                name::lock_file_name(&resource).map_err(Error::InvalidName)?;
-                name::check_client(&client).map_err(Error::InvalidName)?;
-                match self.held.get(&resource) {
-                    None => Err(Error::NotLocked),
-                    Some(held) if held.holder != client => {
-                        Err(Error::NotOwner(held.holder.clone()))
-                    }
-                    Some(_) => {
-                        let before = self.held.remove(&resource).expect("just seen");
-                        let change = Change::Remove {
-                            file: before.file.clone(),
-                            len: before.len,
-                        };
-                        let record = Record::Unlock {
-                            resource: resource.clone(),
-                        };
-                        Ok((Reply::Done, Some((resource, Some(before), change, record))))
-                    }
+                None => {
+                    self.held.remove(&step.resource);
                 }
             }
         }
     }
 
-    fn restore(&mut self, resource: String, before: Option<Held>) {
-        match before {
-            Some(held) => self.held.insert(resource, held),
-            None => self.held.remove(&resource),
-        };
+    fn perform_all(&mut self, steps: &[Step]) -> Result<(), IoError> {
+        for (done, step) in steps.iter().enumerate() {
+            if let Err(e) = self.perform(&step.change) {
+                // Put back the files of the steps already done.
+                for step in steps[..done].iter().rev() {
+                    let _ = match &step.before {
+                        Some(held) => {
+                            let content = held.info.file_content();
+                            self.dir.write_atomically(&held.file, &content)
+                        }
+                        None => match &step.change {
+                            Change::Write { file, content } => {
+                                self.dir.remove_lock_file(file, Some(content.len() as u64))
+                            }
+                            Change::Remove { .. } => Ok(()),
+                        },
+                    };
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn perform(&mut self, change: &Change) -> Result<(), IoError> {

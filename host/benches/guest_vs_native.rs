@@ -58,7 +58,14 @@ fn main() {
     println!("lock+unlock pairs, one at a time, in-process; mean per pair");
     for (durability, pairs) in [(Durability::None, pairs), (Durability::Always, pairs / 10)] {
         let guest_dir = tempfile::tempdir().unwrap();
-        let lockd = Lockd::open_with(guest_dir.path(), &Options { durability }).unwrap();
+        let lockd = Lockd::open_with(
+            guest_dir.path(),
+            &Options {
+                durability,
+                ..Options::default()
+            },
+        )
+        .unwrap();
         let guest = time_pairs(pairs, |i| {
             let name = format!("r{i}");
             lockd.lock(&name, "bench-client").unwrap();

@@ -95,6 +95,22 @@ struct ServeArgs {
     /// Threads answering requests.
     #[arg(long, env = "LOCKD_WORKERS", default_value_t = ServeConfig::default().workers)]
     workers: usize,
+    /// Seconds a lock whose lease expired, or which was broken, stays
+    /// unavailable to everyone (so its old holder notices first); 0 allowed.
+    #[arg(long, env = "LOCKD_LOCK_DELAY", default_value_t = Options::default().lock_delay.as_secs_f64(), value_parser = seconds)]
+    lock_delay: f64,
+    /// The longest, in seconds, a client may wait for a lock; longer
+    /// waits asked for are cut to it.
+    #[arg(long, env = "LOCKD_MAX_WAIT", default_value_t = Options::default().max_wait.as_secs_f64(), value_parser = seconds)]
+    max_wait: f64,
+}
+
+/// A non-negative, finite number of seconds.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.0..1e12).contains(&secs) => Ok(secs),
+        _ => Err(format!("{text:?} is not a number of seconds (0 or more)")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +178,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let options = Options {
         durability: args.sync,
+        lock_delay: std::time::Duration::from_secs_f64(args.lock_delay),
+        max_wait: std::time::Duration::from_secs_f64(args.max_wait),
     };
     let lockd = Arc::new(Lockd::open_with(&args.dir, &options)?);
     let report = lockd.open_report();

@@ -15,7 +15,8 @@ mod bindings {
 }
 
 pub use bindings::exports::lockd::lockd::locks::{
-    Durability, LockError as GuestError, LockRequest, OpenReport, Reply, Request,
+    AcquireRequest, CheckRequest, Durability, LockError as GuestError, LockInfo, LockRequest,
+    OpenReport, Options, ReleaseRequest, RenewRequest, Reply, Request,
 };
 
 /// The component exactly as `lockd` runs it (`wasm32-wasip2`, built from
@@ -101,11 +102,7 @@ pub struct Instance {
 
 impl Instance {
     /// Opens the lock directory; see the WIT `open`.
-    pub fn open(
-        &mut self,
-        durability: Durability,
-    ) -> wasmtime::Result<Result<OpenReport, GuestError>> {
-        let options = bindings::exports::lockd::lockd::locks::Options { durability };
+    pub fn open(&mut self, options: Options) -> wasmtime::Result<Result<OpenReport, GuestError>> {
         self.bindings
             .lockd_lockd_locks()
             .call_open(&mut self.store, options)

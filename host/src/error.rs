@@ -17,6 +17,15 @@ pub enum LockError {
     NotOwner { holder: String, client: String },
     /// A resource or client name that cannot be used, and why.
     InvalidName(String),
+    /// Nobody holds the lock, but its last lock expired or was broken
+    /// less than the lock-delay ago: unavailable for `ms_left` more.
+    CoolingDown { ms_left: u64 },
+    /// `client`'s lease ran out, or its lock was broken: it holds nothing.
+    LeaseExpired { client: String },
+    /// The token given is not the current holder's.
+    StaleToken,
+    /// The lock was not free within the time the caller would wait.
+    WaitTimedOut,
     /// The lock directory could not be read or written; nothing changed.
     Storage(String),
     /// The lock component failed (a trap); it has been restarted and the
@@ -30,6 +39,8 @@ pub mod code {
     pub const NOT_LOCKED: i32 = 2;
     pub const NOT_OWNER: i32 = 3;
     pub const INVALID_NAME: i32 = 4;
+    pub const STALE: i32 = 5;
+    pub const WAIT_TIMED_OUT: i32 = 6;
     pub const NOT_WELL_FORMED: i32 = -32700;
     pub const INVALID_REQUEST: i32 = -32600;
     pub const METHOD_NOT_FOUND: i32 = -32601;
@@ -45,6 +56,9 @@ impl LockError {
             LockError::NotLocked => code::NOT_LOCKED,
             LockError::NotOwner { .. } => code::NOT_OWNER,
             LockError::InvalidName(_) => code::INVALID_NAME,
+            LockError::CoolingDown { .. } => code::ALREADY_LOCKED,
+            LockError::LeaseExpired { .. } | LockError::StaleToken => code::STALE,
+            LockError::WaitTimedOut => code::WAIT_TIMED_OUT,
             LockError::Storage(_) | LockError::Internal(_) => code::INTERNAL,
         }
     }
@@ -60,6 +74,11 @@ impl LockError {
             },
             GuestError::InvalidName(reason) => LockError::InvalidName(reason),
             GuestError::Io(message) => LockError::Storage(message),
+            GuestError::CoolingDown(ms_left) => LockError::CoolingDown { ms_left },
+            GuestError::LeaseExpired => LockError::LeaseExpired {
+                client: client.to_owned(),
+            },
+            GuestError::StaleToken => LockError::StaleToken,
         }
     }
 }
@@ -78,6 +97,22 @@ impl fmt::Display for LockError {
                 repr(client)
             ),
             LockError::InvalidName(reason) => write!(f, "Invalid name: {reason}"),
+            LockError::CoolingDown { ms_left } => write!(
+                f,
+                "Resource unavailable for another {:.3} s: its last lock expired or was broken",
+                *ms_left as f64 / 1000.0
+            ),
+            LockError::LeaseExpired { client } => {
+                write!(
+                    f,
+                    "Lease expired: {} no longer holds the lock",
+                    repr(client)
+                )
+            }
+            LockError::StaleToken => {
+                f.write_str("Stale fencing token: the lock is held with another token")
+            }
+            LockError::WaitTimedOut => f.write_str("Timed out waiting for the lock"),
             LockError::Storage(message) => {
                 write!(f, "Storage error, the operation did not happen: {message}")
             }

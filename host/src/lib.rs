@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+mod commit;
 mod component;
 mod error;
 mod guard;
@@ -21,4 +22,4 @@ pub mod xmlrpc;
 pub use component::COMPONENT_WASM;
 pub use error::{LockError, code};
 pub use guard::GUARD_FILE;
-pub use locks::{Durability, Lockd, OpenReport, Options};
+pub use locks::{Acquire, Durability, Lock, Lockd, OpenReport, Options};

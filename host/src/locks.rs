@@ -1,19 +1,18 @@
 //! [`Lockd`]: a lock directory opened for use, in-process, with concurrent
 //! callers' changes committed together (group commit).
 
+use crate::commit::{Engine, Then};
 use crate::component::{
-    Durability as GuestDurability, GuestError, Instance, LockRequest, Reply, Request, Runtime,
+    AcquireRequest, CheckRequest, Durability as GuestDurability, Instance, LockRequest,
+    Options as GuestOptions, ReleaseRequest, RenewRequest, Reply, Request, Runtime,
 };
 use crate::error::LockError;
 use crate::guard::DirGuard;
 use anyhow::Context as _;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
-use std::thread::Thread;
-
-/// The most requests one guest call takes; later arrivals wait for the next.
-const MAX_BATCH: usize = 256;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// When a change counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -39,9 +38,24 @@ impl Durability {
 }
 
 /// How to open a lock directory.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub durability: Durability,
+    /// How long a lock whose lease expired, or which was broken, stays
+    /// unavailable to everyone.
+    pub lock_delay: Duration,
+    /// The longest a caller may wait for a lock; longer waits are cut to it.
+    pub max_wait: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            durability: Durability::default(),
+            lock_delay: Duration::from_secs(5),
+            max_wait: Duration::from_secs(300),
+        }
+    }
 }
 
 /// What opening found in the lock directory.
@@ -53,6 +67,23 @@ pub struct OpenReport {
     pub replayed: u64,
     /// Unknown files left alone, leftovers removed, unreadable lock files.
     pub notes: Vec<String>,
+}
+
+/// A held lock, as the component describes it (the WIT `lock-info`).
+pub use crate::component::LockInfo as Lock;
+
+/// How to take a lock with [`Lockd::acquire`].
+#[derive(Debug, Clone, Default)]
+pub struct Acquire {
+    /// A lease: the lock ends by itself this long after it is taken or
+    /// last renewed. None: held until released.
+    pub ttl: Option<Duration>,
+    /// How long to wait, in line with other waiters, for the lock to be
+    /// free; zero tries once.
+    pub wait: Duration,
+    /// If the client holds the lock already, return it (same token)
+    /// instead of failing.
+    pub reentrant: bool,
 }
 
 /// A lock directory served by the lock component, as gocept.lockd's `Lockd`
@@ -90,49 +121,9 @@ pub struct Lockd {
     dir: PathBuf,
     options: Options,
     report: OpenReport,
-    runtime: Runtime,
-    /// Used by one batch leader at a time.
-    instance: Mutex<Instance>,
-    queue: Mutex<Queue>,
+    engine: Arc<Engine>,
+    timer: Option<JoinHandle<()>>,
     _guard: DirGuard,
-}
-
-/// Requests waiting for the next batch, and results waiting for their caller.
-#[derive(Default)]
-struct Queue {
-    next_ticket: u64,
-    pending: Vec<Pending>,
-    done: HashMap<u64, Result<Reply, LockError>>,
-    /// Whether some caller is running a batch right now.
-    leader: bool,
-}
-
-/// A queued request and who takes its result.
-struct Pending {
-    ticket: u64,
-    request: Request,
-    then: Then,
-}
-
-/// Who takes a result.
-enum Then {
-    /// A thread waiting in [`Lockd::submit`], woken by name.
-    Wake(Thread),
-    /// A function, called by the thread that ran the batch.
-    Call(Box<dyn FnOnce(Result<Reply, LockError>) + Send>),
-}
-
-impl Queue {
-    fn push(&mut self, request: Request, then: Then) -> u64 {
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        self.pending.push(Pending {
-            ticket,
-            request,
-            then,
-        });
-        ticket
-    }
 }
 
 impl Lockd {
@@ -152,21 +143,46 @@ impl Lockd {
             .with_context(|| format!("resolving lock directory {}", dir.display()))?;
         let guard = DirGuard::acquire(&dir)?;
         let runtime = Runtime::new()?;
-        let (instance, report) = open_instance(&runtime, &dir, options)?;
-        Ok(Self {
+        let guest_options = guest_options(options);
+        let (instance, report) = open_instance(&runtime, &dir, guest_options)?;
+        let reopen = Box::new(move |runtime: &Runtime, dir: &Path| {
+            open_instance(runtime, dir, guest_options).map(|(instance, _)| instance)
+        });
+        let engine = Arc::new(Engine::new(
+            dir.clone(),
+            options.lock_delay,
+            runtime,
+            instance,
+            reopen,
+        ));
+        let timer = {
+            let engine = engine.clone();
+            std::thread::Builder::new()
+                .name("lockd-timer".into())
+                .spawn(move || engine.run_timer())
+                .context("starting the timer thread")?
+        };
+        let lockd = Self {
             dir,
             options: options.clone(),
             report,
-            runtime,
-            instance: Mutex::new(instance),
-            queue: Mutex::new(Queue::default()),
+            engine,
+            timer: Some(timer),
             _guard: guard,
-        })
+        };
+        // Leases that ran out while no daemon ran end now.
+        lockd.submit(Request::Sweep, None)?;
+        Ok(lockd)
     }
 
     /// The lock directory, as an absolute path.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     /// What opening the directory found.
@@ -177,30 +193,96 @@ impl Lockd {
     /// Locks `resource` for `client`. Refused while anyone holds it,
     /// `client` included, as gocept.lockd did.
     pub fn lock(&self, resource: &str, client: &str) -> Result<(), LockError> {
-        self.submit(Request::Lock(lock_request(resource, client)))
+        self.submit(Request::Lock(lock_request(resource, client)), None)
             .map(drop)
     }
 
     /// Releases `client`'s lock on `resource`.
     pub fn unlock(&self, resource: &str, client: &str) -> Result<(), LockError> {
-        self.submit(Request::Unlock(lock_request(resource, client)))
+        self.submit(Request::Unlock(lock_request(resource, client)), None)
             .map(drop)
     }
 
     /// Who holds `resource`, if anyone.
     pub fn holder(&self, resource: &str) -> Result<Option<String>, LockError> {
-        match self.submit(Request::Holder(resource.to_owned()))? {
+        match self.submit(Request::Holder(resource.to_owned()), None)? {
             Reply::Holder(holder) => Ok(holder),
-            Reply::Done => Err(LockError::Internal(
-                "holder answered without a holder".into(),
-            )),
+            other => Err(unexpected(&other)),
         }
     }
 
-    /// Locks `resource` for `client` and calls `then` with the outcome,
-    /// once it is as durable as [`Options::durability`] says, from
-    /// whichever thread commits it: this one or one committing a batch
-    /// that took it along. Returns without waiting if a batch is running.
+    /// Takes `resource` for `client` as `how` says, waiting in line if
+    /// asked. Fails with [`LockError::WaitTimedOut`] if the wait ends first.
+    pub fn acquire(&self, resource: &str, client: &str, how: &Acquire) -> Result<Lock, LockError> {
+        let (request, deadline) = self.acquire_request(resource, client, how);
+        lock_reply(self.submit(request, deadline)?)
+    }
+
+    /// Releases `client`'s lock on `resource`; with `token`, only if it is
+    /// the lock's.
+    pub fn release(
+        &self,
+        resource: &str,
+        client: &str,
+        token: Option<u64>,
+    ) -> Result<(), LockError> {
+        self.submit(release_request(resource, client, token), None)
+            .map(drop)
+    }
+
+    /// Makes `client`'s lease on `resource` run out `ttl` from now.
+    pub fn renew(
+        &self,
+        resource: &str,
+        client: &str,
+        ttl: Duration,
+        token: Option<u64>,
+    ) -> Result<Lock, LockError> {
+        lock_reply(self.submit(renew_request(resource, client, ttl, token), None)?)
+    }
+
+    /// The lock on `resource`, if it is held.
+    pub fn status(&self, resource: &str) -> Result<Option<Lock>, LockError> {
+        match self.submit(Request::Status(resource.to_owned()), None)? {
+            Reply::Status(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The held locks whose resource starts with `prefix`, by resource.
+    pub fn list(&self, prefix: &str) -> Result<Vec<Lock>, LockError> {
+        match self.submit(Request::List(prefix.to_owned()), None)? {
+            Reply::Locks(locks) => Ok(locks),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Whether `token` is the fencing token of the current holder of
+    /// `resource`.
+    pub fn check(&self, resource: &str, token: u64) -> Result<bool, LockError> {
+        let request = Request::Check(CheckRequest {
+            resource: resource.to_owned(),
+            token,
+        });
+        match self.submit(request, None)? {
+            Reply::Valid(valid) => Ok(valid),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes the lock on `resource` whoever holds it (an operator's
+    /// action, logged with `reason`); the old holder's token stops being
+    /// valid and the resource stays unavailable for the lock-delay.
+    pub fn break_lock(&self, resource: &str, reason: &str) -> Result<Lock, LockError> {
+        let lock = lock_reply(self.submit(Request::BreakLock(resource.to_owned()), None)?)?;
+        audit_break(&lock, reason);
+        Ok(lock)
+    }
+
+    /// [`lock`](Self::lock), calling `then` with the outcome once it is as
+    /// durable as [`Options::durability`] says, from whichever thread
+    /// commits it: this one, or one committing a batch that took it along.
+    /// Returns without waiting if a batch is running.
     pub fn lock_then(
         &self,
         resource: &str,
@@ -208,7 +290,7 @@ impl Lockd {
         then: impl FnOnce(Result<(), LockError>) + Send + 'static,
     ) {
         let request = Request::Lock(lock_request(resource, client));
-        self.submit_then(request, move |result| then(result.map(drop)));
+        self.submit_then(request, None, move |r| then(r.map(drop)));
     }
 
     /// [`unlock`](Self::unlock), calling `then` as [`lock_then`](Self::lock_then) does.
@@ -219,152 +301,140 @@ impl Lockd {
         then: impl FnOnce(Result<(), LockError>) + Send + 'static,
     ) {
         let request = Request::Unlock(lock_request(resource, client));
-        self.submit_then(request, move |result| then(result.map(drop)));
+        self.submit_then(request, None, move |r| then(r.map(drop)));
     }
 
-    /// Queues `request` and waits for its result. Whoever finds no batch
-    /// running becomes the leader (see [`lead`](Self::lead)); the others
-    /// sleep until the leader hands them their result, or the next batch
-    /// to lead. Each waiter is woken by name: no herd.
-    fn submit(&self, request: Request) -> Result<Reply, LockError> {
-        let mut queue = lock(&self.queue);
-        let ticket = queue.push(request, Then::Wake(std::thread::current()));
-        loop {
-            if let Some(result) = queue.done.remove(&ticket) {
-                return result;
-            }
-            if queue.leader {
-                drop(queue);
-                std::thread::park();
-                queue = lock(&self.queue);
-            } else {
-                queue = self.lead(queue);
-            }
-        }
+    /// [`acquire`](Self::acquire), calling `then` as
+    /// [`lock_then`](Self::lock_then) does; a wait holds no thread.
+    pub fn acquire_then(
+        &self,
+        resource: &str,
+        client: &str,
+        how: &Acquire,
+        then: impl FnOnce(Result<Lock, LockError>) + Send + 'static,
+    ) {
+        let (request, deadline) = self.acquire_request(resource, client, how);
+        self.submit_then(request, deadline, move |r| then(r.and_then(lock_reply)));
     }
 
-    /// Queues `request`; `then` gets its result from the thread that runs
-    /// its batch, which is this one if no batch is running.
+    fn acquire_request(
+        &self,
+        resource: &str,
+        client: &str,
+        how: &Acquire,
+    ) -> (Request, Option<Instant>) {
+        let request = Request::Acquire(AcquireRequest {
+            resource: resource.to_owned(),
+            client: client.to_owned(),
+            ttl_ms: how.ttl.map(millis),
+            reentrant: how.reentrant,
+        });
+        let wait = how.wait.min(self.options.max_wait);
+        let deadline = (!wait.is_zero()).then(|| Instant::now() + wait);
+        (request, deadline)
+    }
+
+    fn submit(&self, request: Request, deadline: Option<Instant>) -> Result<Reply, LockError> {
+        self.engine.submit(request, deadline)
+    }
+
     fn submit_then(
         &self,
         request: Request,
+        deadline: Option<Instant>,
         then: impl FnOnce(Result<Reply, LockError>) + Send + 'static,
     ) {
-        let mut queue = lock(&self.queue);
-        queue.push(request, Then::Call(Box::new(then)));
-        if !queue.leader {
-            drop(self.lead(queue));
-        }
+        let then: Then = Box::new(then);
+        self.engine.submit_then(request, deadline, then);
     }
+}
 
-    /// Runs batches while no one else does: takes everything queued so far
-    /// into one guest call (one sync), hands waiting threads their results,
-    /// wakes the oldest thread still queued to lead the next batch, and
-    /// then, no longer leading, calls the functions waiting for results.
-    /// If only functions are queued by then, nobody is left to run them
-    /// but this thread, so it leads again.
-    fn lead<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
-        let me = std::thread::current().id();
-        loop {
-            queue.leader = true;
-            let take = queue.pending.len().min(MAX_BATCH);
-            let (thens, requests): (Vec<(u64, Then)>, Vec<Request>) = queue
-                .pending
-                .drain(..take)
-                .map(|p| ((p.ticket, p.then), p.request))
-                .unzip();
-            drop(queue);
-            let results = self.run(&requests);
-            queue = lock(&self.queue);
-            let mut calls = Vec::new();
-            for ((ticket, then), result) in thens.into_iter().zip(results) {
-                match then {
-                    Then::Wake(waiter) => {
-                        queue.done.insert(ticket, result);
-                        if waiter.id() != me {
-                            waiter.unpark();
-                        }
-                    }
-                    Then::Call(call) => calls.push((call, result)),
-                }
-            }
-            queue.leader = false;
-            let next_leader = queue.pending.iter().find_map(|p| match &p.then {
-                Then::Wake(waiter) => Some(waiter),
-                Then::Call(_) => None,
-            });
-            if let Some(waiter) = next_leader {
-                waiter.unpark();
-            }
-            if calls.is_empty() {
-                return queue;
-            }
-            drop(queue);
-            for (call, result) in calls {
-                call(result);
-            }
-            queue = lock(&self.queue);
-            if queue.leader || queue.pending.is_empty() {
-                return queue;
-            }
-        }
-    }
-
-    /// One guest call for `batch`. A trap poisons an instance, so it is
-    /// replaced (reopening the directory) before the error is reported.
-    fn run(&self, batch: &[Request]) -> Vec<Result<Reply, LockError>> {
-        let mut instance = lock(&self.instance);
-        match instance.apply(batch) {
-            Ok(results) => batch
-                .iter()
-                .zip(results)
-                .map(|(request, result)| result.map_err(|e| lock_error(request, e)))
-                .collect(),
-            Err(trap) => {
-                tracing::error!("lock component trapped: {trap:?}");
-                match open_instance(&self.runtime, &self.dir, &self.options) {
-                    Ok((fresh, _)) => *instance = fresh,
-                    Err(e) => tracing::error!("restarting the lock component failed: {e:#}"),
-                }
-                let error = LockError::Internal(format!("{trap:#}"));
-                vec![Err(error); batch.len()]
-            }
+impl Drop for Lockd {
+    fn drop(&mut self) {
+        self.engine.stop();
+        if let Some(timer) = self.timer.take() {
+            let _ = timer.join();
         }
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
+/// Logs an operator's break of `lock`: who held it, with which token, and
+/// why it was broken.
+pub(crate) fn audit_break(lock: &Lock, reason: &str) {
+    tracing::warn!(
+        target: "lockd::audit",
+        resource = %lock.resource,
+        holder = %lock.client,
+        token = lock.token,
+        %reason,
+        "lock broken by an operator"
+    );
 }
 
-fn lock_request(resource: &str, client: &str) -> LockRequest {
+pub(crate) fn lock_request(resource: &str, client: &str) -> LockRequest {
     LockRequest {
         resource: resource.to_owned(),
         client: client.to_owned(),
     }
 }
 
-/// The component's error for `request`, with who asked where it matters.
-fn lock_error(request: &Request, error: GuestError) -> LockError {
-    let client = match request {
-        Request::Lock(r) | Request::Unlock(r) => r.client.as_str(),
-        Request::Holder(_) => "",
-    };
-    LockError::from_guest(error, client)
+pub(crate) fn release_request(resource: &str, client: &str, token: Option<u64>) -> Request {
+    Request::Release(ReleaseRequest {
+        resource: resource.to_owned(),
+        client: client.to_owned(),
+        token,
+    })
+}
+
+pub(crate) fn renew_request(
+    resource: &str,
+    client: &str,
+    ttl: Duration,
+    token: Option<u64>,
+) -> Request {
+    Request::Renew(RenewRequest {
+        resource: resource.to_owned(),
+        client: client.to_owned(),
+        ttl_ms: millis(ttl),
+        token,
+    })
+}
+
+/// At least one millisecond for any non-zero duration.
+fn millis(d: Duration) -> u64 {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 && !d.is_zero() { 1 } else { ms }
+}
+
+pub(crate) fn lock_reply(reply: Reply) -> Result<Lock, LockError> {
+    match reply {
+        Reply::Lock(info) => Ok(info),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(reply: &Reply) -> LockError {
+    LockError::Internal(format!("the lock component answered {reply:?}"))
+}
+
+fn guest_options(options: &Options) -> GuestOptions {
+    GuestOptions {
+        durability: match options.durability {
+            Durability::Always => GuestDurability::Always,
+            Durability::None => GuestDurability::None,
+        },
+        lock_delay_ms: millis(options.lock_delay),
+    }
 }
 
 fn open_instance(
     runtime: &Runtime,
     dir: &Path,
-    options: &Options,
+    options: GuestOptions,
 ) -> anyhow::Result<(Instance, OpenReport)> {
     let mut instance = runtime.instantiate(dir)?;
-    let durability = match options.durability {
-        Durability::Always => GuestDurability::Always,
-        Durability::None => GuestDurability::None,
-    };
     let report = instance
-        .open(durability)?
+        .open(options)?
         .map_err(|e| anyhow::anyhow!("opening lock directory {}: {e:?}", dir.display()))?;
     Ok((
         instance,

@@ -1,7 +1,7 @@
 //! Locks outlive the daemon: a restart, a `kill -9`; and one daemon per
 //! directory.
 
-use crate::support::{LOCKD, TestServer, temp_lock_dir};
+use crate::support::{LOCKD, TestServer, holder_of, temp_lock_dir};
 use lockd::xmlrpc::Value;
 
 #[test]
@@ -106,13 +106,13 @@ fn the_journal_of_an_interrupted_run_is_replayed_into_the_lock_files() {
         server.log()
     );
     assert_eq!(
-        std::fs::read_to_string(dir.join("new%2Fone.resource.lock")).unwrap(),
-        "writer\n"
+        holder_of(&std::fs::read_to_string(dir.join("new%2Fone.resource.lock")).unwrap()),
+        "writer"
     );
     assert!(!dir.join("stale.resource.lock").exists());
     assert_eq!(
-        std::fs::read_to_string(dir.join("moved.resource.lock")).unwrap(),
-        "second\n"
+        holder_of(&std::fs::read_to_string(dir.join("moved.resource.lock")).unwrap()),
+        "second"
     );
     assert!(!dir.join("torn.resource.lock").exists());
     assert_eq!(

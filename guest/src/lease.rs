@@ -1,0 +1,120 @@
+//! What a held lock is, and how its lock file spells it.
+//!
+//! The first line of a lock file is the holder, as gocept.lockd wrote it;
+//! lockd adds `key: value` lines after it (the fencing token, when the lock
+//! was taken, its lease). A file with only the first line (gocept.lockd's)
+//! is a lock without a token or lease yet.
+
+/// A held lock, as the `lock-info` record of the WIT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockInfo {
+    pub resource: String,
+    pub client: String,
+    /// The fencing token; 0 for a lock file written by gocept.lockd and not
+    /// yet given one.
+    pub token: u64,
+    /// When it was taken, in milliseconds since the Unix epoch; 0 if unknown.
+    pub acquired_ms: u64,
+    /// The lease's length, if it has one.
+    pub ttl_ms: Option<u64>,
+    /// When the lease ends, in milliseconds since the Unix epoch.
+    pub expires_ms: Option<u64>,
+}
+
+impl LockInfo {
+    /// Whether the lease has run out at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// The lock file's content.
+    pub fn file_content(&self) -> Vec<u8> {
+        let mut out = format!("{}\ntoken: {}\n", self.client, self.token);
+        if self.acquired_ms > 0 {
+            out.push_str(&format!("acquired: {}\n", self.acquired_ms));
+        }
+        if let (Some(ttl), Some(expires)) = (self.ttl_ms, self.expires_ms) {
+            out.push_str(&format!("ttl: {ttl}\nexpires: {expires}\n"));
+        }
+        out.into_bytes()
+    }
+
+    /// Reads a lock file's content: the holder from the first line, the
+    /// rest from the lines lockd adds (unknown or malformed ones ignored).
+    pub fn parse(resource: String, content: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(content);
+        let mut lines = text.split('\n');
+        let first = lines.next().unwrap_or_default();
+        let mut info = LockInfo {
+            resource,
+            client: first.strip_suffix('\r').unwrap_or(first).to_owned(),
+            token: 0,
+            acquired_ms: 0,
+            ttl_ms: None,
+            expires_ms: None,
+        };
+        for line in lines {
+            let Some((key, value)) = line.split_once(": ") else {
+                continue;
+            };
+            let Ok(value) = value.trim_end_matches('\r').parse::<u64>() else {
+                continue;
+            };
+            match key {
+                "token" => info.token = value,
+                "acquired" => info.acquired_ms = value,
+                "ttl" => info.ttl_ms = Some(value),
+                "expires" => info.expires_ms = Some(value),
+                _ => {}
+            }
+        }
+        if info.ttl_ms.is_none() || info.expires_ms.is_none() {
+            info.ttl_ms = None;
+            info.expires_ms = None;
+        }
+        info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_files_round_trip_and_gocept_files_read_as_plain_locks() {
+        let info = LockInfo {
+            resource: "vm 1".into(),
+            client: "host-a".into(),
+            token: 42,
+            acquired_ms: 1_700_000_000_000,
+            ttl_ms: Some(30_000),
+            expires_ms: Some(1_700_000_030_000),
+        };
+        let content = info.file_content();
+        assert!(
+            content.starts_with(b"host-a\n"),
+            "holder first, as gocept.lockd"
+        );
+        assert_eq!(LockInfo::parse("vm 1".into(), &content), info);
+        let gocept = LockInfo::parse("r".into(), b"client1\n");
+        assert_eq!(gocept.client, "client1");
+        assert_eq!(
+            (gocept.token, gocept.ttl_ms, gocept.expires_ms),
+            (0, None, None)
+        );
+        let odd = LockInfo::parse("r".into(), b"c\r\ntoken: x\nexpires: 5\nnote: hi\n");
+        assert_eq!(
+            (odd.client.as_str(), odd.token, odd.expires_ms),
+            ("c", 0, None)
+        );
+    }
+
+    #[test]
+    fn a_lease_expires_at_its_end() {
+        let mut info = LockInfo::parse("r".into(), b"c\n");
+        assert!(!info.expired(u64::MAX), "no lease, no expiry");
+        info.expires_ms = Some(100);
+        assert!(!info.expired(99));
+        assert!(info.expired(100));
+    }
+}

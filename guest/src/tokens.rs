@@ -1,0 +1,55 @@
+//! Fencing tokens: strictly increasing over the life of the lock directory.
+//!
+//! Tokens are issued from a range reserved on disk: `.lockd.tokens` holds a
+//! number no token at or above which has been issued, written and synced
+//! before any token of the range is. A restart, however abrupt, resumes
+//! above it, so a token is never issued twice and never goes backwards,
+//! whatever the clock does; a crash only skips the rest of the range.
+
+use crate::dir::{IoError, LockDir, TOKENS_FILE};
+
+/// How many tokens one synced write of the high-water mark reserves.
+const RESERVE: u64 = 1024;
+
+/// The token counter of an open lock directory.
+#[derive(Debug)]
+pub struct Tokens {
+    /// The next token to issue.
+    next: u64,
+    /// Tokens below this may be issued without writing first.
+    reserved: u64,
+}
+
+impl Tokens {
+    /// Reads the high-water mark; `seen` is the highest token found in the
+    /// lock files and the journal (a directory written before the mark
+    /// existed, or one whose mark was lost).
+    pub fn open(dir: &LockDir, seen: u64) -> Result<Self, IoError> {
+        let mark = match dir.read(TOKENS_FILE, 64)? {
+            Some(content) => String::from_utf8_lossy(&content)
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{TOKENS_FILE} does not hold a number"))?,
+            None => 0,
+        };
+        let next = mark.max(seen.saturating_add(1)).max(1);
+        Ok(Self {
+            next,
+            reserved: next,
+        })
+    }
+
+    /// A token never issued before.
+    pub fn issue(&mut self, dir: &mut LockDir) -> Result<u64, IoError> {
+        if self.next >= self.reserved {
+            let mark = self.next + RESERVE;
+            dir.write_atomically(TOKENS_FILE, format!("{mark}\n").as_bytes())?;
+            dir.sync_file(TOKENS_FILE)?;
+            dir.sync()?;
+            self.reserved = mark;
+        }
+        let token = self.next;
+        self.next += 1;
+        Ok(token)
+    }
+}

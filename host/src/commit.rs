@@ -1,0 +1,477 @@
+//! The engine behind [`Lockd`](crate::Lockd): group commit (concurrent
+//! requests share one guest call and one sync), the queues of clients
+//! waiting for a lock, and the timer that ends their waits and sweeps
+//! expired leases. The lock rules themselves are the component's.
+
+use crate::component::{GuestError, Instance, Reply, Request, Runtime};
+use crate::error::LockError;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// The most requests one guest call takes; later arrivals wait for the next.
+const MAX_BATCH: usize = 256;
+
+/// A function taking a request's result, called by whichever thread has it.
+pub type Then = Box<dyn FnOnce(Result<Reply, LockError>) + Send>;
+
+/// Opens a fresh instance on the directory (after a trap, for instance).
+pub type Reopen = Box<dyn Fn(&Runtime, &Path) -> anyhow::Result<Instance> + Send + Sync>;
+
+/// The engine of one open lock directory.
+pub struct Engine {
+    dir: PathBuf,
+    lock_delay: Duration,
+    runtime: Runtime,
+    reopen: Reopen,
+    /// Used by one batch leader at a time.
+    instance: Mutex<Instance>,
+    queue: Mutex<Queue>,
+    /// Wakes the timer thread when a deadline comes closer.
+    timer: Condvar,
+}
+
+/// Requests waiting for the next batch or for their lock, and results
+/// waiting for their caller.
+#[derive(Default)]
+struct Queue {
+    next_ticket: u64,
+    pending: VecDeque<Pending>,
+    done: HashMap<u64, Result<Reply, LockError>>,
+    /// Whether some thread is running a batch right now.
+    leader: bool,
+    /// Per resource, the clients waiting to take it, oldest first.
+    lines: HashMap<String, Line>,
+    /// When to sweep expired leases and lock-delays next.
+    sweep_at: Option<Instant>,
+    stopping: bool,
+}
+
+/// The waiters of one resource.
+struct Line {
+    waiters: VecDeque<Pending>,
+    /// Why the oldest could not take the lock last time: what a newcomer
+    /// that does not wait is told.
+    refusal: LockError,
+}
+
+/// A queued request and who takes its result.
+struct Pending {
+    ticket: u64,
+    request: Request,
+    taker: Taker,
+    /// Until when the caller waits for the lock (`acquire` with `wait`).
+    deadline: Option<Instant>,
+    /// Whether it has waited in its resource's line (and so is served
+    /// before newcomers).
+    queued: bool,
+}
+
+/// Who takes a result.
+enum Taker {
+    /// A thread waiting in [`Engine::submit`], woken by name.
+    Wake(Thread),
+    /// A function, called by the thread that has the result.
+    Call(Then),
+}
+
+/// Results to hand out once the queue is unlocked.
+#[derive(Default)]
+struct Deliveries {
+    calls: Vec<(Then, Result<Reply, LockError>)>,
+}
+
+impl Deliveries {
+    fn run(self) {
+        for (then, result) in self.calls {
+            then(result);
+        }
+    }
+}
+
+impl Queue {
+    fn push(&mut self, request: Request, taker: Taker, deadline: Option<Instant>) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.pending.push_back(Pending {
+            ticket,
+            request,
+            taker,
+            deadline,
+            queued: false,
+        });
+        ticket
+    }
+
+    /// Hands `result` to whoever waits for `pending`: a thread at once, a
+    /// function once the queue is unlocked.
+    fn deliver(
+        &mut self,
+        pending: Pending,
+        result: Result<Reply, LockError>,
+        out: &mut Deliveries,
+    ) {
+        match pending.taker {
+            Taker::Wake(waiter) => {
+                self.done.insert(pending.ticket, result);
+                if waiter.id() != std::thread::current().id() {
+                    waiter.unpark();
+                }
+            }
+            Taker::Call(then) => out.calls.push((then, result)),
+        }
+    }
+
+    /// Makes the next sweep happen no later than `at`; returns whether
+    /// that is sooner than planned.
+    fn sweep_by(&mut self, at: Instant) -> bool {
+        let sooner = self.sweep_at.is_none_or(|planned| at < planned);
+        if sooner {
+            self.sweep_at = Some(at);
+        }
+        sooner
+    }
+}
+
+/// The resource a request takes a lock on, if it takes one.
+fn taken(request: &Request) -> Option<&str> {
+    match request {
+        Request::Lock(r) => Some(&r.resource),
+        Request::Acquire(r) => Some(&r.resource),
+        _ => None,
+    }
+}
+
+impl Engine {
+    pub fn new(
+        dir: PathBuf,
+        lock_delay: Duration,
+        runtime: Runtime,
+        instance: Instance,
+        reopen: Reopen,
+    ) -> Self {
+        Self {
+            dir,
+            lock_delay,
+            runtime,
+            reopen,
+            instance: Mutex::new(instance),
+            queue: Mutex::new(Queue::default()),
+            timer: Condvar::new(),
+        }
+    }
+
+    /// Queues `request` and waits for its result (until `deadline` for the
+    /// lock to be free, if given). Whoever finds no batch running becomes
+    /// the leader (see [`lead`](Self::lead)); the others sleep until they
+    /// are handed their result, or the next batch to lead. Each waiter is
+    /// woken by name: no herd.
+    pub fn submit(&self, request: Request, deadline: Option<Instant>) -> Result<Reply, LockError> {
+        let mut queue = lock(&self.queue);
+        let ticket = queue.push(request, Taker::Wake(std::thread::current()), deadline);
+        loop {
+            if let Some(result) = queue.done.remove(&ticket) {
+                return result;
+            }
+            if !queue.leader && !queue.pending.is_empty() {
+                queue = self.lead(queue);
+            } else {
+                drop(queue);
+                std::thread::park();
+                queue = lock(&self.queue);
+            }
+        }
+    }
+
+    /// Queues `request`; `then` gets its result from the thread that has
+    /// it: this one if no batch is running, another one otherwise.
+    pub fn submit_then(&self, request: Request, deadline: Option<Instant>, then: Then) {
+        let mut queue = lock(&self.queue);
+        queue.push(request, Taker::Call(then), deadline);
+        if !queue.leader {
+            drop(self.lead(queue));
+        }
+    }
+
+    /// Runs batches while no one else does: takes what is queued into one
+    /// guest call (one sync), hands threads their results, wakes the oldest
+    /// thread still queued to lead the next batch, and then, no longer
+    /// leading, calls the functions waiting for results. If only functions
+    /// are queued by then, nobody is left to run them but this thread, so
+    /// it leads again. A lock freed in a batch goes to the oldest client
+    /// waiting for it in the very next batch.
+    fn lead<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        loop {
+            queue.leader = true;
+            let mut out = Deliveries::default();
+            let batch = self.take_batch(&mut queue, &mut out);
+            drop(queue);
+            let requests: Vec<Request> = batch.iter().map(|p| p.request.clone()).collect();
+            let results = self.run(&requests);
+            queue = lock(&self.queue);
+            let now = Instant::now();
+            let mut freed = Vec::new();
+            let mut wake_timer = false;
+            for (pending, result) in batch.into_iter().zip(results) {
+                if let Some(resource) = taken(&pending.request)
+                    && let Err(
+                        refusal @ (LockError::AlreadyLocked { .. } | LockError::CoolingDown { .. }),
+                    ) = &result
+                    && let Some(deadline) = pending.deadline
+                {
+                    if now >= deadline {
+                        queue.deliver(pending, Err(LockError::WaitTimedOut), &mut out);
+                        continue;
+                    }
+                    if let LockError::CoolingDown { ms_left } = refusal {
+                        queue.sweep_by(now + Duration::from_millis(*ms_left));
+                    }
+                    let line = queue
+                        .lines
+                        .entry(resource.to_owned())
+                        .or_insert_with(|| Line {
+                            waiters: VecDeque::new(),
+                            refusal: refusal.clone(),
+                        });
+                    line.refusal = refusal.clone();
+                    let was_queued = pending.queued;
+                    let pending = Pending {
+                        queued: true,
+                        ..pending
+                    };
+                    if was_queued {
+                        line.waiters.push_front(pending);
+                    } else {
+                        line.waiters.push_back(pending);
+                    }
+                    wake_timer = true;
+                    continue;
+                }
+                wake_timer |=
+                    self.follow_up(&mut queue, &pending.request, &result, now, &mut freed);
+                queue.deliver(pending, result, &mut out);
+            }
+            for resource in freed {
+                let Some(line) = queue.lines.get_mut(&resource) else {
+                    continue;
+                };
+                let head = line.waiters.pop_front();
+                if line.waiters.is_empty() {
+                    queue.lines.remove(&resource);
+                }
+                if let Some(head) = head {
+                    queue.pending.push_front(head);
+                }
+            }
+            if wake_timer {
+                self.timer.notify_one();
+            }
+            queue.leader = false;
+            let next_leader = queue.pending.iter().find_map(|p| match &p.taker {
+                Taker::Wake(waiter) => Some(waiter.clone()),
+                Taker::Call(_) => None,
+            });
+            if let Some(waiter) = next_leader {
+                waiter.unpark();
+            }
+            if !out.calls.is_empty() {
+                drop(queue);
+                out.run();
+                queue = lock(&self.queue);
+            }
+            if queue.leader || queue.pending.is_empty() {
+                return queue;
+            }
+        }
+    }
+
+    /// The next batch from the queue. A newcomer taking a lock that others
+    /// are waiting for joins their line if it waits, and is refused if not:
+    /// nobody overtakes a waiter.
+    fn take_batch(&self, queue: &mut Queue, out: &mut Deliveries) -> Vec<Pending> {
+        let mut batch = Vec::new();
+        while batch.len() < MAX_BATCH {
+            let Some(pending) = queue.pending.pop_front() else {
+                break;
+            };
+            let line = match taken(&pending.request) {
+                Some(resource) if !pending.queued => queue.lines.get_mut(resource),
+                _ => None,
+            };
+            match line {
+                None => batch.push(pending),
+                Some(line) if pending.deadline.is_some() => {
+                    line.waiters.push_back(Pending {
+                        queued: true,
+                        ..pending
+                    });
+                    self.timer.notify_one();
+                }
+                Some(line) => {
+                    let refusal = line.refusal.clone();
+                    queue.deliver(pending, Err(refusal), out);
+                }
+            }
+        }
+        batch
+    }
+
+    /// What a result means beyond its caller: locks freed for waiters,
+    /// leases and lock-delays to sweep after. Returns whether the timer
+    /// must look again.
+    fn follow_up(
+        &self,
+        queue: &mut Queue,
+        request: &Request,
+        result: &Result<Reply, LockError>,
+        now: Instant,
+        freed: &mut Vec<String>,
+    ) -> bool {
+        let Ok(reply) = result else { return false };
+        match (request, reply) {
+            (Request::Unlock(r), _) => freed.push(r.resource.clone()),
+            (Request::Release(r), _) => freed.push(r.resource.clone()),
+            (Request::Acquire(r), Reply::Lock(_)) => {
+                if let Some(ttl) = r.ttl_ms {
+                    return queue.sweep_by(now + Duration::from_millis(ttl));
+                }
+            }
+            (Request::Renew(r), _) => {
+                return queue.sweep_by(now + Duration::from_millis(r.ttl_ms));
+            }
+            (Request::BreakLock(resource), Reply::Lock(info)) => {
+                tracing::info!(
+                    %resource,
+                    holder = %info.client,
+                    token = info.token,
+                    "lock broken; unavailable for the lock-delay"
+                );
+                if self.lock_delay.is_zero() {
+                    freed.push(resource.clone());
+                }
+                return queue.sweep_by(now + self.lock_delay);
+            }
+            (Request::Sweep, Reply::Swept(swept)) => {
+                for info in &swept.expired {
+                    tracing::info!(
+                        resource = %info.resource,
+                        holder = %info.client,
+                        token = info.token,
+                        "lease expired"
+                    );
+                }
+                freed.extend(swept.available.iter().cloned());
+                if let Some(next) = swept.next_deadline_ms {
+                    let wait = Duration::from_millis(next.saturating_sub(swept.now_ms));
+                    return queue.sweep_by(now + wait);
+                }
+            }
+            _ => {}
+        }
+        false
+    }
+
+    /// One guest call for `batch`. A trap poisons an instance, so it is
+    /// replaced (reopening the directory) before the error is reported.
+    fn run(&self, batch: &[Request]) -> Vec<Result<Reply, LockError>> {
+        let mut instance = lock(&self.instance);
+        match instance.apply(batch) {
+            Ok(results) => batch
+                .iter()
+                .zip(results)
+                .map(|(request, result)| result.map_err(|e| lock_error(request, e)))
+                .collect(),
+            Err(trap) => {
+                tracing::error!("lock component trapped: {trap:?}");
+                match (self.reopen)(&self.runtime, &self.dir) {
+                    Ok(fresh) => *instance = fresh,
+                    Err(e) => tracing::error!("restarting the lock component failed: {e:#}"),
+                }
+                let error = LockError::Internal(format!("{trap:#}"));
+                vec![Err(error); batch.len()]
+            }
+        }
+    }
+
+    /// The timer: ends waits whose time is up and sweeps when a lease or
+    /// lock-delay ends. Returns when [`stop`](Self::stop) is called.
+    pub fn run_timer(&self) {
+        let mut queue = lock(&self.queue);
+        loop {
+            if queue.stopping {
+                return;
+            }
+            let now = Instant::now();
+            let mut out = Deliveries::default();
+            let mut timed_out = Vec::new();
+            queue.lines.retain(|_, line| {
+                let (gone, stay): (VecDeque<Pending>, VecDeque<Pending>) =
+                    std::mem::take(&mut line.waiters)
+                        .into_iter()
+                        .partition(|p| p.deadline.is_some_and(|d| d <= now));
+                line.waiters = stay;
+                timed_out.extend(gone);
+                !line.waiters.is_empty()
+            });
+            for pending in timed_out {
+                queue.deliver(pending, Err(LockError::WaitTimedOut), &mut out);
+            }
+            let sweep = queue.sweep_at.is_some_and(|at| at <= now);
+            if sweep {
+                queue.sweep_at = None;
+            }
+            if sweep || !out.calls.is_empty() {
+                drop(queue);
+                out.run();
+                if sweep {
+                    self.submit_then(Request::Sweep, None, Box::new(drop));
+                }
+                queue = lock(&self.queue);
+                continue;
+            }
+            let first_deadline = queue
+                .lines
+                .values()
+                .flat_map(|line| line.waiters.iter().filter_map(|p| p.deadline))
+                .min();
+            let wake = match (queue.sweep_at, first_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            queue = match wake {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(now);
+                    self.timer
+                        .wait_timeout(queue, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.timer.wait(queue).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+
+    /// Makes [`run_timer`](Self::run_timer) return.
+    pub fn stop(&self) {
+        lock(&self.queue).stopping = true;
+        self.timer.notify_all();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The component's error for `request`, with who asked where it matters.
+fn lock_error(request: &Request, error: GuestError) -> LockError {
+    let client = match request {
+        Request::Lock(r) | Request::Unlock(r) => r.client.as_str(),
+        Request::Acquire(r) => r.client.as_str(),
+        Request::Release(r) => r.client.as_str(),
+        Request::Renew(r) => r.client.as_str(),
+        _ => "",
+    };
+    LockError::from_guest(error, client)
+}
