@@ -317,7 +317,8 @@ impl Lockd {
         self.submit_then(request, deadline, move |r| then(r.and_then(lock_reply)));
     }
 
-    fn acquire_request(
+    /// The request and wait deadline of an acquire.
+    pub(crate) fn acquire_request(
         &self,
         resource: &str,
         client: &str,
@@ -334,11 +335,19 @@ impl Lockd {
         (request, deadline)
     }
 
-    fn submit(&self, request: Request, deadline: Option<Instant>) -> Result<Reply, LockError> {
+    /// Runs `request` (waiting for its lock until `deadline`) and returns
+    /// its reply.
+    pub(crate) fn submit(
+        &self,
+        request: Request,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, LockError> {
         self.engine.submit(request, deadline)
     }
 
-    fn submit_then(
+    /// Runs `request` and calls `then` with its reply, from whichever thread
+    /// has it.
+    pub(crate) fn submit_then(
         &self,
         request: Request,
         deadline: Option<Instant>,
@@ -413,7 +422,7 @@ pub(crate) fn lock_reply(reply: Reply) -> Result<Lock, LockError> {
     }
 }
 
-fn unexpected(reply: &Reply) -> LockError {
+pub(crate) fn unexpected(reply: &Reply) -> LockError {
     LockError::Internal(format!("the lock component answered {reply:?}"))
 }
 

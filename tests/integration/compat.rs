@@ -1,22 +1,6 @@
 //! gocept.lockd compatibility, seen from Python's `xmlrpc.client`.
 
-use crate::support::TestServer;
-use std::process::Command;
-
-fn python(script: &str, url: &str) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/");
-    let output = Command::new("python3")
-        .arg(format!("{path}{script}"))
-        .arg(url)
-        .output()
-        .expect("running python3");
-    assert!(
-        output.status.success(),
-        "{script} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
+use crate::support::{TestServer, python};
 
 #[test]
 fn the_gocept_lockd_doctest_through_python_with_sync_always() {
@@ -30,7 +14,7 @@ fn the_gocept_lockd_doctest_through_python_with_sync_none() {
 
 fn the_gocept_lockd_doctest_through_python(sync: &str) {
     let server = TestServer::start_with(&["--sync", sync]);
-    let got = python("scenario.py", &server.url());
+    let got = python("scenario.py", &[&server.url()]);
     let want = "\
 lock('resource1', 'client1') -> None
 lock('resource1', 'client2') -> Fault(1, \"Resource already locked by 'client1'\")
@@ -49,9 +33,9 @@ unlock('resource1', 'client1') -> Fault(2, 'Resource not locked')
 #[test]
 fn introspection_and_multicall_through_python() {
     let server = TestServer::start();
-    let got = python("introspect.py", &server.url());
+    let got = python("introspect.py", &[&server.url()]);
     let want = "\
-methods ['lock', 'system.listMethods', 'system.methodHelp', 'system.methodSignature', 'system.multicall', 'unlock']
+methods ['lock', 'lockd.acquire', 'lockd.break_lock', 'lockd.check', 'lockd.list', 'lockd.release', 'lockd.renew', 'lockd.status', 'system.listMethods', 'system.methodHelp', 'system.methodSignature', 'system.multicall', 'unlock']
 signature [['nil', 'string', 'string']]
 help unlock(resource, client)
 multicall None

@@ -4,6 +4,7 @@ mod cli;
 mod compat;
 mod concurrency;
 mod connections;
+mod fencing;
 mod legacy;
 mod names;
 mod protocol;

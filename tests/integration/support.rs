@@ -212,3 +212,21 @@ pub fn holder_of(content: &str) -> &str {
     assert!(token, "no token in {content:?}");
     holder
 }
+
+/// Runs `tests/python/<script>` with `args`; fails the test if it fails.
+/// Returns what it printed.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/");
+    let output = Command::new("python3")
+        .arg(format!("{path}{script}"))
+        .args(args)
+        .output()
+        .expect("running python3");
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}

@@ -1,56 +1,18 @@
 //! Dispatch: which XML-RPC method does what to the lock directory, the
 //! parameters each takes, and the fault each failure becomes.
 
+mod methods;
+mod ops;
+mod params;
+
 use crate::error::{LockError, code};
 use crate::locks::Lockd;
 use crate::xmlrpc::{self, Fault, MethodCall, Value};
+use methods::METHODS;
+use ops::Op;
+use params::Params;
 
-/// A method as `system.listMethods`, `system.methodHelp` and
-/// `system.methodSignature` describe it.
-struct Method {
-    name: &'static str,
-    /// Return type first, then the parameter types.
-    signature: &'static [&'static str],
-    help: &'static str,
-}
-
-/// Every method, sorted by name as `system.listMethods` returns them.
-const METHODS: &[Method] = &[
-    Method {
-        name: "lock",
-        signature: &["nil", "string", "string"],
-        help: "lock(resource, client): lock resource for client. Fault 1 if anyone, \
-               client included, holds it already.",
-    },
-    Method {
-        name: "system.listMethods",
-        signature: &["array"],
-        help: "system.listMethods(): the names of all methods.",
-    },
-    Method {
-        name: "system.methodHelp",
-        signature: &["string", "string"],
-        help: "system.methodHelp(name): what method name does.",
-    },
-    Method {
-        name: "system.methodSignature",
-        signature: &["array", "string"],
-        help: "system.methodSignature(name): the signatures of method name, each an \
-               array of the return type followed by the parameter types.",
-    },
-    Method {
-        name: "system.multicall",
-        signature: &["array", "array"],
-        help: "system.multicall(calls): run each {'methodName': ..., 'params': [...]} \
-               in order; each result is [value] or a fault struct.",
-    },
-    Method {
-        name: "unlock",
-        signature: &["nil", "string", "string"],
-        help: "unlock(resource, client): release client's lock on resource. Fault 2 if \
-               nobody holds it, fault 3 if another client does.",
-    },
-];
+pub use ops::lock_value;
 
 /// Answers one HTTP request body with the XML-RPC response body: a result,
 /// or a fault for anything that went wrong, malformed input included.
@@ -59,32 +21,27 @@ pub fn handle(lockd: &Lockd, body: &[u8]) -> String {
 }
 
 /// Like [`handle`], but hands the response body to `reply` instead of
-/// returning it: at once, or, for `lock` and `unlock`, from the thread that
-/// commits the change together with others (see [`Lockd::lock_then`]), so
-/// that this thread need not wait for the sync.
+/// returning it: at once, or, for a method that reaches the lock directory,
+/// from the thread that commits it together with others (see
+/// [`Lockd::lock_then`]), so that this thread need not wait for the sync,
+/// nor for a lock that is waited for.
 pub fn handle_then(lockd: &Lockd, body: &[u8], reply: impl FnOnce(String) + Send + 'static) {
     let call = match parse(body) {
         Ok(call) => call,
         Err(fault) => return reply(xmlrpc::encode_fault(&fault)),
     };
-    let change = match (call.name.as_str(), strings(&call, ["resource", "client"])) {
-        ("lock", Ok(names)) => Some((Lockd::lock_then as ChangeThen, names)),
-        ("unlock", Ok(names)) => Some((Lockd::unlock_then as ChangeThen, names)),
-        _ => None,
-    };
-    match change {
-        Some((change, [resource, client])) => change(
-            lockd,
-            resource,
-            client,
-            Box::new(move |result| reply(encode(result.map(|()| Value::Nil).map_err(fault)))),
-        ),
-        None => reply(encode(dispatch(lockd, &call, true))),
+    match ops::op(lockd, &call) {
+        Ok(Some(Op {
+            request,
+            deadline,
+            answer,
+        })) => lockd.submit_then(request, deadline, move |result| {
+            reply(encode(result.and_then(answer).map_err(fault)));
+        }),
+        Ok(None) => reply(encode(dispatch(lockd, &call, true))),
+        Err(fault) => reply(xmlrpc::encode_fault(&fault)),
     }
 }
-
-/// [`Lockd::lock_then`] or [`Lockd::unlock_then`].
-type ChangeThen = fn(&Lockd, &str, &str, Box<dyn FnOnce(Result<(), LockError>) + Send>);
 
 fn parse(body: &[u8]) -> Result<MethodCall, Fault> {
     xmlrpc::parse_call(body).map_err(|e| {
@@ -106,31 +63,28 @@ fn encode(result: Result<Value, Fault>) -> String {
 /// Runs one call. `top_level` is false inside `system.multicall`, which
 /// does not nest.
 fn dispatch(lockd: &Lockd, call: &MethodCall, top_level: bool) -> Result<Value, Fault> {
+    if let Some(op) = ops::op(lockd, call)? {
+        let reply = lockd.submit(op.request, op.deadline).map_err(fault)?;
+        return (op.answer)(reply).map_err(fault);
+    }
     match call.name.as_str() {
-        "lock" => {
-            let [resource, client] = strings(call, ["resource", "client"])?;
-            lockd.lock(resource, client).map_err(fault)?;
-            Ok(Value::Nil)
-        }
-        "unlock" => {
-            let [resource, client] = strings(call, ["resource", "client"])?;
-            lockd.unlock(resource, client).map_err(fault)?;
-            Ok(Value::Nil)
-        }
         "system.listMethods" => {
-            strings(call, [])?;
+            Params::new(call, "()", 0, 0)?;
             Ok(Value::Array(
                 METHODS.iter().map(|m| Value::from(m.name)).collect(),
             ))
         }
         "system.methodHelp" => {
-            let [name] = strings(call, ["name"])?;
-            Ok(Value::from(method(name)?.help))
+            let p = Params::new(call, "(name)", 1, 1)?;
+            Ok(Value::from(method(p.string(0, "name")?)?.help))
         }
         "system.methodSignature" => {
-            let [name] = strings(call, ["name"])?;
-            let signature = method(name)?.signature.iter().map(|&t| Value::from(t));
-            Ok(Value::Array(vec![Value::Array(signature.collect())]))
+            let p = Params::new(call, "(name)", 1, 1)?;
+            let signatures = method(p.string(0, "name")?)?
+                .signatures
+                .iter()
+                .map(|s| Value::Array(s.iter().map(|&t| Value::from(t)).collect()));
+            Ok(Value::Array(signatures.collect()))
         }
         "system.multicall" if top_level => multicall(lockd, call),
         "system.multicall" => Err(Fault::new(
@@ -182,39 +136,8 @@ fn not_found(name: &str) -> Fault {
     )
 }
 
-fn method(name: &str) -> Result<&'static Method, Fault> {
-    METHODS
-        .iter()
-        .find(|m| m.name == name)
-        .ok_or_else(|| not_found(name))
-}
-
-/// Exactly `N` string parameters, or fault -32602 naming what was expected.
-fn strings<'a, const N: usize>(
-    call: &'a MethodCall,
-    names: [&str; N],
-) -> Result<[&'a str; N], Fault> {
-    let wrong = || {
-        let got: Vec<_> = call.params.iter().map(Value::type_name).collect();
-        Fault::new(
-            code::INVALID_PARAMS,
-            format!(
-                "{}({}) takes {N} string parameter{}, got ({})",
-                call.name,
-                names.join(", "),
-                if N == 1 { "" } else { "s" },
-                got.join(", ")
-            ),
-        )
-    };
-    if call.params.len() != N {
-        return Err(wrong());
-    }
-    let mut out = [""; N];
-    for (slot, param) in out.iter_mut().zip(&call.params) {
-        *slot = param.as_str().ok_or_else(wrong)?;
-    }
-    Ok(out)
+fn method(name: &str) -> Result<&'static methods::Method, Fault> {
+    methods::method(name).ok_or_else(|| not_found(name))
 }
 
 #[cfg(test)]

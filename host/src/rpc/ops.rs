@@ -1,0 +1,173 @@
+//! The methods that reach the lock directory: each call becomes one
+//! request for the component and a way to turn its reply into the value
+//! the method returns.
+
+use super::params::{Params, seconds};
+use crate::component::{CheckRequest, Reply, Request};
+use crate::error::LockError;
+use crate::locks::{self, Acquire, Lock, Lockd};
+use crate::xmlrpc::{Fault, MethodCall, Value};
+use std::time::Instant;
+
+/// Turns the component's reply into the method's return value.
+pub type Answer = Box<dyn FnOnce(Reply) -> Result<Value, LockError> + Send>;
+
+/// One call, ready for the lock directory.
+pub struct Op {
+    pub request: Request,
+    /// Until when to wait for the lock to be free.
+    pub deadline: Option<Instant>,
+    pub answer: Answer,
+}
+
+/// `call` as an [`Op`], or `None` if the method does not touch the lock
+/// directory (or does not exist).
+pub fn op(lockd: &Lockd, call: &MethodCall) -> Result<Option<Op>, Fault> {
+    let op = |request, answer: Answer| {
+        Ok(Some(Op {
+            request,
+            deadline: None,
+            answer,
+        }))
+    };
+    match call.name.as_str() {
+        "lock" | "unlock" => {
+            let p = Params::new(call, "(resource, client)", 2, 2)?;
+            let request = locks::lock_request(p.string(0, "resource")?, p.string(1, "client")?);
+            let request = if call.name == "lock" {
+                Request::Lock(request)
+            } else {
+                Request::Unlock(request)
+            };
+            op(request, Box::new(nil))
+        }
+        "lockd.acquire" => {
+            let p = Params::new(call, "(resource, client[, options])", 2, 3)?;
+            let (resource, client) = (p.string(0, "resource")?, p.string(1, "client")?);
+            let how = acquire_options(&p)?;
+            let (request, deadline) = lockd.acquire_request(resource, client, &how);
+            Ok(Some(Op {
+                request,
+                deadline,
+                answer: Box::new(lock_struct),
+            }))
+        }
+        "lockd.release" => {
+            let p = Params::new(call, "(resource, client[, token])", 2, 3)?;
+            let request = locks::release_request(
+                p.string(0, "resource")?,
+                p.string(1, "client")?,
+                p.token(2)?,
+            );
+            op(request, Box::new(nil))
+        }
+        "lockd.renew" => {
+            let p = Params::new(call, "(resource, client, ttl[, token])", 3, 4)?;
+            let request = locks::renew_request(
+                p.string(0, "resource")?,
+                p.string(1, "client")?,
+                p.ttl(2, "ttl")?,
+                p.token(3)?,
+            );
+            op(request, Box::new(lock_struct))
+        }
+        "lockd.status" => {
+            let p = Params::new(call, "(resource)", 1, 1)?;
+            let request = Request::Status(p.string(0, "resource")?.to_owned());
+            op(
+                request,
+                Box::new(|reply| match reply {
+                    Reply::Status(Some(lock)) => Ok(lock_value(&lock)),
+                    Reply::Status(None) => Ok(Value::Nil),
+                    other => Err(locks::unexpected(&other)),
+                }),
+            )
+        }
+        "lockd.list" => {
+            let p = Params::new(call, "([prefix])", 0, 1)?;
+            let request = Request::List(p.string_or(0, "prefix", "")?.to_owned());
+            op(
+                request,
+                Box::new(|reply| match reply {
+                    Reply::Locks(locks) => Ok(Value::Array(locks.iter().map(lock_value).collect())),
+                    other => Err(locks::unexpected(&other)),
+                }),
+            )
+        }
+        "lockd.check" => {
+            let p = Params::new(call, "(resource, token)", 2, 2)?;
+            let resource = p.string(0, "resource")?.to_owned();
+            let Some(token) = p.token(1)? else {
+                return Err(p.wrong("token must be given"));
+            };
+            op(
+                Request::Check(CheckRequest { resource, token }),
+                Box::new(|reply| match reply {
+                    Reply::Valid(valid) => Ok(Value::Bool(valid)),
+                    other => Err(locks::unexpected(&other)),
+                }),
+            )
+        }
+        "lockd.break_lock" => {
+            let p = Params::new(call, "(resource, reason)", 2, 2)?;
+            let resource = p.string(0, "resource")?.to_owned();
+            let reason = p.string(1, "reason")?.to_owned();
+            op(
+                Request::BreakLock(resource),
+                Box::new(move |reply| {
+                    let lock = locks::lock_reply(reply)?;
+                    locks::audit_break(&lock, &reason);
+                    Ok(lock_value(&lock))
+                }),
+            )
+        }
+        _ => Ok(None),
+    }
+}
+
+fn acquire_options(p: &Params) -> Result<Acquire, Fault> {
+    let mut how = Acquire::default();
+    for (name, value) in p
+        .options(2, &["ttl", "wait", "reentrant"])?
+        .unwrap_or_default()
+    {
+        match (name.as_str(), value) {
+            (_, Value::Nil) => {}
+            ("ttl", value) => {
+                how.ttl =
+                    Some(super::params::positive_seconds(value, "ttl").map_err(|e| p.wrong(e))?)
+            }
+            ("wait", value) => how.wait = seconds(value, "wait").map_err(|e| p.wrong(e))?,
+            ("reentrant", Value::Bool(b)) => how.reentrant = *b,
+            (name, other) => {
+                return Err(p.wrong(format!(
+                    "{name} must be a boolean, got {}",
+                    other.type_name()
+                )));
+            }
+        }
+    }
+    Ok(how)
+}
+
+fn nil(_: Reply) -> Result<Value, LockError> {
+    Ok(Value::Nil)
+}
+
+fn lock_struct(reply: Reply) -> Result<Value, LockError> {
+    locks::lock_reply(reply).map(|lock| lock_value(&lock))
+}
+
+/// A lock on the wire: times in seconds since the Unix epoch, the token as
+/// `<i8>`.
+pub fn lock_value(lock: &Lock) -> Value {
+    let secs = |ms: u64| Value::Double(ms as f64 / 1000.0);
+    Value::Struct(vec![
+        ("resource".into(), Value::from(lock.resource.as_str())),
+        ("client".into(), Value::from(lock.client.as_str())),
+        ("token".into(), Value::I8(lock.token as i64)),
+        ("acquired".into(), secs(lock.acquired_ms)),
+        ("expires".into(), lock.expires_ms.map_or(Value::Nil, secs)),
+        ("ttl".into(), lock.ttl_ms.map_or(Value::Nil, secs)),
+    ])
+}
