@@ -7,6 +7,10 @@ use crate::lease::LockInfo;
 use crate::name;
 use crate::state::{Change, Cooling, Error, Held, Reply, Request, State, Step, Swept};
 
+/// How long the holder of a lock that expired or was broken is told so
+/// (`lease-expired`) when it asks, after the lock-delay.
+const REMEMBER_LOST_MS: u64 = 60_000;
+
 /// Where a resource stands at some moment.
 enum Standing<'a> {
     /// Held, the lease (if any) running.
@@ -234,9 +238,12 @@ impl State {
             let step = self.drop_lock(&resource);
             let info = step.before.as_ref().expect("held").info.clone();
             let until = info.expires_ms.unwrap_or(now_ms) + self.lock_delay_ms;
-            if now_ms < until {
-                self.cool(&resource, info.client.clone(), until);
-            } else {
+            self.cool(&resource, info.client.clone(), until);
+            if until <= now_ms {
+                self.cooling
+                    .get_mut(&resource)
+                    .expect("just cooled")
+                    .announced = true;
                 swept.available.push(resource);
             }
             swept.expired.push(info);
@@ -245,16 +252,23 @@ impl State {
         let mut over: Vec<String> = self
             .cooling
             .iter()
-            .filter(|(_, c)| c.until_ms <= now_ms)
+            .filter(|(_, c)| !c.announced && c.until_ms <= now_ms)
             .map(|(r, _)| r.clone())
             .collect();
         over.sort();
         for resource in over {
-            self.cooling.remove(&resource);
+            if let Some(cooling) = self.cooling.get_mut(&resource) {
+                cooling.announced = true;
+            }
             swept.available.push(resource);
         }
+        self.cooling
+            .retain(|_, c| !c.announced || now_ms < c.forget_ms);
         let lease_ends = self.held.values().filter_map(|h| h.info.expires_ms);
-        let delays_end = self.cooling.values().map(|c| c.until_ms);
+        let delays_end = self
+            .cooling
+            .values()
+            .map(|c| if c.announced { c.forget_ms } else { c.until_ms });
         swept.next_deadline_ms = lease_ends.chain(delays_end).min();
         (Reply::Swept(swept), steps)
     }
@@ -300,8 +314,13 @@ impl State {
     }
 
     fn cool(&mut self, resource: &str, client: String, until_ms: u64) {
-        self.cooling
-            .insert(resource.to_owned(), Cooling { client, until_ms });
+        let cooling = Cooling {
+            client,
+            until_ms,
+            forget_ms: until_ms.saturating_add(REMEMBER_LOST_MS),
+            announced: false,
+        };
+        self.cooling.insert(resource.to_owned(), cooling);
     }
 }
 

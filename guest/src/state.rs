@@ -131,12 +131,18 @@ pub(crate) struct Held {
     pub len: Option<u64>,
 }
 
-/// A resource whose lock expired or was broken: unavailable until `until_ms`.
+/// A resource whose lock expired or was broken: unavailable until
+/// `until_ms`, and remembered for a while after, so that its old holder
+/// learns that it lost the lock rather than that nobody holds it.
 #[derive(Debug, Clone)]
 pub(crate) struct Cooling {
     /// Who held it.
     pub client: String,
     pub until_ms: u64,
+    /// Forgotten from then on.
+    pub forget_ms: u64,
+    /// Whether a sweep has reported it available.
+    pub announced: bool,
 }
 
 /// A change made in memory, to be written to the lock files once durable.

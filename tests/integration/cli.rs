@@ -53,3 +53,82 @@ fn usage_errors_and_an_unreachable_daemon() {
     assert_eq!(code, 69, "{stderr}");
     assert!(stderr.contains("connecting to lockd"), "{stderr}");
 }
+
+/// Runs `lockd` with `args`; returns the exit code, stdout and stderr.
+fn lockd_out(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(LOCKD).args(args).output().unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+}
+
+#[test]
+fn acquire_release_renew_status_list_and_break_lock_for_scripts() {
+    let server = TestServer::start_with(&["--lock-delay", "0"]);
+    let url = server.url();
+    let with_url = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--url", &url]);
+        lockd_out(&all)
+    };
+    // acquire prints the token; --json the whole lock.
+    let (code, token, _) = with_url(&["acquire", "vm/1", "--client", "alice", "--ttl", "60"]);
+    assert_eq!(code, 0);
+    let token: u64 = token.trim().parse().unwrap();
+    let (code, out, _) = with_url(&["status", "vm/1", "--json"]);
+    assert_eq!(code, 0);
+    let lock = json(&out);
+    assert_eq!(lock["client"], "alice");
+    assert_eq!(lock["token"], token);
+    assert_eq!(lock["ttl"], 60.0);
+    // Human output: resource, holder, token, since, expiry.
+    let (_, line, _) = with_url(&["status", "vm/1"]);
+    let fields: Vec<&str> = line.trim_end().split('\t').collect();
+    assert_eq!(fields[..3], ["vm/1", "alice", token.to_string().as_str()]);
+    assert!(
+        fields[3].ends_with('Z') && fields[4].ends_with('Z'),
+        "{line}"
+    );
+    // Held: exit 1; with --reentrant the holder gets the same token.
+    assert_eq!(with_url(&["acquire", "vm/1", "--client", "bob"]).0, 1);
+    let (code, again, _) = with_url(&["acquire", "vm/1", "--client", "alice", "--reentrant"]);
+    assert_eq!((code, again.trim()), (0, token.to_string().as_str()));
+    // A wait that runs out: exit 6.
+    let (code, _, stderr) = with_url(&["acquire", "vm/1", "--client", "bob", "--wait", "0.2"]);
+    assert_eq!(code, 6, "{stderr}");
+    // renew, then list.
+    let (code, out, _) = with_url(&["renew", "vm/1", "--client", "alice", "--ttl", "5", "--json"]);
+    assert_eq!((code, json(&out)["ttl"].as_f64()), (0, Some(5.0)));
+    with_url(&["acquire", "vm/2", "--client", "carol"]);
+    with_url(&["acquire", "disk", "--client", "dave"]);
+    let (_, out, _) = with_url(&["list", "vm/", "--json"]);
+    let names: Vec<_> = json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["resource"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["vm/1", "vm/2"]);
+    let (_, out, _) = with_url(&["list"]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    // release with a stale token: exit 5; with the right one: 0.
+    let stale = (token + 1000).to_string();
+    let release =
+        |token: &str| with_url(&["release", "vm/1", "--client", "alice", "--token", token]).0;
+    assert_eq!(release(&stale), 5);
+    assert_eq!(release(&token.to_string()), 0);
+    let (code, out, _) = with_url(&["status", "vm/1", "--json"]);
+    assert_eq!((code, out.trim()), (2, "null"));
+    // break-lock: prints the removed lock; the holder's release then fails.
+    let (code, out, _) = with_url(&["break-lock", "vm/2", "--reason", "maintenance", "--json"]);
+    assert_eq!((code, json(&out)["client"].as_str()), (0, Some("carol")));
+    assert_eq!(with_url(&["release", "vm/2", "--client", "carol"]).0, 5);
+    assert_eq!(with_url(&["break-lock", "vm/2", "--reason", "again"]).0, 2);
+    assert!(server.log().contains("maintenance"));
+}

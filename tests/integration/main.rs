@@ -9,4 +9,5 @@ mod legacy;
 mod names;
 mod protocol;
 mod restart;
+mod run;
 mod support;

@@ -1,0 +1,286 @@
+//! The client subcommands: one XML-RPC call each, the answer on stdout
+//! (tab-separated lines, or JSON with `--json`), a fault's message on
+//! stderr and its code as the exit code.
+
+use super::exit;
+use super::serve::seconds;
+use super::time::iso8601;
+use crate::client::{CallError, Client};
+use crate::xmlrpc::Value;
+use clap::Args;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The daemon's URL.
+    #[arg(long, env = "LOCKD_URL", default_value = "http://127.0.0.1:8000/")]
+    pub url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// The resource, any non-empty name.
+    resource: String,
+    /// Who holds the lock.
+    client: String,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AcquireArgs {
+    /// The resource, any non-empty name.
+    resource: String,
+    /// Who takes the lock.
+    #[arg(long, env = "LOCKD_CLIENT")]
+    client: String,
+    /// A lease of this many seconds: the lock ends by itself unless renewed.
+    #[arg(long, value_parser = seconds)]
+    ttl: Option<f64>,
+    /// Seconds to wait in line for the lock (0: try once; exit 6 if the
+    /// wait runs out).
+    #[arg(long, value_parser = seconds, default_value_t = 0.0)]
+    wait: f64,
+    /// If CLIENT holds the lock already, succeed with it (same token).
+    #[arg(long)]
+    reentrant: bool,
+    /// Print the lock as JSON instead of its token.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The resource.
+    resource: String,
+    /// Who holds the lock.
+    #[arg(long, env = "LOCKD_CLIENT")]
+    client: String,
+    /// Release only if this is the lock's fencing token (exit 5 if not).
+    #[arg(long, env = "LOCKD_TOKEN")]
+    token: Option<u64>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// The resource.
+    resource: String,
+    /// Who holds the lock.
+    #[arg(long, env = "LOCKD_CLIENT")]
+    client: String,
+    /// The lease ends this many seconds from now.
+    #[arg(long, value_parser = seconds)]
+    ttl: f64,
+    /// Renew only if this is the lock's fencing token (exit 5 if not).
+    #[arg(long, env = "LOCKD_TOKEN")]
+    token: Option<u64>,
+    /// Print the lock as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The resource.
+    resource: String,
+    /// Print the lock as JSON (`null` if free).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only resources starting with this.
+    #[arg(default_value = "")]
+    prefix: String,
+    /// Print the locks as a JSON array.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BreakArgs {
+    /// The resource.
+    resource: String,
+    /// Why: written to the daemon's audit log.
+    #[arg(long)]
+    reason: String,
+    /// Print the removed lock as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+/// `lockd lock` and `lockd unlock`: silent on success.
+pub fn lock(args: &LockArgs, method: &str) -> ExitCode {
+    let params = [args.resource.as_str().into(), args.client.as_str().into()];
+    outcome(call(&args.daemon, method, &params).map(drop))
+}
+
+pub fn acquire(args: &AcquireArgs) -> ExitCode {
+    let mut options = vec![
+        ("wait".to_owned(), Value::Double(args.wait)),
+        ("reentrant".to_owned(), Value::Bool(args.reentrant)),
+    ];
+    if let Some(ttl) = args.ttl {
+        options.push(("ttl".to_owned(), Value::Double(ttl)));
+    }
+    let params = [
+        args.resource.as_str().into(),
+        args.client.as_str().into(),
+        Value::Struct(options),
+    ];
+    outcome(call(&args.daemon, "lockd.acquire", &params).map(|lock| {
+        if args.json {
+            print_json(&lock);
+        } else if let Some(token) = lock.member("token").and_then(Value::as_i64) {
+            println!("{token}");
+        }
+    }))
+}
+
+pub fn release(args: &ReleaseArgs) -> ExitCode {
+    let mut params = vec![args.resource.as_str().into(), args.client.as_str().into()];
+    if let Some(token) = args.token {
+        params.push(Value::String(token.to_string()));
+    }
+    outcome(call(&args.daemon, "lockd.release", &params).map(drop))
+}
+
+pub fn renew(args: &RenewArgs) -> ExitCode {
+    let mut params = vec![
+        args.resource.as_str().into(),
+        args.client.as_str().into(),
+        Value::Double(args.ttl),
+    ];
+    if let Some(token) = args.token {
+        params.push(Value::String(token.to_string()));
+    }
+    outcome(call(&args.daemon, "lockd.renew", &params).map(|lock| print_lock(&lock, args.json)))
+}
+
+pub fn status(args: &StatusArgs) -> ExitCode {
+    let params = [args.resource.as_str().into()];
+    match call(&args.daemon, "lockd.status", &params) {
+        Ok(Value::Nil) => {
+            if args.json {
+                println!("null");
+            } else {
+                eprintln!("lockd: {} is not locked", args.resource);
+            }
+            ExitCode::from(2)
+        }
+        result => outcome(result.map(|lock| print_lock(&lock, args.json))),
+    }
+}
+
+pub fn list(args: &ListArgs) -> ExitCode {
+    let params = [args.prefix.as_str().into()];
+    outcome(call(&args.daemon, "lockd.list", &params).map(|locks| {
+        if args.json {
+            print_json(&locks);
+        } else if let Value::Array(locks) = &locks {
+            for lock in locks {
+                println!("{}", lock_line(lock));
+            }
+        }
+    }))
+}
+
+pub fn break_lock(args: &BreakArgs) -> ExitCode {
+    let params = [args.resource.as_str().into(), args.reason.as_str().into()];
+    outcome(
+        call(&args.daemon, "lockd.break_lock", &params).map(|lock| print_lock(&lock, args.json)),
+    )
+}
+
+/// One call; a failure is reported on stderr and becomes the exit code.
+pub fn call(daemon: &DaemonArgs, method: &str, params: &[Value]) -> Result<Value, u8> {
+    let client = Client::new(&daemon.url).map_err(|e| {
+        eprintln!("lockd: {e:#}");
+        exit::USAGE
+    })?;
+    client.call(method, params).map_err(|e| {
+        eprintln!("lockd: {e}");
+        exit_code(&e)
+    })
+}
+
+/// The exit code for a failed call: the fault code for faults 1 to 6.
+pub fn exit_code(error: &CallError) -> u8 {
+    match error {
+        CallError::Fault(fault) => u8::try_from(fault.code)
+            .ok()
+            .filter(|code| (1..=6).contains(code))
+            .unwrap_or(exit::SOFTWARE),
+        CallError::Transport(_) => exit::UNAVAILABLE,
+    }
+}
+
+fn outcome(result: Result<(), u8>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => ExitCode::from(code),
+    }
+}
+
+fn print_lock(lock: &Value, json: bool) {
+    if json {
+        print_json(lock);
+    } else {
+        println!("{}", lock_line(lock));
+    }
+}
+
+/// `RESOURCE CLIENT TOKEN SINCE EXPIRES`, tab-separated; `-` for no lease.
+fn lock_line(lock: &Value) -> String {
+    let text = |name: &str| lock.member(name).and_then(Value::as_str).unwrap_or("");
+    let time = |name: &str| match lock.member(name) {
+        Some(Value::Double(secs)) => iso8601(*secs),
+        _ => "-".to_owned(),
+    };
+    let token = lock.member("token").and_then(Value::as_i64).unwrap_or(0);
+    format!(
+        "{}\t{}\t{token}\t{}\t{}",
+        text("resource"),
+        text("client"),
+        time("acquired"),
+        time("expires")
+    )
+}
+
+fn print_json(value: &Value) {
+    println!("{}", json(value));
+}
+
+/// An XML-RPC value as JSON.
+fn json(value: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::Int(i) => J::from(*i),
+        Value::I8(i) => J::from(*i),
+        Value::Bool(b) => J::from(*b),
+        Value::String(s) | Value::DateTime(s) => J::from(s.as_str()),
+        Value::Double(d) => J::from(*d),
+        Value::Base64(bytes) => J::from(String::from_utf8_lossy(bytes).into_owned()),
+        Value::Struct(members) => J::Object(
+            members
+                .iter()
+                .map(|(name, value)| (name.clone(), json(value)))
+                .collect(),
+        ),
+        Value::Array(items) => J::Array(items.iter().map(json).collect()),
+        Value::Nil => J::Null,
+    }
+}

@@ -1,0 +1,255 @@
+//! `lockd run RESOURCE -- COMMAND`: hold a lock while a command runs.
+//!
+//! The lock is taken with a lease (waiting for it if asked), the command
+//! gets its fencing token as `LOCKD_TOKEN`, the lease is renewed every
+//! third of its length while the command runs, and the lock is released
+//! when it ends; `lockd run` exits with the command's status. If the lock
+//! is lost (broken by an operator, or not renewed before the lease ran
+//! out), the command is stopped (SIGTERM, then SIGKILL after
+//! `--kill-after`) and `lockd run` exits with [`exit::LOCK_LOST`].
+
+use super::calls::{DaemonArgs, call};
+use super::exit;
+use super::serve::seconds;
+use crate::xmlrpc::Value;
+use clap::Args;
+use std::process::{Child, Command, ExitCode, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The resource to hold while COMMAND runs.
+    resource: String,
+    /// Who takes the lock [default: HOSTNAME/PID]
+    #[arg(long, env = "LOCKD_CLIENT")]
+    client: Option<String>,
+    /// Seconds to wait in line for the lock (0: try once; exit 6 if the
+    /// wait runs out).
+    #[arg(long, value_parser = seconds, default_value_t = 0.0)]
+    wait: f64,
+    /// The lease in seconds: if this process dies, the lock ends this long
+    /// after its last renewal.
+    #[arg(long, value_parser = seconds, default_value_t = 15.0)]
+    ttl: f64,
+    /// Seconds between SIGTERM and SIGKILL when COMMAND must be stopped.
+    #[arg(long, value_parser = seconds, default_value_t = 10.0)]
+    kill_after: f64,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// How often the child is looked at.
+const POLL: Duration = Duration::from_millis(10);
+
+pub fn run(args: RunArgs) -> ExitCode {
+    if args.ttl <= 0.0 {
+        eprintln!("lockd run: --ttl must be more than 0 seconds");
+        return ExitCode::from(exit::USAGE);
+    }
+    let client = args.client.clone().unwrap_or_else(default_client);
+    let ttl = Duration::from_secs_f64(args.ttl);
+    let options = Value::Struct(vec![
+        ("ttl".into(), Value::Double(args.ttl)),
+        ("wait".into(), Value::Double(args.wait)),
+    ]);
+    let params = [
+        args.resource.as_str().into(),
+        client.as_str().into(),
+        options,
+    ];
+    let taken_at = Instant::now();
+    let lock = match call(&args.daemon, "lockd.acquire", &params) {
+        Ok(lock) => lock,
+        Err(code) => return ExitCode::from(code),
+    };
+    let Some(token) = lock.member("token").and_then(Value::as_i64) else {
+        eprintln!("lockd run: the daemon answered without a token: {lock:?}");
+        return ExitCode::from(exit::UNAVAILABLE);
+    };
+    let holding = Holding {
+        daemon: &args.daemon,
+        resource: &args.resource,
+        client: &client,
+        token: token.to_string(),
+        ttl,
+    };
+    let signals = Arc::new(AtomicUsize::new(0));
+    for signal in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
+        // The flag only records the signal; SIGINT from a terminal reaches
+        // the command by itself (same process group), the others are
+        // passed on.
+        let _ = signal_hook::flag::register_usize(signal, signals.clone(), signal as usize);
+    }
+    let child = Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .env("LOCKD_TOKEN", &holding.token)
+        .env("LOCKD_RESOURCE", &args.resource)
+        .env("LOCKD_CLIENT", &client)
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("lockd run: starting {:?}: {e}", args.command[0]);
+            holding.release();
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            return ExitCode::from(code);
+        }
+    };
+    let kill_after = Duration::from_secs_f64(args.kill_after);
+    match holding.watch(&mut child, taken_at, &signals) {
+        Watch::Exited(status) => {
+            holding.release();
+            ExitCode::from(status_code(status))
+        }
+        Watch::LockLost(why) => {
+            eprintln!(
+                "lockd run: lost the lock on {}: {why}; stopping the command",
+                args.resource
+            );
+            stop(&mut child, kill_after);
+            ExitCode::from(exit::LOCK_LOST)
+        }
+    }
+}
+
+/// A lock held by this process.
+struct Holding<'a> {
+    daemon: &'a DaemonArgs,
+    resource: &'a str,
+    client: &'a str,
+    token: String,
+    ttl: Duration,
+}
+
+/// How watching the command ended.
+enum Watch {
+    Exited(ExitStatus),
+    LockLost(String),
+}
+
+impl Holding<'_> {
+    /// Renews the lease until `child` exits or the lock is lost.
+    fn watch(&self, child: &mut Child, taken_at: Instant, signals: &AtomicUsize) -> Watch {
+        let every = (self.ttl / 3).max(Duration::from_millis(50));
+        let mut lease_end = taken_at + self.ttl;
+        let mut next_renewal = taken_at + every;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Watch::Exited(status),
+                Ok(None) => {}
+                Err(e) => return Watch::LockLost(format!("watching the command failed: {e}")),
+            }
+            let signal = signals.swap(0, Ordering::Relaxed);
+            if signal != 0 && signal != libc::SIGINT as usize {
+                send(child, signal as libc::c_int);
+            }
+            let now = Instant::now();
+            if now >= next_renewal {
+                match self.renew() {
+                    Ok(()) => {
+                        lease_end = now + self.ttl;
+                        next_renewal = now + every;
+                    }
+                    Err(Renewal::Lost(why)) => return Watch::LockLost(why),
+                    Err(Renewal::Unsure) if Instant::now() >= lease_end => {
+                        return Watch::LockLost(
+                            "the lease ran out before it could be renewed".into(),
+                        );
+                    }
+                    // Try again soon, while the lease lasts.
+                    Err(Renewal::Unsure) => {
+                        next_renewal = now + every.min(Duration::from_secs(1)) / 2
+                    }
+                }
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn renew(&self) -> Result<(), Renewal> {
+        let params = [
+            self.resource.into(),
+            self.client.into(),
+            Value::Double(self.ttl.as_secs_f64()),
+            self.token.as_str().into(),
+        ];
+        match call(self.daemon, "lockd.renew", &params) {
+            Ok(_) => Ok(()),
+            // Not locked, locked by another, lease expired or stale token:
+            // the lock is gone for good.
+            Err(code @ 2..=5) => Err(Renewal::Lost(format!(
+                "lockd.renew failed with fault {code}"
+            ))),
+            Err(_) => Err(Renewal::Unsure),
+        }
+    }
+
+    fn release(&self) {
+        let params = [
+            self.resource.into(),
+            self.client.into(),
+            self.token.as_str().into(),
+        ];
+        // A failure has been reported on stderr; the command's status is
+        // what the caller asked for.
+        let _ = call(self.daemon, "lockd.release", &params);
+    }
+}
+
+enum Renewal {
+    Lost(String),
+    /// The daemon did not answer: the lock may still be held.
+    Unsure,
+}
+
+/// Stops `child`: SIGTERM, then SIGKILL if it has not exited `grace` later.
+fn stop(child: &mut Child, grace: Duration) {
+    send(child, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn send(child: &Child, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: kill(2) with the pid of our own child, which has not been
+    // reaped yet (so the pid cannot have been reused).
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// The exit code a shell would report: the code, or 128 + the signal.
+fn status_code(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => (128 + signal) as u8,
+        (None, None) => exit::SOFTWARE,
+    }
+}
+
+/// `HOSTNAME/PID`: unique while this process runs.
+fn default_client() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    format!("{host}/{}", std::process::id())
+}

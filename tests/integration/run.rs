@@ -1,0 +1,137 @@
+//! `lockd run RESOURCE -- COMMAND`, end to end.
+
+use crate::support::{LOCKD, TestServer};
+use lockd::xmlrpc::Value;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn run(server: &TestServer, args: &[&str], command: &[&str]) -> Command {
+    let mut cmd = Command::new(LOCKD);
+    cmd.arg("run")
+        .args(args)
+        .args(["--url", &server.url(), "--"])
+        .args(command);
+    cmd
+}
+
+fn status(server: &TestServer, resource: &str) -> Value {
+    server.call("lockd.status", &[resource]).unwrap()
+}
+
+#[test]
+fn the_command_gets_the_token_and_its_exit_code_and_the_lock_is_released() {
+    let server = TestServer::start();
+    let output = run(
+        &server,
+        &["job", "--client", "cron"],
+        &[
+            "sh",
+            "-c",
+            "echo \"$LOCKD_TOKEN $LOCKD_RESOURCE $LOCKD_CLIENT\"; exit 7",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(7), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let fields: Vec<&str> = printed.split_whitespace().collect();
+    assert_eq!(fields[1..], ["job", "cron"]);
+    let token: u64 = fields[0].parse().unwrap();
+    assert!(token > 0);
+    assert_eq!(status(&server, "job"), Value::Nil, "released on exit");
+    // Taken again, the next token is higher.
+    let output = run(&server, &["job"], &["sh", "-c", "echo $LOCKD_TOKEN"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let next: u64 = String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(next > token);
+}
+
+#[test]
+fn the_lock_is_held_and_renewed_while_the_command_runs() {
+    let server = TestServer::start();
+    let mut child = run(
+        &server,
+        &["long", "--client", "me", "--ttl", "0.6"],
+        &["sleep", "1.5"],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let first = status(&server, "long");
+    assert_eq!(
+        first.member("client"),
+        Some(&Value::from("me")),
+        "{first:?}"
+    );
+    // Held past its first lease: renewed.
+    std::thread::sleep(Duration::from_millis(900));
+    let later = status(&server, "long");
+    assert_eq!(later.member("token"), first.member("token"));
+    let expires = |v: &Value| match v.member("expires") {
+        Some(Value::Double(d)) => *d,
+        other => panic!("{other:?}"),
+    };
+    assert!(expires(&later) > expires(&first), "{first:?} {later:?}");
+    // Another client is refused meanwhile; `lockd run --wait` waits.
+    let waiting = run(&server, &["long", "--wait", "10"], &["true"]).spawn();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(waiting.unwrap().wait().unwrap().code(), Some(0));
+    assert_eq!(status(&server, "long"), Value::Nil);
+}
+
+#[test]
+fn the_command_is_stopped_when_its_lock_is_broken() {
+    let server = TestServer::start();
+    let start = Instant::now();
+    let child = run(
+        &server,
+        &[
+            "fenced",
+            "--client",
+            "me",
+            "--ttl",
+            "0.6",
+            "--kill-after",
+            "2",
+        ],
+        &["sleep", "30"],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server
+        .call("lockd.break_lock", &["fenced", "test: the job must stop"])
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(75), "{output:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "stopped only after {:?}",
+        start.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("lost the lock on fenced"), "{stderr}");
+}
+
+#[test]
+fn a_held_lock_or_a_missing_command_is_reported() {
+    let server = TestServer::start();
+    server.call("lock", &["busy", "someone"]).unwrap();
+    let output = run(&server, &["busy"], &["true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let output = run(&server, &["free"], &["/nonexistent/command"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(127));
+    assert_eq!(status(&server, "free"), Value::Nil, "released after all");
+    let output = Command::new(LOCKD).args(["run", "x"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(64), "no command");
+}
