@@ -16,7 +16,34 @@ fn main() {
         println!("cargo:rerun-if-changed={}", guest.join(input).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!("cargo:rerun-if-env-changed=LOCKD_GUEST_WASM");
 
+    // A component built beforehand, for toolchains without the wasm32-wasip2
+    // standard library (the nightly that `cargo fuzz` uses, say).
+    let bytes = match env::var_os("LOCKD_GUEST_WASM") {
+        Some(path) => {
+            println!("cargo:rerun-if-changed={}", Path::new(&path).display());
+            std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("reading LOCKD_GUEST_WASM {}: {e}", path.display()))
+        }
+        None => build_guest(root, &guest),
+    };
+    std::fs::write(out_dir.join("lockd_guest.wasm"), &bytes).expect("writing the component");
+
+    // Compiled ahead of time so that the daemon starts without running
+    // Cranelift. The engine is configured exactly as the host's
+    // (`Runtime::new`); where the running machine differs (CPU features), the
+    // host finds out when loading it and compiles the component itself.
+    let engine = wasmtime::Engine::new(&wasmtime::Config::new()).expect("creating an engine");
+    let compiled = engine
+        .precompile_component(&bytes)
+        .expect("compiling the component ahead of time");
+    std::fs::write(out_dir.join("lockd_guest.cwasm"), compiled)
+        .expect("writing the compiled component");
+}
+
+/// Builds `guest/` for wasm32-wasip2 and returns the component.
+fn build_guest(root: &Path, guest: &Path) -> Vec<u8> {
     require_target();
 
     // One guest build for every host profile, beside the workspace's own.
@@ -47,19 +74,7 @@ fn main() {
         .join(TARGET)
         .join("release")
         .join("lockd_guest.wasm");
-    let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("reading {}: {e}", wasm.display()));
-    std::fs::write(out_dir.join("lockd_guest.wasm"), &bytes).expect("writing the component");
-
-    // Compiled ahead of time so that the daemon starts without running
-    // Cranelift. The engine is configured exactly as the host's
-    // (`Runtime::new`); where the running machine differs (CPU features), the
-    // host finds out when loading it and compiles the component itself.
-    let engine = wasmtime::Engine::new(&wasmtime::Config::new()).expect("creating an engine");
-    let compiled = engine
-        .precompile_component(&bytes)
-        .expect("compiling the component ahead of time");
-    std::fs::write(out_dir.join("lockd_guest.cwasm"), compiled)
-        .expect("writing the compiled component");
+    std::fs::read(&wasm).unwrap_or_else(|e| panic!("reading {}: {e}", wasm.display()))
 }
 
 /// Stops the build with the one command that fixes it when the standard

@@ -190,3 +190,41 @@ mod tests {
         assert!(check_client(&"c".repeat(MAX_CLIENT + 1)).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn every_name_stays_in_the_directory_and_maps_back(resource in any::<String>()) {
+            match lock_file_name(&resource) {
+                Ok(file) => {
+                    prop_assert!(file.len() <= MAX_FILE_NAME);
+                    prop_assert!(file.ends_with(SUFFIX));
+                    prop_assert!(!file.starts_with('.'));
+                    prop_assert!(!file.contains('/') && !file.contains('\0'));
+                    prop_assert_eq!(resource_of_file(&file), Some(resource));
+                }
+                Err(_) => prop_assert!(
+                    resource.is_empty() || encode(&resource).len() + SUFFIX.len() > MAX_FILE_NAME
+                ),
+            }
+        }
+
+        #[test]
+        fn hostile_names_too(resource in "[./%a\\\\\u{0}-\u{1f}ü]{1,40}") {
+            let file = lock_file_name(&resource).unwrap();
+            prop_assert!(!file.starts_with('.') && !file.contains('/'));
+            prop_assert_eq!(resource_of_file(&file), Some(resource));
+        }
+
+        #[test]
+        fn decoding_is_canonical(encoded in "[A-Za-z0-9.%_-]{1,30}") {
+            if let Some(name) = decode(&encoded) {
+                prop_assert_eq!(encode(&name), encoded);
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 use crate::xmlrpc::{self, Fault, Value};
 use anyhow::{Context as _, bail};
+use base64::Engine as _;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -12,6 +13,8 @@ use std::time::Duration;
 pub struct Client {
     authority: String,
     path: String,
+    /// The `Authorization` header's value, if the URL names a user.
+    authorization: Option<String>,
     timeout: Duration,
 }
 
@@ -35,7 +38,9 @@ impl std::fmt::Display for CallError {
 }
 
 impl Client {
-    /// A client for `url`, which must be `http://host[:port][/path]`.
+    /// A client for `url`, which must be `http://[user:password@]host[:port][/path]`
+    /// (user and password percent-encoded, as Python's `ServerProxy` takes
+    /// them): with a user, calls authenticate with HTTP Basic.
     pub fn new(url: &str) -> anyhow::Result<Self> {
         let rest = url
             .strip_prefix("http://")
@@ -43,6 +48,15 @@ impl Client {
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
+        };
+        let (authorization, authority) = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let credentials = percent_decode(userinfo)
+                    .with_context(|| format!("{url:?} has a malformed user or password"))?;
+                let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+                (Some(format!("Basic {encoded}")), host)
+            }
+            None => (None, authority),
         };
         if authority.is_empty() {
             bail!("{url:?} names no host");
@@ -60,8 +74,15 @@ impl Client {
         Ok(Self {
             authority,
             path: path.to_owned(),
+            authorization,
             timeout: Duration::from_secs(30),
         })
+    }
+
+    /// The same client, giving up on a connection, read or write after
+    /// `timeout` (30 s by default).
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self { timeout, ..self }
     }
 
     /// Calls `method` with `params`.
@@ -87,8 +108,12 @@ impl Client {
             .with_context(|| format!("connecting to lockd at {addr}"))?;
         stream.set_read_timeout(Some(self.timeout))?;
         stream.set_write_timeout(Some(self.timeout))?;
+        let authorization = self
+            .authorization
+            .as_ref()
+            .map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
         let head = format!(
-            "POST {} HTTP/1.0\r\nHost: {}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+            "POST {} HTTP/1.0\r\nHost: {}\r\nContent-Type: text/xml\r\n{authorization}Content-Length: {}\r\n\r\n",
             self.path,
             self.authority,
             body.len()
@@ -115,4 +140,29 @@ impl Client {
         }
         Ok(response.split_off(split + 4))
     }
+}
+
+/// `%XX` escapes decoded; anything else as it is.
+fn percent_decode(text: &str) -> anyhow::Result<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).context("a % escape is cut short")?;
+            let hex = std::str::from_utf8(hex)
+                .ok()
+                .context("a % escape is not hex")?;
+            out.push(
+                u8::from_str_radix(hex, 16)
+                    .ok()
+                    .context("a % escape is not hex")?,
+            );
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
 }

@@ -24,6 +24,8 @@ pub type Reopen = Box<dyn Fn(&Runtime, &Path) -> anyhow::Result<Instance> + Send
 pub struct Engine {
     dir: PathBuf,
     lock_delay: Duration,
+    /// The most clients that may wait at once, for all resources.
+    max_waiters: usize,
     runtime: Runtime,
     reopen: Reopen,
     /// Used by one batch leader at a time.
@@ -44,6 +46,8 @@ struct Queue {
     leader: bool,
     /// Per resource, the clients waiting to take it, oldest first.
     lines: HashMap<String, Line>,
+    /// How many clients wait, in all lines.
+    waiting: usize,
     /// When to sweep expired leases and lock-delays next.
     sweep_at: Option<Instant>,
     stopping: bool,
@@ -148,6 +152,7 @@ impl Engine {
     pub fn new(
         dir: PathBuf,
         lock_delay: Duration,
+        max_waiters: usize,
         runtime: Runtime,
         instance: Instance,
         reopen: Reopen,
@@ -155,6 +160,7 @@ impl Engine {
         Self {
             dir,
             lock_delay,
+            max_waiters,
             runtime,
             reopen,
             instance: Mutex::new(instance),
@@ -225,9 +231,17 @@ impl Engine {
                         queue.deliver(pending, Err(LockError::WaitTimedOut), &mut out);
                         continue;
                     }
+                    if !pending.queued && queue.waiting >= self.max_waiters {
+                        let full = LockError::TooManyWaiters {
+                            limit: self.max_waiters,
+                        };
+                        queue.deliver(pending, Err(full), &mut out);
+                        continue;
+                    }
                     if let LockError::CoolingDown { ms_left } = refusal {
                         queue.sweep_by(now + Duration::from_millis(*ms_left));
                     }
+                    queue.waiting += 1;
                     let line = queue
                         .lines
                         .entry(resource.to_owned())
@@ -262,6 +276,7 @@ impl Engine {
                     queue.lines.remove(&resource);
                 }
                 if let Some(head) = head {
+                    queue.waiting -= 1;
                     queue.pending.push_front(head);
                 }
             }
@@ -296,17 +311,25 @@ impl Engine {
             let Some(pending) = queue.pending.pop_front() else {
                 break;
             };
+            let full = queue.waiting >= self.max_waiters;
             let line = match taken(&pending.request) {
                 Some(resource) if !pending.queued => queue.lines.get_mut(resource),
                 _ => None,
             };
             match line {
                 None => batch.push(pending),
+                Some(_) if pending.deadline.is_some() && full => {
+                    let full = LockError::TooManyWaiters {
+                        limit: self.max_waiters,
+                    };
+                    queue.deliver(pending, Err(full), out);
+                }
                 Some(line) if pending.deadline.is_some() => {
                     line.waiters.push_back(Pending {
                         queued: true,
                         ..pending
                     });
+                    queue.waiting += 1;
                     self.timer.notify_one();
                 }
                 Some(line) => {
@@ -415,6 +438,7 @@ impl Engine {
                 timed_out.extend(gone);
                 !line.waiters.is_empty()
             });
+            queue.waiting -= timed_out.len();
             for pending in timed_out {
                 queue.deliver(pending, Err(LockError::WaitTimedOut), &mut out);
             }

@@ -26,6 +26,8 @@ pub enum LockError {
     StaleToken,
     /// The lock was not free within the time the caller would wait.
     WaitTimedOut,
+    /// The caller would wait, but `limit` clients wait already.
+    TooManyWaiters { limit: usize },
     /// The lock directory could not be read or written; nothing changed.
     Storage(String),
     /// The lock component failed (a trap); it has been restarted and the
@@ -46,6 +48,9 @@ pub mod code {
     pub const METHOD_NOT_FOUND: i32 = -32601;
     pub const INVALID_PARAMS: i32 = -32602;
     pub const INTERNAL: i32 = -32603;
+    /// The caller's role may not call the method (`lockd.break_lock` needs
+    /// the operator role when authentication is on).
+    pub const NOT_PERMITTED: i32 = -32500;
 }
 
 impl LockError {
@@ -58,7 +63,7 @@ impl LockError {
             LockError::InvalidName(_) => code::INVALID_NAME,
             LockError::CoolingDown { .. } => code::ALREADY_LOCKED,
             LockError::LeaseExpired { .. } | LockError::StaleToken => code::STALE,
-            LockError::WaitTimedOut => code::WAIT_TIMED_OUT,
+            LockError::WaitTimedOut | LockError::TooManyWaiters { .. } => code::WAIT_TIMED_OUT,
             LockError::Storage(_) | LockError::Internal(_) => code::INTERNAL,
         }
     }
@@ -113,6 +118,10 @@ impl fmt::Display for LockError {
                 f.write_str("Stale fencing token: the lock is held with another token")
             }
             LockError::WaitTimedOut => f.write_str("Timed out waiting for the lock"),
+            LockError::TooManyWaiters { limit } => write!(
+                f,
+                "Not waiting for the lock: {limit} clients wait already (--max-waiters)"
+            ),
             LockError::Storage(message) => {
                 write!(f, "Storage error, the operation did not happen: {message}")
             }

@@ -1,6 +1,7 @@
 //! The HTTP transport: moves request bodies to [`rpc::handle`] and its
 //! answers back, over keep-alive connections served by a pool of workers.
 
+use crate::auth::{Credentials, Role};
 use crate::locks::Lockd;
 use crate::order::{Order, Turn};
 use crate::pool_keeper::PoolKeeper;
@@ -8,6 +9,7 @@ use crate::rpc;
 use std::io::Read as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 /// How the transport treats requests.
@@ -18,6 +20,8 @@ pub struct ServeConfig {
     /// Threads answering requests; connections are read and written by
     /// tiny_http's own threads, so this bounds requests in progress.
     pub workers: usize,
+    /// Who may call; `None` lets everyone do everything.
+    pub auth: Option<Arc<Credentials>>,
 }
 
 impl Default for ServeConfig {
@@ -25,8 +29,47 @@ impl Default for ServeConfig {
         Self {
             max_body: 1 << 20,
             workers: 16,
+            auth: None,
         }
     }
+}
+
+/// A server listening on `addr`, whose connections time out reads and
+/// writes after `idle` (set on the listening socket, whose accepted
+/// sockets inherit it on Linux): a connection silent that long, between
+/// requests or within one, is closed, and a client that does not take its
+/// answer cannot hold a thread for longer.
+pub fn bind(addr: &str, idle: Option<Duration>) -> std::io::Result<Server> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    if let Some(idle) = idle {
+        set_timeouts(&listener, idle)?;
+    }
+    Server::from_listener(listener, None).map_err(std::io::Error::other)
+}
+
+fn set_timeouts(listener: &std::net::TcpListener, timeout: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_usec: timeout.subsec_micros().into(),
+    };
+    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: setsockopt on a socket we own, with a timeval of the
+        // size we pass.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Serves `server` until it is unblocked ([`Server::unblock`]) or fails.
@@ -68,10 +111,27 @@ fn header(name: &str, value: &str) -> Header {
 fn respond(lockd: &Lockd, config: &ServeConfig, mut request: Request, turn: Turn) {
     let path = request.url().split('?').next().unwrap_or_default();
     let rpc_path = matches!(path, "/" | "/RPC2");
+    let role = match &config.auth {
+        None => Some(Role::Operator),
+        Some(credentials) => {
+            let authorization = request
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Authorization"))
+                .map(|h| h.value.as_str());
+            credentials.authenticate(authorization)
+        }
+    };
+    let Some(role) = role else {
+        let refusal = Response::from_string("")
+            .with_status_code(401)
+            .with_header(header("WWW-Authenticate", "Basic realm=\"lockd\""));
+        return send(request, refusal, turn);
+    };
     let response = match (request.method(), rpc_path) {
         (Method::Post, true) => match read_body(&mut request, config.max_body) {
             Ok(body) => {
-                return rpc::handle_then(lockd, &body, move |xml| {
+                return rpc::handle_then(lockd, &body, role, move |xml| {
                     let response =
                         Response::from_string(xml).with_header(header("Content-Type", "text/xml"));
                     send(request, response, turn);

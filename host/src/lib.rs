@@ -4,6 +4,7 @@
 //! `wit/lockd.wit`); this crate embeds it with wasmtime ([`Lockd`]) and
 //! serves it as XML-RPC over HTTP ([`http::serve`], [`rpc::handle`]).
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -46,6 +46,9 @@ pub struct Options {
     pub lock_delay: Duration,
     /// The longest a caller may wait for a lock; longer waits are cut to it.
     pub max_wait: Duration,
+    /// The most callers that may wait for locks at once; more are refused
+    /// at once ([`LockError::TooManyWaiters`]).
+    pub max_waiters: usize,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             durability: Durability::default(),
             lock_delay: Duration::from_secs(5),
             max_wait: Duration::from_secs(300),
+            max_waiters: 10_000,
         }
     }
 }
@@ -151,6 +155,7 @@ impl Lockd {
         let engine = Arc::new(Engine::new(
             dir.clone(),
             options.lock_delay,
+            options.max_waiters,
             runtime,
             instance,
             reopen,

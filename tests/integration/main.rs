@@ -1,11 +1,14 @@
 //! lockd's integration tests: the real binary, over real sockets.
 
+mod auth;
 mod cli;
 mod compat;
 mod concurrency;
 mod connections;
+mod crash;
 mod fencing;
 mod legacy;
+mod limits;
 mod names;
 mod protocol;
 mod restart;

@@ -1,5 +1,6 @@
 //! `lockd serve`: the daemon.
 
+use crate::auth::Credentials;
 use crate::http::{self, ServeConfig};
 use crate::locks::{Durability, Lockd, Options};
 use anyhow::Context as _;
@@ -35,6 +36,20 @@ pub struct ServeArgs {
     /// waits asked for are cut to it.
     #[arg(long, env = "LOCKD_MAX_WAIT", default_value_t = Options::default().max_wait.as_secs_f64(), value_parser = seconds)]
     max_wait: f64,
+    /// The most clients that may wait for locks at once; more get fault 6
+    /// at once.
+    #[arg(long, env = "LOCKD_MAX_WAITERS", default_value_t = Options::default().max_waiters)]
+    max_waiters: usize,
+    /// Seconds a connection may stay silent (between requests, or within
+    /// one) before it is closed, and a client may take to accept an
+    /// answer; 0 waits for ever.
+    #[arg(long, env = "LOCKD_IDLE_TIMEOUT", default_value_t = 60.0, value_parser = seconds)]
+    idle_timeout: f64,
+    /// HTTP Basic authentication: a file of `name:password[:role]` lines,
+    /// role `client` (the default) or `operator` (may also break locks).
+    /// Without it, anyone who can connect may do anything.
+    #[arg(long, env = "LOCKD_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
 }
 
 /// A non-negative, finite number of seconds.
@@ -51,6 +66,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         durability: args.sync,
         lock_delay: Duration::from_secs_f64(args.lock_delay),
         max_wait: Duration::from_secs_f64(args.max_wait),
+        max_waiters: args.max_waiters,
     };
     let lockd = Arc::new(Lockd::open_with(&args.dir, &options)?);
     let report = lockd.open_report();
@@ -63,13 +79,23 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for note in &report.notes {
         tracing::warn!("{note}");
     }
-    let server = tiny_http::Server::http(&args.listen)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let auth = match &args.auth_file {
+        Some(path) => Some(Arc::new(Credentials::load(path)?)),
+        None => None,
+    };
+    let idle = (args.idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.idle_timeout));
+    let server =
+        http::bind(&args.listen, idle).with_context(|| format!("listening on {}", args.listen))?;
     let addr = server
         .server_addr()
         .to_ip()
         .context("listening on a non-IP address")?;
+    if auth.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {addr}, beyond this machine, without authentication: anyone who \
+             can connect can take, release and break locks (see --auth-file)"
+        );
+    }
     tracing::info!(
         "lockd {} listening on http://{addr}/ with lock directory {} (sync={})",
         env!("CARGO_PKG_VERSION"),
@@ -79,6 +105,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServeConfig {
         max_body: args.max_body,
         workers: args.workers,
+        auth,
     };
     http::serve(Arc::new(server), lockd, &config);
     Ok(())

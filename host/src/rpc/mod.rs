@@ -4,7 +4,10 @@
 mod methods;
 mod ops;
 mod params;
+#[cfg(test)]
+mod properties;
 
+use crate::auth::Role;
 use crate::error::{LockError, code};
 use crate::locks::Lockd;
 use crate::xmlrpc::{self, Fault, MethodCall, Value};
@@ -17,7 +20,12 @@ pub use ops::lock_value;
 /// Answers one HTTP request body with the XML-RPC response body: a result,
 /// or a fault for anything that went wrong, malformed input included.
 pub fn handle(lockd: &Lockd, body: &[u8]) -> String {
-    encode(parse(body).and_then(|call| dispatch(lockd, &call, true)))
+    handle_as(lockd, body, Role::Operator)
+}
+
+/// [`handle`] for a caller with `role`.
+pub fn handle_as(lockd: &Lockd, body: &[u8], role: Role) -> String {
+    encode(parse(body).and_then(|call| dispatch(lockd, &call, role, true)))
 }
 
 /// Like [`handle`], but hands the response body to `reply` instead of
@@ -25,12 +33,17 @@ pub fn handle(lockd: &Lockd, body: &[u8]) -> String {
 /// from the thread that commits it together with others (see
 /// [`Lockd::lock_then`]), so that this thread need not wait for the sync,
 /// nor for a lock that is waited for.
-pub fn handle_then(lockd: &Lockd, body: &[u8], reply: impl FnOnce(String) + Send + 'static) {
+pub fn handle_then(
+    lockd: &Lockd,
+    body: &[u8],
+    role: Role,
+    reply: impl FnOnce(String) + Send + 'static,
+) {
     let call = match parse(body) {
         Ok(call) => call,
         Err(fault) => return reply(xmlrpc::encode_fault(&fault)),
     };
-    match ops::op(lockd, &call) {
+    match ops::op(lockd, &call, role) {
         Ok(Some(Op {
             request,
             deadline,
@@ -38,7 +51,7 @@ pub fn handle_then(lockd: &Lockd, body: &[u8], reply: impl FnOnce(String) + Send
         })) => lockd.submit_then(request, deadline, move |result| {
             reply(encode(result.and_then(answer).map_err(fault)));
         }),
-        Ok(None) => reply(encode(dispatch(lockd, &call, true))),
+        Ok(None) => reply(encode(dispatch(lockd, &call, role, true))),
         Err(fault) => reply(xmlrpc::encode_fault(&fault)),
     }
 }
@@ -62,8 +75,8 @@ fn encode(result: Result<Value, Fault>) -> String {
 
 /// Runs one call. `top_level` is false inside `system.multicall`, which
 /// does not nest.
-fn dispatch(lockd: &Lockd, call: &MethodCall, top_level: bool) -> Result<Value, Fault> {
-    if let Some(op) = ops::op(lockd, call)? {
+fn dispatch(lockd: &Lockd, call: &MethodCall, role: Role, top_level: bool) -> Result<Value, Fault> {
+    if let Some(op) = ops::op(lockd, call, role)? {
         let reply = lockd.submit(op.request, op.deadline).map_err(fault)?;
         return (op.answer)(reply).map_err(fault);
     }
@@ -86,7 +99,7 @@ fn dispatch(lockd: &Lockd, call: &MethodCall, top_level: bool) -> Result<Value, 
                 .map(|s| Value::Array(s.iter().map(|&t| Value::from(t)).collect()));
             Ok(Value::Array(signatures.collect()))
         }
-        "system.multicall" if top_level => multicall(lockd, call),
+        "system.multicall" if top_level => multicall(lockd, call, role),
         "system.multicall" => Err(Fault::new(
             code::INVALID_REQUEST,
             "system.multicall cannot be nested",
@@ -95,7 +108,7 @@ fn dispatch(lockd: &Lockd, call: &MethodCall, top_level: bool) -> Result<Value, 
     }
 }
 
-fn multicall(lockd: &Lockd, call: &MethodCall) -> Result<Value, Fault> {
+fn multicall(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Value, Fault> {
     let [Value::Array(calls)] = call.params.as_slice() else {
         return Err(Fault::new(
             code::INVALID_PARAMS,
@@ -109,7 +122,7 @@ fn multicall(lockd: &Lockd, call: &MethodCall) -> Result<Value, Fault> {
                     name: name.clone(),
                     params: params.clone(),
                 };
-                dispatch(lockd, &call, false)
+                dispatch(lockd, &call, role, false)
             }
             _ => Err(Fault::new(
                 code::INVALID_PARAMS,

@@ -3,8 +3,9 @@
 //! the method returns.
 
 use super::params::{Params, seconds};
+use crate::auth::Role;
 use crate::component::{CheckRequest, Reply, Request};
-use crate::error::LockError;
+use crate::error::{LockError, code};
 use crate::locks::{self, Acquire, Lock, Lockd};
 use crate::xmlrpc::{Fault, MethodCall, Value};
 use std::time::Instant;
@@ -22,7 +23,7 @@ pub struct Op {
 
 /// `call` as an [`Op`], or `None` if the method does not touch the lock
 /// directory (or does not exist).
-pub fn op(lockd: &Lockd, call: &MethodCall) -> Result<Option<Op>, Fault> {
+pub fn op(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Option<Op>, Fault> {
     let op = |request, answer: Answer| {
         Ok(Some(Op {
             request,
@@ -109,6 +110,12 @@ pub fn op(lockd: &Lockd, call: &MethodCall) -> Result<Option<Op>, Fault> {
             )
         }
         "lockd.break_lock" => {
+            if role != Role::Operator {
+                return Err(Fault::new(
+                    code::NOT_PERMITTED,
+                    "lockd.break_lock needs the operator role",
+                ));
+            }
             let p = Params::new(call, "(resource, reason)", 2, 2)?;
             let resource = p.string(0, "resource")?.to_owned();
             let reason = p.string(1, "reason")?.to_owned();

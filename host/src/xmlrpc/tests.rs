@@ -212,3 +212,75 @@ fn a_call_without_params_has_none() {
     let call = parse_call(b"<methodCall><methodName>system.listMethods</methodName></methodCall>");
     assert_eq!(call.unwrap().params, vec![]);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any value the encoder can be given; doubles finite (XML-RPC has no
+    /// NaN or infinity) and date-times in the form the decoder keeps.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<i32>().prop_map(Value::Int),
+            any::<i64>().prop_map(Value::I8),
+            any::<bool>().prop_map(Value::Bool),
+            any::<String>().prop_map(Value::String),
+            (-1e300f64..1e300).prop_map(Value::Double),
+            "[0-9]{8}T[0-9]{2}:[0-9]{2}:[0-9]{2}".prop_map(Value::DateTime),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Base64),
+            Just(Value::Nil),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec((any::<String>(), inner), 0..4).prop_map(Value::Struct),
+            ]
+        })
+    }
+
+    /// Text XML 1.0 can carry: no control characters but tab, CR and LF.
+    fn xml_text(s: &str) -> bool {
+        s.chars()
+            .all(|c| !c.is_control() || c == '\t' || c == '\n' || c == '\r')
+    }
+
+    fn xml_safe(v: &Value) -> bool {
+        match v {
+            Value::String(s) => xml_text(s),
+            Value::Struct(members) => members.iter().all(|(n, v)| xml_text(n) && xml_safe(v)),
+            Value::Array(items) => items.iter().all(xml_safe),
+            _ => true,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn calls_round_trip(name in "[A-Za-z_.]{1,20}", params in proptest::collection::vec(value(), 0..4)) {
+            prop_assume!(params.iter().all(xml_safe));
+            let xml = encode_call(&name, &params);
+            let call = parse_call(xml.as_bytes()).unwrap();
+            prop_assert_eq!(call, MethodCall { name, params });
+        }
+
+        #[test]
+        fn responses_round_trip(v in value()) {
+            prop_assume!(xml_safe(&v));
+            let xml = encode_response(&v);
+            prop_assert_eq!(parse_response(xml.as_bytes()).unwrap(), Ok(v));
+        }
+
+        #[test]
+        fn any_bytes_decode_or_fail_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse_call(&bytes);
+            let _ = parse_response(&bytes);
+        }
+
+        #[test]
+        fn any_xml_like_text_decodes_or_fails_without_panicking(
+            text in "(<[a-zA-Z/?!]{0,12}[ a-z=\"']{0,6}>|[a-z0-9&;#]{0,6}){0,30}"
+        ) {
+            let _ = parse_call(text.as_bytes());
+            let _ = parse_response(text.as_bytes());
+        }
+    }
+}
