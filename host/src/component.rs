@@ -73,24 +73,31 @@ impl Runtime {
         Ok(Self { engine, pre })
     }
 
-    /// A fresh instance whose only capability is `dir`, read-write. No
-    /// environment, arguments, network or standard streams.
+    /// A fresh instance in the [`sandbox`] of `dir`.
     pub fn instantiate(&self, dir: &Path) -> anyhow::Result<Instance> {
-        let mut wasi = WasiCtxBuilder::new();
-        // File work happens on the calling thread instead of a thread pool:
-        // every call is synchronous and already on a thread of its own.
-        wasi.allow_blocking_current_thread(true);
-        wasi.preopened_dir(dir, "/", FsPerms::ReadWrite)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("opening lock directory {}", dir.display()))?;
         let ctx = Ctx {
-            wasi: wasi.build(),
+            wasi: sandbox(dir)?,
             table: ResourceTable::new(),
         };
         let mut store = Store::new(&self.engine, ctx);
         let bindings = self.pre.instantiate(&mut store)?;
         Ok(Instance { store, bindings })
     }
+}
+
+/// What the component may touch: `dir`, read-write, as its only preopen
+/// (seen as `/`). No environment, arguments, network, name lookups or
+/// standard streams (stdin is empty; what it writes to stdout or stderr
+/// goes nowhere).
+fn sandbox(dir: &Path) -> anyhow::Result<WasiCtx> {
+    let mut wasi = WasiCtxBuilder::new();
+    // File work happens on the calling thread instead of a thread pool:
+    // every call is synchronous and already on a thread of its own.
+    wasi.allow_blocking_current_thread(true);
+    wasi.preopened_dir(dir, "/", FsPerms::ReadWrite)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("opening lock directory {}", dir.display()))?;
+    Ok(wasi.build())
 }
 
 /// One live instance of the component. A call that traps leaves it unusable;
@@ -119,6 +126,83 @@ impl Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
+
+    /// Builds `tests/escape` (a WASI program trying every way out of its
+    /// directory) and runs it in the lock component's sandbox of `dir`.
+    fn run_escape_program(dir: &Path) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let target = root.join("target").join("escape");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(root.join("tests/escape/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .unwrap();
+        assert!(status.success(), "building tests/escape");
+        let wasm = std::fs::read(target.join("wasm32-wasip2/release/lockd-escape.wasm")).unwrap();
+        let engine = Engine::new(&Config::new()).unwrap();
+        let component = Component::new(&engine, &wasm).unwrap();
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
+        let ctx = Ctx {
+            wasi: sandbox(dir).unwrap(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(&engine, ctx);
+        let command = wasmtime_wasi::p2::bindings::sync::Command::instantiate(
+            &mut store, &component, &linker,
+        )
+        .unwrap();
+        let ran = command.wasi_cli_run().call_run(&mut store).unwrap();
+        assert_eq!(ran, Ok(()), "the escape program failed");
+    }
+
+    #[test]
+    fn a_guest_built_to_escape_its_directory_cannot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path();
+        std::fs::write(outside.join("secret.txt"), "secret").unwrap();
+        let dir = outside.join("locks");
+        std::fs::create_dir(&dir).unwrap();
+        // A hostile directory: a symlink to the outside already in it.
+        std::os::unix::fs::symlink(outside, dir.join("outside-link")).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::fs::write(dir.join("port.txt"), port.to_string()).unwrap();
+
+        run_escape_program(&dir);
+
+        let report = std::fs::read_to_string(dir.join("escape-report.txt")).unwrap();
+        eprintln!("{report}");
+        let attempts: Vec<&str> = report.lines().collect();
+        assert!(attempts.len() >= 18, "{report}");
+        for attempt in &attempts {
+            assert!(attempt.contains(": blocked ("), "{attempt}");
+        }
+        for left_alone in ["escaped.txt", "stolen.txt"] {
+            assert!(!outside.join(left_alone).exists(), "{left_alone}\n{report}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(outside.join("secret.txt")).unwrap(),
+            "secret"
+        );
+        assert!(
+            listener.accept().is_err(),
+            "the program connected to 127.0.0.1"
+        );
+    }
 
     #[test]
     fn the_precompiled_component_loads_on_the_build_machine() {
