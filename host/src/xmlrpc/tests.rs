@@ -284,3 +284,20 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn values_nested_past_64_levels_are_refused() {
+    let nested = |depth: usize| {
+        format!(
+            "{}<value>x</value>{}",
+            "<value><array><data>".repeat(depth),
+            "</data></array></value>".repeat(depth)
+        )
+    };
+    assert!(value_of(&nested(63)).is_ok());
+    let refused = value_of(&nested(100_000)).unwrap_err();
+    assert!(
+        refused.to_string().contains("nested deeper than 64"),
+        "{refused}"
+    );
+}
