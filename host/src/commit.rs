@@ -48,6 +48,8 @@ struct Queue {
     lines: HashMap<String, Line>,
     /// How many clients wait, in all lines.
     waiting: usize,
+    /// Set when the daemon stops: nobody may start waiting.
+    refuse_waits: bool,
     /// When to sweep expired leases and lock-delays next.
     sweep_at: Option<Instant>,
     stopping: bool,
@@ -231,6 +233,10 @@ impl Engine {
                         queue.deliver(pending, Err(LockError::WaitTimedOut), &mut out);
                         continue;
                     }
+                    if queue.refuse_waits {
+                        queue.deliver(pending, Err(LockError::ShuttingDown), &mut out);
+                        continue;
+                    }
                     if !pending.queued && queue.waiting >= self.max_waiters {
                         let full = LockError::TooManyWaiters {
                             limit: self.max_waiters,
@@ -311,7 +317,7 @@ impl Engine {
             let Some(pending) = queue.pending.pop_front() else {
                 break;
             };
-            let full = queue.waiting >= self.max_waiters;
+            let full = queue.waiting >= self.max_waiters || queue.refuse_waits;
             let line = match taken(&pending.request) {
                 Some(resource) if !pending.queued => queue.lines.get_mut(resource),
                 _ => None,
@@ -475,6 +481,21 @@ impl Engine {
                 None => self.timer.wait(queue).unwrap_or_else(|p| p.into_inner()),
             };
         }
+    }
+
+    /// Ends every wait for a lock with [`LockError::ShuttingDown`], and
+    /// refuses waits from now on.
+    pub fn stop_waiting(&self) {
+        let mut out = Deliveries::default();
+        let mut queue = lock(&self.queue);
+        queue.refuse_waits = true;
+        let lines: Vec<Line> = queue.lines.drain().map(|(_, line)| line).collect();
+        queue.waiting = 0;
+        for pending in lines.into_iter().flat_map(|line| line.waiters) {
+            queue.deliver(pending, Err(LockError::ShuttingDown), &mut out);
+        }
+        drop(queue);
+        out.run();
     }
 
     /// Makes [`run_timer`](Self::run_timer) return.

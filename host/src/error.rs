@@ -28,6 +28,8 @@ pub enum LockError {
     WaitTimedOut,
     /// The caller would wait, but `limit` clients wait already.
     TooManyWaiters { limit: usize },
+    /// The caller waited, but the daemon is stopping.
+    ShuttingDown,
     /// The lock directory could not be read or written; nothing changed.
     Storage(String),
     /// The lock component failed (a trap); it has been restarted and the
@@ -63,7 +65,9 @@ impl LockError {
             LockError::InvalidName(_) => code::INVALID_NAME,
             LockError::CoolingDown { .. } => code::ALREADY_LOCKED,
             LockError::LeaseExpired { .. } | LockError::StaleToken => code::STALE,
-            LockError::WaitTimedOut | LockError::TooManyWaiters { .. } => code::WAIT_TIMED_OUT,
+            LockError::WaitTimedOut
+            | LockError::TooManyWaiters { .. }
+            | LockError::ShuttingDown => code::WAIT_TIMED_OUT,
             LockError::Storage(_) | LockError::Internal(_) => code::INTERNAL,
         }
     }
@@ -118,6 +122,9 @@ impl fmt::Display for LockError {
                 f.write_str("Stale fencing token: the lock is held with another token")
             }
             LockError::WaitTimedOut => f.write_str("Timed out waiting for the lock"),
+            LockError::ShuttingDown => {
+                f.write_str("Not waiting for the lock: the daemon is stopping")
+            }
             LockError::TooManyWaiters { limit } => write!(
                 f,
                 "Not waiting for the lock: {limit} clients wait already (--max-waiters)"

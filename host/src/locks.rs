@@ -284,6 +284,24 @@ impl Lockd {
         Ok(lock)
     }
 
+    /// Ends every wait for a lock (fault 6) and refuses new ones: for a
+    /// daemon that stops.
+    pub fn stop_waiting(&self) {
+        self.engine.stop_waiting();
+    }
+
+    /// Syncs the file system holding the lock directory: with
+    /// [`Durability::None`], what was written is then on disk too.
+    pub fn flush(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let dir = std::fs::File::open(&self.dir)?;
+        // SAFETY: syncfs(2) on a descriptor we hold open.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// [`lock`](Self::lock), calling `then` with the outcome once it is as
     /// durable as [`Options::durability`] says, from whichever thread
     /// commits it: this one, or one committing a batch that took it along.

@@ -13,4 +13,5 @@ mod names;
 mod protocol;
 mod restart;
 mod run;
+mod shutdown;
 mod support;

@@ -5,8 +5,10 @@ use crate::http::{self, ServeConfig};
 use crate::locks::{Durability, Lockd, Options};
 use anyhow::Context as _;
 use clap::Args;
+use signal_hook::consts::{SIGINT, SIGTERM};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
@@ -84,9 +86,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let idle = (args.idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.idle_timeout));
-    let server =
-        http::bind(&args.listen, idle).with_context(|| format!("listening on {}", args.listen))?;
-    let addr = server
+    let listener = http::Listener::bind(&args.listen, idle)
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener
+        .server
         .server_addr()
         .to_ip()
         .context("listening on a non-IP address")?;
@@ -107,7 +110,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         workers: args.workers,
         auth,
     };
-    http::serve(Arc::new(server), lockd, &config);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("handling SIGTERM and SIGINT")?;
+    }
+    http::serve(listener, lockd.clone(), &config, &stop);
+    // Everything answered has been made as durable as --sync says; with
+    // --sync=none, hand the written files to the disk before going.
+    if let Err(e) = lockd.flush() {
+        tracing::warn!("syncing the lock directory: {e}");
+    }
+    drop(lockd);
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -1,0 +1,73 @@
+//! An HTTP answer, written through tiny_http, or byte for byte when the
+//! connection must close after it (tiny_http does not let a response say
+//! `Connection: close`).
+
+use std::io::Write as _;
+use tiny_http::{Header, Request, Response};
+
+/// Status, headers and body of one answer.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status,
+            headers: vec![("Content-Type", content_type.to_owned())],
+            body: body.into(),
+        }
+    }
+
+    /// Plain text.
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self::new(status, "text/plain; charset=utf-8", body.into())
+    }
+
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Writes the answer to `request`'s connection; with `close`, it says
+    /// `Connection: close` so that the client opens no further request on
+    /// it.
+    pub fn send(self, request: Request, close: bool) -> std::io::Result<()> {
+        if !close {
+            let mut response = Response::from_data(self.body).with_status_code(self.status);
+            for (name, value) in self.headers {
+                let header =
+                    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header");
+                response.add_header(header);
+            }
+            return request.respond(response);
+        }
+        let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.body.len()
+        ));
+        let mut writer = request.into_writer();
+        writer.write_all(head.as_bytes())?;
+        writer.write_all(&self.body)?;
+        writer.flush()
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
