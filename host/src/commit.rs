@@ -5,9 +5,11 @@
 
 use crate::component::{GuestError, Instance, Reply, Request, Runtime};
 use crate::error::LockError;
+use crate::metrics::Metrics;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,7 @@ pub struct Engine {
     max_waiters: usize,
     runtime: Runtime,
     reopen: Reopen,
+    metrics: Arc<Metrics>,
     /// Used by one batch leader at a time.
     instance: Mutex<Instance>,
     queue: Mutex<Queue>,
@@ -141,6 +144,14 @@ impl Queue {
     }
 }
 
+/// Whether a request may change the lock directory.
+fn changes(request: &Request) -> bool {
+    !matches!(
+        request,
+        Request::Holder(_) | Request::Status(_) | Request::Check(_) | Request::List(_)
+    )
+}
+
 /// The resource a request takes a lock on, if it takes one.
 fn taken(request: &Request) -> Option<&str> {
     match request {
@@ -158,6 +169,7 @@ impl Engine {
         runtime: Runtime,
         instance: Instance,
         reopen: Reopen,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             dir,
@@ -165,6 +177,7 @@ impl Engine {
             max_waiters,
             runtime,
             reopen,
+            metrics,
             instance: Mutex::new(instance),
             queue: Mutex::new(Queue::default()),
             timer: Condvar::new(),
@@ -371,6 +384,7 @@ impl Engine {
                 return queue.sweep_by(now + Duration::from_millis(r.ttl_ms));
             }
             (Request::BreakLock(resource), Reply::Lock(info)) => {
+                self.metrics.breaks.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     %resource,
                     holder = %info.client,
@@ -383,6 +397,9 @@ impl Engine {
                 return queue.sweep_by(now + self.lock_delay);
             }
             (Request::Sweep, Reply::Swept(swept)) => {
+                self.metrics
+                    .lease_expiries
+                    .fetch_add(swept.expired.len() as u64, Ordering::Relaxed);
                 for info in &swept.expired {
                     tracing::info!(
                         resource = %info.resource,
@@ -406,7 +423,15 @@ impl Engine {
     /// replaced (reopening the directory) before the error is reported.
     fn run(&self, batch: &[Request]) -> Vec<Result<Reply, LockError>> {
         let mut instance = lock(&self.instance);
-        match instance.apply(batch) {
+        let start = Instant::now();
+        let applied = instance.apply(batch);
+        if batch.iter().any(changes) {
+            self.metrics
+                .commit_seconds
+                .observe(start.elapsed().as_secs_f64());
+        }
+        self.metrics.batch_size.observe(batch.len() as f64);
+        match applied {
             Ok(results) => batch
                 .iter()
                 .zip(results)
@@ -481,6 +506,11 @@ impl Engine {
                 None => self.timer.wait(queue).unwrap_or_else(|p| p.into_inner()),
             };
         }
+    }
+
+    /// Clients waiting for a lock now.
+    pub fn waiters(&self) -> usize {
+        lock(&self.queue).waiting
     }
 
     /// Ends every wait for a lock with [`LockError::ShuttingDown`], and

@@ -14,10 +14,12 @@ mod error;
 mod guard;
 pub mod http;
 mod locks;
+pub mod metrics;
 mod order;
 mod pool_keeper;
 mod pyrepr;
 pub mod rpc;
+mod time;
 pub mod xmlrpc;
 
 pub use component::COMPONENT_WASM;

@@ -8,6 +8,7 @@ use crate::component::{
 };
 use crate::error::LockError;
 use crate::guard::DirGuard;
+use crate::metrics::{Gauges, Metrics};
 use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,6 +127,7 @@ pub struct Lockd {
     options: Options,
     report: OpenReport,
     engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
     timer: Option<JoinHandle<()>>,
     _guard: DirGuard,
 }
@@ -152,6 +154,7 @@ impl Lockd {
         let reopen = Box::new(move |runtime: &Runtime, dir: &Path| {
             open_instance(runtime, dir, guest_options).map(|(instance, _)| instance)
         });
+        let metrics = Arc::new(Metrics::default());
         let engine = Arc::new(Engine::new(
             dir.clone(),
             options.lock_delay,
@@ -159,6 +162,7 @@ impl Lockd {
             runtime,
             instance,
             reopen,
+            metrics.clone(),
         ));
         let timer = {
             let engine = engine.clone();
@@ -172,6 +176,7 @@ impl Lockd {
             options: options.clone(),
             report,
             engine,
+            metrics,
             timer: Some(timer),
             _guard: guard,
         };
@@ -284,10 +289,37 @@ impl Lockd {
         Ok(lock)
     }
 
+    /// What has been counted so far.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The same, to keep past this `Lockd`'s borrow.
+    pub(crate) fn metrics_handle(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The metrics in Prometheus' text format, with the locks held and the
+    /// clients waiting now.
+    pub fn metrics_text(&self) -> Result<String, LockError> {
+        let gauges = Gauges {
+            locks_held: self.list("")?.len(),
+            waiters: self.engine.waiters(),
+        };
+        Ok(self.metrics.render(&gauges))
+    }
+
     /// Ends every wait for a lock (fault 6) and refuses new ones: for a
     /// daemon that stops.
     pub fn stop_waiting(&self) {
         self.engine.stop_waiting();
+    }
+
+    /// Whether the lock directory can be written: a probe file,
+    /// `.lockd.health`, is written in it.
+    pub fn health(&self) -> Result<(), String> {
+        std::fs::write(self.dir.join(".lockd.health"), b"ok\n")
+            .map_err(|e| format!("cannot write in {}: {e}", self.dir.display()))
     }
 
     /// Syncs the file system holding the lock directory: with

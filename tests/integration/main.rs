@@ -10,6 +10,7 @@ mod fencing;
 mod legacy;
 mod limits;
 mod names;
+mod observability;
 mod protocol;
 mod restart;
 mod run;

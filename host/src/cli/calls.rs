@@ -4,8 +4,8 @@
 
 use super::exit;
 use super::serve::seconds;
-use super::time::iso8601;
 use crate::client::{CallError, Client};
+use crate::time::iso8601;
 use crate::xmlrpc::Value;
 use clap::Args;
 use std::process::ExitCode;

@@ -4,7 +4,6 @@
 mod calls;
 mod run;
 mod serve;
-mod time;
 
 use crate::locks::Durability;
 use clap::{Args, Parser, Subcommand};

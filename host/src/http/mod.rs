@@ -3,6 +3,7 @@
 
 use crate::auth::{Credentials, Role};
 use crate::locks::Lockd;
+use crate::metrics::Metrics;
 use crate::order::{Order, Turn};
 use crate::pool_keeper::PoolKeeper;
 use crate::rpc;
@@ -14,6 +15,7 @@ use tiny_http::{Method, Request};
 
 mod answer;
 mod listener;
+mod status_page;
 
 use answer::Answer;
 pub use listener::Listener;
@@ -41,7 +43,6 @@ impl Default for ServeConfig {
 }
 
 /// What the workers share.
-#[derive(Default)]
 struct Shared {
     /// Requests taken from tiny_http so far.
     taken: Arc<AtomicU64>,
@@ -49,12 +50,18 @@ struct Shared {
     in_progress: AtomicUsize,
     /// Set when the daemon is stopping: answers close their connection.
     draining: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 /// Serves `listener` until `stop` is set (then stops gracefully, see
 /// [`drain`]) or the server fails.
 pub fn serve(listener: Listener, lockd: Arc<Lockd>, config: &ServeConfig, stop: &AtomicBool) {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        taken: Arc::default(),
+        in_progress: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
+        metrics: lockd.metrics_handle(),
+    });
     let server = &listener.server;
     let keeper = match server.server_addr().to_ip() {
         Some(addr) => match PoolKeeper::start(addr, shared.taken.clone()) {
@@ -123,7 +130,8 @@ fn drain(listener: &Listener, lockd: &Lockd, shared: &Shared, workers: usize) {
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Answers `request` during its connection's `turn`: XML-RPC calls
-/// through [`rpc::handle_then`], which may answer from another thread.
+/// through [`rpc::handle_then`], which may answer from another thread; the
+/// health check, metrics and status page at once.
 fn respond(
     lockd: &Lockd,
     config: &ServeConfig,
@@ -131,8 +139,22 @@ fn respond(
     mut request: Request,
     turn: Turn,
 ) {
-    let path = request.url().split('?').next().unwrap_or_default();
-    let rpc_path = matches!(path, "/" | "/RPC2");
+    let taken = Instant::now();
+    let path = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let get = matches!(request.method(), Method::Get | Method::Head);
+    if get && path == "/healthz" {
+        // For load balancers and service managers: no credentials needed.
+        let answer = match lockd.health() {
+            Ok(()) => Answer::text(200, "ok\n"),
+            Err(e) => Answer::text(503, format!("{e}\n")),
+        };
+        return send(shared, request, answer, turn, taken);
+    }
     let role = match &config.auth {
         None => Some(Role::Operator),
         Some(credentials) => {
@@ -146,28 +168,58 @@ fn respond(
     };
     let Some(role) = role else {
         let refusal = Answer::text(401, "").with("WWW-Authenticate", "Basic realm=\"lockd\"");
-        return send(shared, request, refusal, turn);
+        return send(shared, request, refusal, turn, taken);
     };
-    let response = match (request.method(), rpc_path) {
-        (Method::Post, true) => match read_body(&mut request, config.max_body) {
+    let answer = match (request.method(), path.as_str()) {
+        (Method::Post, "/" | "/RPC2") => match read_body(&mut request, config.max_body) {
             Ok(body) => {
                 let shared = shared.clone();
                 return rpc::handle_then(lockd, &body, role, move |xml| {
-                    send(&shared, request, Answer::new(200, "text/xml", xml), turn);
+                    send(
+                        &shared,
+                        request,
+                        Answer::new(200, "text/xml", xml),
+                        turn,
+                        taken,
+                    );
                 });
             }
-            Err(response) => response,
+            Err(answer) => answer,
         },
-        (_, true) => Answer::text(405, "XML-RPC takes POST\n").with("Allow", "POST"),
-        (_, false) => Answer::text(404, "not found\n"),
+        (Method::Get | Method::Head, "/") => status_page(lockd),
+        (Method::Get | Method::Head, "/metrics") => match lockd.metrics_text() {
+            Ok(text) => Answer::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
+            Err(e) => Answer::text(503, format!("{e}\n")),
+        },
+        (_, "/") => Answer::text(405, "XML-RPC takes POST; the status page GET\n")
+            .with("Allow", "GET, HEAD, POST"),
+        (_, "/RPC2") => Answer::text(405, "XML-RPC takes POST\n").with("Allow", "POST"),
+        _ => Answer::text(404, "not found\n"),
     };
-    send(shared, request, response, turn);
+    send(shared, request, answer, turn, taken);
+}
+
+fn status_page(lockd: &Lockd) -> Answer {
+    match lockd.list("") {
+        Ok(locks) => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let dir = lockd.dir().display().to_string();
+            Answer::new(
+                200,
+                "text/html; charset=utf-8",
+                status_page::render(&locks, &dir, now_ms),
+            )
+        }
+        Err(e) => Answer::text(503, format!("{e}\n")),
+    }
 }
 
 /// Ends the connection's `turn` (its next request may be handled) and
 /// writes `response`, after the answers to the connection's earlier
 /// requests, as tiny_http orders them.
-fn send(shared: &Shared, request: Request, answer: Answer, turn: Turn) {
+fn send(shared: &Shared, request: Request, answer: Answer, turn: Turn, taken: Instant) {
     drop(turn);
     // Bodies cut short leave the connection unusable; while stopping, no
     // connection is reused.
@@ -182,6 +234,7 @@ fn send(shared: &Shared, request: Request, answer: Answer, turn: Turn) {
     if let Err(e) = answer.send(request, close) {
         tracing::debug!("writing a response failed: {e}");
     }
+    shared.metrics.observe_request(taken.elapsed());
     shared.in_progress.fetch_sub(1, Ordering::Relaxed);
 }
 

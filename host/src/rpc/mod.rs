@@ -25,7 +25,11 @@ pub fn handle(lockd: &Lockd, body: &[u8]) -> String {
 
 /// [`handle`] for a caller with `role`.
 pub fn handle_as(lockd: &Lockd, body: &[u8], role: Role) -> String {
-    encode(parse(body).and_then(|call| dispatch(lockd, &call, role, true)))
+    let (label, result) = match parse(body) {
+        Ok(call) => (label(&call), dispatch(lockd, &call, role, true)),
+        Err(fault) => ("invalid", Err(fault)),
+    };
+    counted(lockd, label, result)
 }
 
 /// Like [`handle`], but hands the response body to `reply` instead of
@@ -41,19 +45,38 @@ pub fn handle_then(
 ) {
     let call = match parse(body) {
         Ok(call) => call,
-        Err(fault) => return reply(xmlrpc::encode_fault(&fault)),
+        Err(fault) => return reply(counted(lockd, "invalid", Err(fault))),
     };
+    let label = label(&call);
     match ops::op(lockd, &call, role) {
         Ok(Some(Op {
             request,
             deadline,
             answer,
-        })) => lockd.submit_then(request, deadline, move |result| {
-            reply(encode(result.and_then(answer).map_err(fault)));
-        }),
-        Ok(None) => reply(encode(dispatch(lockd, &call, role, true))),
-        Err(fault) => reply(xmlrpc::encode_fault(&fault)),
+        })) => {
+            let metrics = lockd.metrics_handle();
+            lockd.submit_then(request, deadline, move |result| {
+                let result = result.and_then(answer).map_err(fault);
+                metrics.call(label, result.as_ref().err().map(|f| f.code));
+                reply(encode(result));
+            })
+        }
+        Ok(None) => reply(counted(lockd, label, dispatch(lockd, &call, role, true))),
+        Err(fault) => reply(counted(lockd, label, Err(fault))),
     }
+}
+
+/// The method's name for the metrics: one of [`METHODS`], or `unknown`.
+fn label(call: &MethodCall) -> &'static str {
+    methods::method(&call.name).map_or("unknown", |m| m.name)
+}
+
+/// Counts the call and encodes its result.
+fn counted(lockd: &Lockd, label: &str, result: Result<Value, Fault>) -> String {
+    lockd
+        .metrics()
+        .call(label, result.as_ref().err().map(|f| f.code));
+    encode(result)
 }
 
 fn parse(body: &[u8]) -> Result<MethodCall, Fault> {
