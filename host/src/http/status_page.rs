@@ -20,10 +20,10 @@ pub fn render(locks: &[Lock], dir: &str, now_ms: u64) -> String {
             ),
             None => "—".to_owned(),
         };
-        let _ = write!(
+        let _ = writeln!(
             rows,
             "<tr><td class=resource>{}</td><td class=holder>{}</td><td class=token>{}</td>\
-             <td>{}</td><td>{}</td></tr>\n",
+             <td>{}</td><td>{}</td></tr>",
             escape(&lock.resource),
             escape(&lock.client),
             lock.token,
