@@ -156,7 +156,8 @@ impl Daemon {
         let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--sync", sync, "--dir"])
             .arg(dir)
-            .env("LOCKD_LOG", "info")
+            // The start-up lines, not a line per lock change.
+            .env("LOCKD_LOG", "info,lockd::change=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -373,23 +373,48 @@ impl Engine {
     ) -> bool {
         let Ok(reply) = result else { return false };
         match (request, reply) {
-            (Request::Unlock(r), _) => freed.push(r.resource.clone()),
-            (Request::Release(r), _) => freed.push(r.resource.clone()),
-            (Request::Acquire(r), Reply::Lock(_)) => {
+            (Request::Lock(r), _) => {
+                tracing::info!(target: "lockd::change", resource = %r.resource, client = %r.client, "locked");
+            }
+            (Request::Unlock(r), _) => {
+                tracing::info!(target: "lockd::change", resource = %r.resource, client = %r.client, "unlocked");
+                freed.push(r.resource.clone());
+            }
+            (Request::Release(r), _) => {
+                tracing::info!(target: "lockd::change", resource = %r.resource, client = %r.client, "released");
+                freed.push(r.resource.clone());
+            }
+            (Request::Acquire(r), Reply::Lock(info)) => {
+                tracing::info!(
+                    target: "lockd::change",
+                    resource = %r.resource,
+                    client = %r.client,
+                    token = info.token,
+                    ttl_ms = ?r.ttl_ms,
+                    "acquired"
+                );
                 if let Some(ttl) = r.ttl_ms {
                     return queue.sweep_by(now + Duration::from_millis(ttl));
                 }
             }
             (Request::Renew(r), _) => {
+                tracing::info!(
+                    target: "lockd::change",
+                    resource = %r.resource,
+                    client = %r.client,
+                    ttl_ms = r.ttl_ms,
+                    "renewed"
+                );
                 return queue.sweep_by(now + Duration::from_millis(r.ttl_ms));
             }
             (Request::BreakLock(resource), Reply::Lock(info)) => {
                 self.metrics.breaks.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
+                    target: "lockd::change",
                     %resource,
                     holder = %info.client,
                     token = info.token,
-                    "lock broken; unavailable for the lock-delay"
+                    "broken; unavailable for the lock-delay"
                 );
                 if self.lock_delay.is_zero() {
                     freed.push(resource.clone());
@@ -402,6 +427,7 @@ impl Engine {
                     .fetch_add(swept.expired.len() as u64, Ordering::Relaxed);
                 for info in &swept.expired {
                     tracing::info!(
+                        target: "lockd::change",
                         resource = %info.resource,
                         holder = %info.client,
                         token = info.token,

@@ -132,3 +132,43 @@ fn acquire_release_renew_status_list_and_break_lock_for_scripts() {
     assert_eq!(with_url(&["break-lock", "vm/2", "--reason", "again"]).0, 2);
     assert!(server.log().contains("maintenance"));
 }
+
+#[test]
+fn the_component_completions_and_man_pages_come_from_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wasm, wit) = (tmp.path().join("lockd.wasm"), tmp.path().join("lockd.wit"));
+    let (code, _, stderr) = lockd_out(&[
+        "component",
+        "--out",
+        wasm.to_str().unwrap(),
+        "--wit",
+        wit.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let bytes = std::fs::read(&wasm).unwrap();
+    assert_eq!(
+        bytes,
+        lockd::COMPONENT_WASM,
+        "the component the daemon runs"
+    );
+    // A component (layer 1), not a core module.
+    assert_eq!(bytes[..8], *b"\0asm\x0d\x00\x01\x00");
+    let wit_text = std::fs::read_to_string(&wit).unwrap();
+    let source = include_str!("../../wit/lockd.wit");
+    assert_eq!(wit_text, source);
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, _) = lockd_out(&["completions", shell]);
+        assert_eq!(code, 0);
+        assert!(
+            script.contains("break-lock") && script.contains("acquire"),
+            "{shell}"
+        );
+    }
+    let (code, page, _) = lockd_out(&["man"]);
+    assert_eq!(code, 0);
+    assert!(page.contains(".TH lockd 1"), "{page}");
+    let pages = tmp.path().join("man");
+    assert_eq!(lockd_out(&["man", "--out", pages.to_str().unwrap()]).0, 0);
+    let run_page = std::fs::read_to_string(pages.join("lockd-run.1")).unwrap();
+    assert!(run_page.contains("kill\\-after"), "{run_page}");
+}

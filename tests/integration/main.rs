@@ -5,6 +5,7 @@ mod cli;
 mod compat;
 mod concurrency;
 mod connections;
+mod contrib;
 mod crash;
 mod fencing;
 mod legacy;

@@ -4,6 +4,7 @@
 mod calls;
 mod run;
 mod serve;
+mod tools;
 
 use crate::locks::Durability;
 use clap::{Args, Parser, Subcommand};
@@ -63,6 +64,13 @@ enum Command {
     /// Measure throughput, latency, start-up and memory of lockd (and of a
     /// baseline server) under lock/unlock load on 127.0.0.1.
     Bench(BenchArgs),
+    /// Write the lock component (.wasm) this binary runs, and its WIT, for
+    /// other WebAssembly hosts.
+    Component(tools::ComponentArgs),
+    /// Print a shell completion script.
+    Completions(tools::CompletionsArgs),
+    /// Print the manual page, or write one per subcommand into a directory.
+    Man(tools::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +132,9 @@ pub fn run() -> ExitCode {
         Command::List(args) => calls::list(&args),
         Command::BreakLock(args) => calls::break_lock(&args),
         Command::Run(args) => run::run(args),
+        Command::Component(args) => tools::component(&args),
+        Command::Completions(args) => tools::completions(&args),
+        Command::Man(args) => tools::man(&args),
         Command::Bench(args) => {
             let config = crate::bench::BenchConfig {
                 connections: args.connections,
