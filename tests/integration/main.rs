@@ -1,13 +1,16 @@
 //! lockd's integration tests: the real binary, over real sockets.
 
 mod auth;
+mod browser;
 mod cli;
 mod compat;
 mod concurrency;
 mod connections;
 mod contrib;
 mod crash;
+mod embed;
 mod fencing;
+mod jco;
 mod legacy;
 mod limits;
 mod names;
