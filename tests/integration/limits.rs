@@ -7,6 +7,11 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// Answered within this, a client was served: one kept waiting by others'
+/// connections would wait for their idle timeout, or for ever. (Generous:
+/// the tests run many daemons at once on two cores.)
+const SERVED: Duration = Duration::from_secs(4);
+
 /// Serves `n` lock/unlock pairs on fresh connections and returns how long
 /// the slowest took.
 fn served_meanwhile(server: &TestServer, n: usize) -> Duration {
@@ -47,7 +52,7 @@ fn silent_and_slow_connections_are_closed_after_the_idle_timeout() {
     half.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le")
         .unwrap();
     let start = Instant::now();
-    assert!(served_meanwhile(&server, 20) < Duration::from_secs(2));
+    assert!(served_meanwhile(&server, 20) < SERVED);
     for (name, stream) in [
         ("silent", &mut silent),
         ("after a request", &mut after_request),
@@ -72,7 +77,7 @@ fn silent_and_slow_connections_are_closed_after_the_idle_timeout() {
 
 #[test]
 fn many_slow_loris_connections_do_not_stop_others_being_served() {
-    let server = TestServer::start_with(&["--idle-timeout", "5"]);
+    let server = TestServer::start_with(&["--idle-timeout", "30"]);
     let mut loris: Vec<TcpStream> = (0..100)
         .map(|_| TcpStream::connect(&server.addr).unwrap())
         .collect();
@@ -82,10 +87,7 @@ fn many_slow_loris_connections_do_not_stop_others_being_served() {
             let _ = stream.write_all(&[b"POST /"[round % 6]]);
         }
         let slowest = served_meanwhile(&server, 10);
-        assert!(
-            slowest < Duration::from_secs(1),
-            "round {round}: {slowest:?}"
-        );
+        assert!(slowest < SERVED, "round {round}: {slowest:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -125,8 +127,11 @@ fn waiters_past_max_waiters_are_refused_at_once_and_others_still_wait() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(start.elapsed() < Duration::from_secs(2));
-    assert!(served_meanwhile(&server, 5) < Duration::from_secs(1));
+    assert!(
+        start.elapsed() < SERVED,
+        "refused at once, not after a wait"
+    );
+    assert!(served_meanwhile(&server, 5) < SERVED);
     server.call("unlock", &["busy", "holder"]).unwrap();
     for waiter in waiters {
         let lock = waiter.join().unwrap().unwrap();
