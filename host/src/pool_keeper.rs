@@ -9,13 +9,17 @@
 //! (32 connections opened at once left one unanswered for good).
 //!
 //! Every accepted connection makes the pool run its queue: a thread that
-//! finishes a connection takes the oldest queued one. So the keeper opens
-//! a connection to the daemon itself and closes it at once, every
-//! [`BUSY`] while requests are coming in and every [`IDLE`] otherwise: a
-//! queued connection waits at most about that long per connection queued
-//! before it. The pool sees an empty connection, which no worker ever
-//! receives.
+//! finishes a connection takes the oldest queued one, so each connection
+//! opened and closed at once (a nudge) brings at most one stranded
+//! connection to a thread. Stranded connections cannot be seen from
+//! outside the pool, so the keeper nudges [`BURST`] times every [`BUSY`]
+//! while requests are coming in and every [`IDLE`] otherwise (a few dozen
+//! connections a second when idle, well under 1% of a core). It also sends
+//! a probe request each time; one not answered within [`PROMPT`] is itself
+//! stranded, and the keeper then nudges every millisecond until it is.
+//! Workers answer the probe without counting or logging it.
 
+use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +30,14 @@ use std::time::Duration;
 pub const BUSY: Duration = Duration::from_millis(20);
 /// How often the keeper connects when no request came since the last time.
 pub const IDLE: Duration = Duration::from_millis(250);
+/// Nudges per round.
+pub const BURST: usize = 8;
+/// A probe answered later than this was stranded.
+pub const PROMPT: Duration = Duration::from_millis(20);
+/// The path of the keeper's probe; workers answer it with 204.
+pub const PROBE_PATH: &str = "/.lockd-pool-keeper";
+/// The most connections opened to bring one probe through.
+const MAX_NUDGES: usize = 100_000;
 
 /// The keeper's thread; stopped when dropped.
 pub struct PoolKeeper {
@@ -48,8 +60,8 @@ impl PoolKeeper {
                     let now = requests.load(Ordering::Relaxed);
                     std::thread::sleep(if now == seen { IDLE } else { BUSY });
                     seen = now;
-                    if let Err(e) = TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
-                        tracing::debug!("pool keeper could not connect to {target}: {e}");
+                    if let Err(e) = keep(target, &stopped) {
+                        tracing::debug!("pool keeper: {e}");
                     }
                 }
             })?;
@@ -67,6 +79,37 @@ impl Drop for PoolKeeper {
             let _ = thread.join();
         }
     }
+}
+
+/// Sends a probe and, if it is stranded, nudges the pool until it is not.
+fn keep(target: SocketAddr, stopped: &AtomicBool) -> std::io::Result<()> {
+    for _ in 0..BURST {
+        TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
+    }
+    let mut probe = TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
+    probe.write_all(format!("GET {PROBE_PATH} HTTP/1.0\r\n\r\n").as_bytes())?;
+    probe.set_read_timeout(Some(PROMPT))?;
+    let mut byte = [0; 1];
+    let mut answered = |probe: &mut TcpStream| match probe.read(&mut byte) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(false),
+        Err(e) => Err(e),
+    };
+    if answered(&mut probe)? {
+        return Ok(());
+    }
+    probe.set_read_timeout(Some(Duration::from_millis(1)))?;
+    for nudges in 1..=MAX_NUDGES {
+        if stopped.load(Ordering::Relaxed) {
+            break;
+        }
+        TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
+        if answered(&mut probe)? {
+            tracing::debug!("pool keeper: {nudges} connections brought stranded ones to threads");
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Where to connect to reach a server listening on `listen`: a wildcard

@@ -5,7 +5,7 @@ use crate::auth::{Credentials, Role};
 use crate::locks::Lockd;
 use crate::metrics::Metrics;
 use crate::order::{Order, Turn};
-use crate::pool_keeper::PoolKeeper;
+use crate::pool_keeper::{self, PoolKeeper};
 use crate::rpc;
 use std::io::Read as _;
 use std::sync::Arc;
@@ -83,6 +83,11 @@ pub fn serve(listener: Listener, lockd: Arc<Lockd>, config: &ServeConfig, stop: 
                 .name(format!("lockd-worker-{i}"))
                 .spawn_scoped(scope, move || {
                     while let Some((request, ticket)) = order.next(server) {
+                        if request.url() == pool_keeper::PROBE_PATH {
+                            drop(ticket.wait());
+                            let _ = Answer::text(204, "").send(request, true);
+                            continue;
+                        }
                         shared.taken.fetch_add(1, Ordering::Relaxed);
                         shared.in_progress.fetch_add(1, Ordering::Relaxed);
                         respond(lockd, config, shared, request, ticket.wait());
