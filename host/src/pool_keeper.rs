@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the keeper connects while requests are being served.
 pub const BUSY: Duration = Duration::from_millis(20);
@@ -36,22 +36,30 @@ pub const BURST: usize = 8;
 pub const PROMPT: Duration = Duration::from_millis(20);
 /// The path of the keeper's probe; workers answer it with 204.
 pub const PROBE_PATH: &str = "/.lockd-pool-keeper";
-/// The most connections opened to bring one probe through.
-const MAX_NUDGES: usize = 100_000;
 
 /// The keeper's thread; stopped when dropped.
 pub struct PoolKeeper {
     stop: Arc<AtomicBool>,
+    wedged: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl PoolKeeper {
     /// Starts keeping the pool of the server listening on `listen`, which
-    /// counts the requests it receives in `requests`.
-    pub fn start(listen: SocketAddr, requests: Arc<AtomicU64>) -> std::io::Result<Self> {
+    /// counts the requests it receives in `requests`. A probe still not
+    /// answered after `wedged_after` of nudging means the server no longer
+    /// takes connections at all (tiny_http's accept thread panics when the
+    /// process runs out of file descriptors): see [`wedged`](Self::wedged).
+    pub fn start(
+        listen: SocketAddr,
+        requests: Arc<AtomicU64>,
+        wedged_after: Duration,
+    ) -> std::io::Result<Self> {
         let target = reachable(listen);
         let stop = Arc::new(AtomicBool::new(false));
+        let wedged = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let found_wedged = wedged.clone();
         let thread = std::thread::Builder::new()
             .name("lockd-pool-keeper".into())
             .spawn(move || {
@@ -60,15 +68,30 @@ impl PoolKeeper {
                     let now = requests.load(Ordering::Relaxed);
                     std::thread::sleep(if now == seen { IDLE } else { BUSY });
                     seen = now;
-                    if let Err(e) = keep(target, &stopped) {
-                        tracing::debug!("pool keeper: {e}");
+                    match keep(target, &stopped, wedged_after) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::error!(
+                                "the HTTP server has answered nothing on new connections for \
+                                 {wedged_after:?}: it no longer accepts them"
+                            );
+                            found_wedged.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(e) => tracing::debug!("pool keeper: {e}"),
                     }
                 }
             })?;
         Ok(Self {
             stop,
+            wedged,
             thread: Some(thread),
         })
+    }
+
+    /// Whether new connections are no longer served.
+    pub fn wedged(&self) -> bool {
+        self.wedged.load(Ordering::Relaxed)
     }
 }
 
@@ -81,8 +104,9 @@ impl Drop for PoolKeeper {
     }
 }
 
-/// Sends a probe and, if it is stranded, nudges the pool until it is not.
-fn keep(target: SocketAddr, stopped: &AtomicBool) -> std::io::Result<()> {
+/// Nudges, sends a probe and, if it is stranded, nudges the pool until it
+/// is answered (true) or `give_up` has passed (false).
+fn keep(target: SocketAddr, stopped: &AtomicBool, give_up: Duration) -> std::io::Result<bool> {
     for _ in 0..BURST {
         TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
     }
@@ -96,20 +120,24 @@ fn keep(target: SocketAddr, stopped: &AtomicBool) -> std::io::Result<()> {
         Err(e) => Err(e),
     };
     if answered(&mut probe)? {
-        return Ok(());
+        return Ok(true);
     }
     probe.set_read_timeout(Some(Duration::from_millis(1)))?;
-    for nudges in 1..=MAX_NUDGES {
-        if stopped.load(Ordering::Relaxed) {
-            break;
+    let start = Instant::now();
+    let mut nudges = 0;
+    while !stopped.load(Ordering::Relaxed) {
+        if start.elapsed() > give_up {
+            return Ok(false);
         }
-        TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
+        // A full listen backlog makes connecting time out: keep trying.
+        let _ = TcpStream::connect_timeout(&target, Duration::from_millis(100));
+        nudges += 1;
         if answered(&mut probe)? {
             tracing::debug!("pool keeper: {nudges} connections brought stranded ones to threads");
             break;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Where to connect to reach a server listening on `listen`: a wildcard

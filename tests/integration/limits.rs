@@ -188,3 +188,26 @@ fn a_wait_longer_than_the_idle_timeout_still_gets_its_answer() {
     );
     release.join().unwrap();
 }
+
+#[test]
+fn out_of_file_descriptors_the_daemon_stops_with_an_error_for_its_service_manager() {
+    // tiny_http stops accepting for good when accept() fails; a daemon
+    // that can no longer accept must not linger half-alive.
+    let mut server = TestServer::start_with(&["--wedged-after", "2"]);
+    let pid = server.pid().to_string();
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=48:48"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success());
+    let _held: Vec<TcpStream> = (0..80)
+        .filter_map(|_| TcpStream::connect(&server.addr).ok())
+        .collect();
+    let exit = server.wait_exit(Duration::from_secs(20));
+    assert_eq!(exit.code(), Some(70), "{}", server.log());
+    assert!(
+        server.log().contains("stopped accepting"),
+        "{}",
+        server.log()
+    );
+}

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Without it, anyone who can connect may do anything.
     #[arg(long, env = "LOCKD_AUTH_FILE")]
     auth_file: Option<PathBuf>,
+    /// Seconds new connections may go unanswered before the HTTP server is
+    /// taken to be broken and the daemon exits (status 70), to be restarted.
+    #[arg(long, default_value_t = 30.0, value_parser = seconds, hide = true)]
+    wedged_after: f64,
 }
 
 /// A non-negative, finite number of seconds.
@@ -64,6 +68,7 @@ pub fn seconds(text: &str) -> Result<f64, String> {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
+    raise_open_files_limit();
     let options = Options {
         durability: args.sync,
         lock_delay: Duration::from_secs_f64(args.lock_delay),
@@ -109,12 +114,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body: args.max_body,
         workers: args.workers,
         auth,
+        wedged_after: Duration::from_secs_f64(args.wedged_after),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [SIGTERM, SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("handling SIGTERM and SIGINT")?;
     }
-    http::serve(listener, lockd.clone(), &config, &stop);
+    let served = http::serve(listener, lockd.clone(), &config, &stop);
     // Everything answered has been made as durable as --sync says; with
     // --sync=none, hand the written files to the disk before going.
     if let Err(e) = lockd.flush() {
@@ -122,7 +128,26 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     drop(lockd);
     tracing::info!("stopped");
-    Ok(())
+    served.map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection
+/// is a descriptor, and running out stops the HTTP server accepting.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit of our own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::debug!("could not raise the open files limit");
+            }
+        }
+    }
 }
 
 fn init_logging() {

@@ -30,6 +30,9 @@ pub struct ServeConfig {
     pub workers: usize,
     /// Who may call; `None` lets everyone do everything.
     pub auth: Option<Arc<Credentials>>,
+    /// How long new connections may go unanswered before the server is
+    /// taken to be broken (and the daemon stops, to be restarted).
+    pub wedged_after: Duration,
 }
 
 impl Default for ServeConfig {
@@ -38,6 +41,7 @@ impl Default for ServeConfig {
             max_body: 1 << 20,
             workers: 16,
             auth: None,
+            wedged_after: Duration::from_secs(30),
         }
     }
 }
@@ -53,9 +57,17 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
-/// Serves `listener` until `stop` is set (then stops gracefully, see
-/// [`drain`]) or the server fails.
-pub fn serve(listener: Listener, lockd: Arc<Lockd>, config: &ServeConfig, stop: &AtomicBool) {
+/// Serves `listener` until `stop` is set, then stops gracefully (see
+/// [`drain`]). If the server fails instead (tiny_http stops accepting for
+/// good when `accept` fails, as it does when the process runs out of file
+/// descriptors), it stops the same way and returns the error, so that the
+/// daemon exits and its service manager can start it again.
+pub fn serve(
+    listener: Listener,
+    lockd: Arc<Lockd>,
+    config: &ServeConfig,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     let shared = Arc::new(Shared {
         taken: Arc::default(),
         in_progress: AtomicUsize::new(0),
@@ -64,7 +76,7 @@ pub fn serve(listener: Listener, lockd: Arc<Lockd>, config: &ServeConfig, stop: 
     });
     let server = &listener.server;
     let keeper = match server.server_addr().to_ip() {
-        Some(addr) => match PoolKeeper::start(addr, shared.taken.clone()) {
+        Some(addr) => match PoolKeeper::start(addr, shared.taken.clone(), config.wedged_after) {
             Ok(keeper) => Some(keeper),
             Err(e) => {
                 tracing::warn!("not keeping the connection pool: {e}");
@@ -96,14 +108,21 @@ pub fn serve(listener: Listener, lockd: Arc<Lockd>, config: &ServeConfig, stop: 
                 })
                 .expect("spawning a worker thread");
         }
-        while !stop.load(Ordering::Relaxed) && running.load(Ordering::Relaxed) == workers {
+        let wedged = || keeper.as_ref().is_some_and(PoolKeeper::wedged);
+        while !stop.load(Ordering::Relaxed)
+            && running.load(Ordering::Relaxed) == workers
+            && !wedged()
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if stop.load(Ordering::Relaxed) {
-            drop(keeper);
-            drain(&listener, &lockd, &shared, workers);
-        }
+        drop(keeper);
+        drain(&listener, &lockd, &shared, workers);
     });
+    if stop.load(Ordering::Relaxed) {
+        Ok(())
+    } else {
+        Err("the HTTP server stopped accepting connections (see the log)".into())
+    }
 }
 
 /// Stops gracefully: refuses new connections, ends waits for locks (fault
