@@ -10,15 +10,19 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// What the component does for one pair, written with `std::fs`: a spare
-/// file rewritten in place, renamed into place as the lock file, later
-/// renamed back to the spare; with a journal, each change appended and
-/// synced first.
-fn native_pair(dir: &Path, journal: Option<&mut File>, name: &str) {
-    let content = b"bench-client\n";
+/// What the component does for one pair, written with `std::fs`: a lock
+/// file of the same content (holder, token, time taken) written into a
+/// spare file in place, renamed into place as the lock file, later renamed
+/// back to the spare; with a journal, each change appended (records of the
+/// component's sizes) and synced first.
+fn native_pair(dir: &Path, journal: Option<&mut File>, name: &str, token: usize) {
+    let content = format!("bench-client\ntoken: {token}\nacquired: 1795689457491\n");
+    let content = content.as_bytes();
     let mut journal = journal;
     if let Some(j) = journal.as_deref_mut() {
-        j.write_all(&[0; 40]).unwrap();
+        // Length, checksum, kind, then the resource and the lock file.
+        let record = 8 + 1 + 4 + name.len() + 4 + content.len();
+        j.write_all(&vec![0; record]).unwrap();
         j.sync_data().unwrap();
     }
     let tmp = dir.join(".lockd-spare-0");
@@ -33,7 +37,7 @@ fn native_pair(dir: &Path, journal: Option<&mut File>, name: &str) {
     let file = dir.join(format!("{name}.resource.lock"));
     fs::rename(&tmp, &file).unwrap();
     if let Some(j) = journal {
-        j.write_all(&[0; 24]).unwrap();
+        j.write_all(&vec![0; 8 + 1 + 4 + name.len()]).unwrap();
         j.sync_data().unwrap();
     }
     fs::rename(&file, &tmp).unwrap();
@@ -76,7 +80,7 @@ fn main() {
         let mut journal = (durability == Durability::Always)
             .then(|| File::create(native_dir.path().join(".lockd.journal")).unwrap());
         let native = time_pairs(pairs, |i| {
-            native_pair(native_dir.path(), journal.as_mut(), &format!("r{i}"))
+            native_pair(native_dir.path(), journal.as_mut(), &format!("r{i}"), i)
         });
         println!(
             "sync={:<6} pairs={pairs:<6} component {:>7.1} us   std::fs {:>7.1} us   ratio {:.2}x",
