@@ -10,8 +10,8 @@
 pub struct LockInfo {
     pub resource: String,
     pub client: String,
-    /// The fencing token; 0 for a lock file written by gocept.lockd and not
-    /// yet given one.
+    /// The fencing token; 0 for a lock taken by gocept.lockd (its file has
+    /// no token line), which has none.
     pub token: u64,
     /// When it was taken, in milliseconds since the Unix epoch; 0 if unknown.
     pub acquired_ms: u64,

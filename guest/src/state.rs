@@ -250,12 +250,6 @@ impl State {
         };
         report.replayed = records.len() as u64;
         state.replay(records)?;
-        let upgraded = state.give_tokens()?;
-        if upgraded > 0 {
-            report.notes.push(format!(
-                "gave {upgraded} lock(s) without a fencing token (written by gocept.lockd) one"
-            ));
-        }
         // Folds the replayed changes into the lock files and empties the
         // journal, so every run starts from files that are the whole truth.
         state.checkpoint()?;
@@ -288,24 +282,6 @@ impl State {
             }
         }
         Ok(())
-    }
-
-    /// Gives every lock without a token (a gocept.lockd lock file) one,
-    /// rewriting its file; returns how many.
-    fn give_tokens(&mut self) -> Result<usize, IoError> {
-        let mut tokenless: Vec<String> = self
-            .held
-            .iter()
-            .filter(|(_, h)| h.info.token == 0)
-            .map(|(r, _)| r.clone())
-            .collect();
-        tokenless.sort();
-        for resource in &tokenless {
-            let mut held = self.held.remove(resource).expect("listed above");
-            held.info.token = self.tokens.issue(&mut self.dir)?;
-            self.put(resource.clone(), held.info, held.file)?;
-        }
-        Ok(tokenless.len())
     }
 
     /// Writes `info` as lock file `file` (unsynced) and holds it.

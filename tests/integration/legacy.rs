@@ -24,6 +24,18 @@ fn gocept_lock_files_are_honoured_after_a_switch() {
     );
     let fault = server.call("lock", &["my vm", "other"]).unwrap_err();
     assert_eq!(fault.message, "Resource already locked by 'vmclient'");
+    // Left as gocept.lockd wrote them: no token (0), which check never
+    // confirms.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("legacy.resource.lock")).unwrap(),
+        "oldclient"
+    );
+    let status = server.call("lockd.status", &["legacy"]).unwrap();
+    assert_eq!(status.member("token"), Some(&Value::I8(0)));
+    assert_eq!(
+        server.call("lockd.check", &["legacy", "0"]),
+        Ok(Value::Bool(false))
+    );
 
     assert_eq!(
         server.call("unlock", &["legacy", "oldclient"]),
