@@ -87,6 +87,7 @@ fn many_slow_loris_connections_do_not_stop_others_being_served() {
             let _ = stream.write_all(&[b"POST /"[round % 6]]);
         }
         let slowest = served_meanwhile(&server, 10);
+        eprintln!("round {round}: slowest of 10 lock/unlock pairs {slowest:?}");
         assert!(slowest < SERVED, "round {round}: {slowest:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
