@@ -172,3 +172,32 @@ fn the_component_completions_and_man_pages_come_from_the_binary() {
     let run_page = std::fs::read_to_string(pages.join("lockd-run.1")).unwrap();
     assert!(run_page.contains("kill\\-after"), "{run_page}");
 }
+
+#[test]
+fn serve_takes_its_configuration_from_lockd_environment_variables() {
+    let (_tmp, dir) = crate::support::temp_lock_dir();
+    let mut daemon = Command::new(LOCKD)
+        .arg("serve")
+        .env("LOCKD_DIR", &dir)
+        .env("LOCKD_LISTEN", "127.0.0.1:0")
+        .env("LOCKD_SYNC", "none")
+        .env("LOCKD_LOCK_DELAY", "0")
+        .env("LOCKD_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(daemon.stderr.take().unwrap());
+    let line = std::io::BufRead::lines(stderr)
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening on"))
+        .expect("a listening line");
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let dir = dir.canonicalize().unwrap();
+    assert!(line.contains("(sync=none)"), "{line}");
+    assert!(
+        line.contains(&format!("lock directory {}", dir.display())),
+        "{line}"
+    );
+    assert!(line.contains("http://127.0.0.1:"), "{line}");
+}
