@@ -1,9 +1,18 @@
-//! The journal's record format: what one change looks like on disk.
+//! The journal: the changes not yet known to be synced in the lock files.
+//!
+//! The file starts with a header, `lockdjv2` and the cycle (`u64 LE`), and
+//! is preallocated (written with zeroes) past the checkpoint size, so that
+//! appending a record overwrites blocks the file already has: syncing it
+//! then writes the record alone, not the file's size too. A checkpoint
+//! starts a new cycle instead of truncating: records of the old cycle that
+//! follow the new ones are not read again.
 //!
 //! A record is `len: u32 LE`, `crc32(payload): u32 LE`, then `payload`:
-//! a kind byte followed by length-prefixed strings. Reading stops at the
-//! first record that is incomplete or fails its checksum: that is the torn
-//! tail of a write that never completed, so never acknowledged.
+//! the cycle (`u64 LE`), a kind byte and length-prefixed strings. Reading
+//! stops at the first record that is incomplete, fails its checksum or
+//! belongs to another cycle: that is the torn tail of a write that never
+//! completed (so never acknowledged), or what the last checkpoint left.
+//! Journals of the first format (no header, no cycle) are still read.
 
 /// One change to the set of held locks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,47 +26,102 @@ pub enum Record {
 use crate::dir::{self, IoError, JOURNAL_FILE, LockDir};
 use wasip2::filesystem::types::Descriptor;
 
+/// The first bytes of a journal of this format.
+const MAGIC: &[u8; 8] = b"lockdjv2";
+/// Records start after the magic and the cycle.
+const FILE_HEADER: u64 = 16;
+/// Zeroes written once, so that appends overwrite: the checkpoint size and
+/// room for the batch that passes it.
+const PREALLOCATE: u64 = (1 << 20) + (256 << 10);
+
 /// The journal file, open for appending.
 pub struct Journal {
     fd: Descriptor,
+    /// The cycle new records belong to.
+    cycle: u64,
+    /// Bytes of records of this cycle.
     len: u64,
+    /// The file's size.
+    size: u64,
     /// Set when a failed append could not be cut back: what the file holds
     /// past `len` is unknown, so nothing more may be appended.
     broken: bool,
 }
 
 impl Journal {
-    /// Opens (or creates) the journal and returns the records it holds.
+    /// Opens (or creates) the journal and returns the records of its
+    /// current cycle. Call [`reset`](Self::reset) before appending.
     pub fn open(dir: &LockDir) -> Result<(Self, Vec<Record>), IoError> {
         let content = dir.read(JOURNAL_FILE, usize::MAX)?.unwrap_or_default();
         let fd = dir.create(JOURNAL_FILE)?;
-        let (records, valid) = decode_all(&content);
-        let mut journal = Self {
+        let (records, cycle, size) = match content.strip_prefix(MAGIC.as_slice()) {
+            Some(rest) if rest.len() >= 8 => {
+                let cycle = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
+                let records = decode_all(&rest[8..], Some(cycle)).0;
+                (records, cycle, content.len() as u64)
+            }
+            // The first format (or nothing): emptied at the first reset,
+            // then written anew.
+            _ => (decode_all(&content, None).0, 0, 0),
+        };
+        let journal = Self {
             fd,
-            len: valid as u64,
+            cycle,
+            len: 0,
+            size,
             broken: false,
         };
-        if valid != content.len() {
-            // Cut the torn tail so that new records follow the last good one.
-            journal.truncate(valid as u64)?;
-        }
         Ok((journal, records))
     }
 
-    /// Bytes of records in the journal.
+    /// Bytes of records in the journal's current cycle.
     pub fn len(&self) -> u64 {
         self.len
     }
 
-    /// Appends `bytes` (encoded records) and syncs them to disk. On failure
-    /// the journal is cut back to where it was, so the records never count.
+    /// The cycle records are encoded for.
+    pub fn cycle(&self) -> u64 {
+        self.cycle
+    }
+
+    /// Starts a new cycle, durably: the records so far no longer count.
+    /// For a checkpoint, once what they say is synced in the lock files.
+    pub fn reset(&mut self) -> Result<(), IoError> {
+        if self.size == 0 {
+            // A journal of the first format, or none: start from nothing.
+            self.fd
+                .set_size(0)
+                .map_err(|e| dir::io_error("emptying", JOURNAL_FILE, e))?;
+        }
+        let zeroes = vec![0; 64 << 10];
+        while self.size < PREALLOCATE {
+            let n = zeroes.len().min((PREALLOCATE - self.size) as usize);
+            dir::write_all(&self.fd, JOURNAL_FILE, &zeroes[..n], self.size)?;
+            self.size += n as u64;
+        }
+        let mut header = MAGIC.to_vec();
+        header.extend_from_slice(&(self.cycle + 1).to_le_bytes());
+        dir::write_all(&self.fd, JOURNAL_FILE, &header, 0)?;
+        self.fd
+            .sync_data()
+            .map_err(|e| dir::io_error("syncing", JOURNAL_FILE, e))?;
+        self.cycle += 1;
+        self.len = 0;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Appends `bytes` (records encoded for this cycle) and syncs them to
+    /// disk. On failure the first of them is overwritten with zeroes, so
+    /// that none of them counts.
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), IoError> {
         if self.broken {
             return Err("the journal could not be repaired after a failed write; \
                         restart the daemon"
                 .into());
         }
-        let written = dir::write_all(&self.fd, JOURNAL_FILE, bytes, self.len).and_then(|()| {
+        let at = FILE_HEADER + self.len;
+        let written = dir::write_all(&self.fd, JOURNAL_FILE, bytes, at).and_then(|()| {
             self.fd
                 .sync_data()
                 .map_err(|e| dir::io_error("syncing", JOURNAL_FILE, e))
@@ -65,27 +129,22 @@ impl Journal {
         match written {
             Ok(()) => {
                 self.len += bytes.len() as u64;
+                self.size = self.size.max(at + bytes.len() as u64);
                 Ok(())
             }
             Err(e) => {
-                let len = self.len;
-                if let Err(cut) = self.truncate(len) {
+                let cut = dir::write_all(&self.fd, JOURNAL_FILE, &[0; HEADER], at).and_then(|()| {
+                    self.fd
+                        .sync_data()
+                        .map_err(|e| dir::io_error("syncing", JOURNAL_FILE, e))
+                });
+                if let Err(cut) = cut {
                     self.broken = true;
                     return Err(format!("{e}; then {cut}"));
                 }
                 Err(e)
             }
         }
-    }
-
-    /// Cuts the journal to `len` bytes, durably.
-    pub fn truncate(&mut self, len: u64) -> Result<(), IoError> {
-        self.fd
-            .set_size(len)
-            .and_then(|()| self.fd.sync_data())
-            .map_err(|e| dir::io_error("truncating", JOURNAL_FILE, e))?;
-        self.len = len;
-        Ok(())
     }
 }
 
@@ -100,10 +159,11 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Appends `record` to `out`.
-pub fn encode(record: &Record, out: &mut Vec<u8>) {
+/// Appends `record`, of `cycle`, to `out`.
+pub fn encode(record: &Record, cycle: u64, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
+    out.extend_from_slice(&cycle.to_le_bytes());
     match record {
         Record::Put { resource, content } => {
             out.push(PUT);
@@ -122,19 +182,20 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     out[start + 4..start + HEADER].copy_from_slice(&crc);
 }
 
-/// The complete records at the start of `bytes`, and how many bytes they
-/// take (the rest is a torn tail, or nothing).
-pub fn decode_all(bytes: &[u8]) -> (Vec<Record>, usize) {
+/// The complete records of `cycle` at the start of `bytes` (of the first
+/// format, without cycles, for `None`), and how many bytes they take (the
+/// rest is a torn tail, another cycle's records, or nothing).
+pub fn decode_all(bytes: &[u8], cycle: Option<u64>) -> (Vec<Record>, usize) {
     let mut records = Vec::new();
     let mut pos = 0;
-    while let Some((record, len)) = decode_one(&bytes[pos..]) {
+    while let Some((record, len)) = decode_one(&bytes[pos..], cycle) {
         records.push(record);
         pos += len;
     }
     (records, pos)
 }
 
-fn decode_one(bytes: &[u8]) -> Option<(Record, usize)> {
+fn decode_one(bytes: &[u8], cycle: Option<u64>) -> Option<(Record, usize)> {
     let u32_at = |b: &[u8], at: usize| -> Option<u32> {
         Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
     };
@@ -144,6 +205,17 @@ fn decode_one(bytes: &[u8]) -> Option<(Record, usize)> {
     if len == 0 || crc32fast::hash(payload) != crc {
         return None;
     }
+    let payload = match cycle {
+        Some(cycle) => {
+            let (record_cycle, rest) = payload.split_at_checked(8)?;
+            if record_cycle != cycle.to_le_bytes() {
+                return None;
+            }
+            rest
+        }
+        None => payload,
+    };
+    let kind = *payload.first()?;
     let mut pos = 1;
     let mut string = || -> Option<String> {
         let n = u32_at(payload, pos)? as usize;
@@ -151,7 +223,7 @@ fn decode_one(bytes: &[u8]) -> Option<(Record, usize)> {
         pos += 4 + n;
         String::from_utf8(s.to_vec()).ok()
     };
-    let record = match payload[0] {
+    let record = match kind {
         LOCK => Record::Put {
             resource: string()?,
             content: format!("{}\n", string()?),
@@ -188,13 +260,32 @@ mod tests {
         ]
     }
 
+    fn encoded(records: &[Record], cycle: u64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for r in records {
+            encode(r, cycle, &mut bytes);
+        }
+        bytes
+    }
+
     #[test]
     fn records_round_trip() {
-        let mut bytes = Vec::new();
-        for r in &sample() {
-            encode(r, &mut bytes);
-        }
-        assert_eq!(decode_all(&bytes), (sample(), bytes.len()));
+        let bytes = encoded(&sample(), 7);
+        assert_eq!(decode_all(&bytes, Some(7)), (sample(), bytes.len()));
+    }
+
+    #[test]
+    fn records_of_another_cycle_end_the_journal() {
+        // A new cycle's records written over the start of an old one's: the
+        // old records that follow are not read again.
+        let mut file = encoded(&sample(), 1);
+        let new = encoded(&sample()[1..2], 2);
+        file[..new.len()].copy_from_slice(&new);
+        assert_eq!(
+            decode_all(&file, Some(2)),
+            (sample()[1..2].to_vec(), new.len())
+        );
+        assert_eq!(decode_all(&encoded(&sample(), 1), Some(2)).0, vec![]);
     }
 
     #[test]
@@ -211,33 +302,27 @@ mod tests {
             resource: "r".into(),
             content: "client1\n".into(),
         };
-        assert_eq!(decode_all(&bytes), (vec![put], bytes.len()));
+        assert_eq!(decode_all(&bytes, None), (vec![put], bytes.len()));
     }
 
     #[test]
     fn a_torn_or_corrupt_tail_is_cut_off() {
-        let mut bytes = Vec::new();
-        for r in &sample() {
-            encode(r, &mut bytes);
-        }
+        let bytes = encoded(&sample(), 3);
         let whole = bytes.len();
-        let mut first_two = Vec::new();
-        for r in &sample()[..2] {
-            encode(r, &mut first_two);
-        }
+        let first_two = encoded(&sample()[..2], 3);
         for cut in first_two.len()..whole {
-            let (records, len) = decode_all(&bytes[..cut]);
+            let (records, len) = decode_all(&bytes[..cut], Some(3));
             assert_eq!(records, sample()[..2].to_vec(), "cut at {cut}");
             assert_eq!(len, first_two.len());
         }
         let mut corrupt = bytes.clone();
         corrupt[whole - 1] ^= 1;
-        assert_eq!(decode_all(&corrupt).0, sample()[..2].to_vec());
-        // Zeroes (a preallocated or truncated-and-extended file) end it too.
+        assert_eq!(decode_all(&corrupt, Some(3)).0, sample()[..2].to_vec());
+        // Zeroes (the preallocated rest of the file) end it too.
         let mut zeroes = first_two.clone();
         zeroes.extend_from_slice(&[0; 64]);
         assert_eq!(
-            decode_all(&zeroes),
+            decode_all(&zeroes, Some(3)),
             (sample()[..2].to_vec(), first_two.len())
         );
     }

@@ -302,10 +302,8 @@ impl State {
         }
         self.dir.sync()?;
         self.unsynced.clear();
-        if let Some(journal) = &mut self.journal
-            && journal.len() > 0
-        {
-            journal.truncate(0)?;
+        if let Some(journal) = &mut self.journal {
+            journal.reset()?;
         }
         Ok(())
     }
@@ -317,6 +315,7 @@ impl State {
         // Per request with changes: the index of its result and its steps.
         let mut changed: Vec<(usize, Vec<Step>)> = Vec::new();
         let mut records = Vec::new();
+        let cycle = self.journal.as_ref().map_or(0, Journal::cycle);
         for request in batch {
             match self.decide(request, now_ms) {
                 Ok((reply, steps)) if steps.is_empty() => results.push(Ok(reply)),
@@ -332,7 +331,7 @@ impl State {
                         }
                     } else {
                         for step in &steps {
-                            journal::encode(&step.record, &mut records);
+                            journal::encode(&step.record, cycle, &mut records);
                         }
                         changed.push((results.len(), steps));
                         results.push(Ok(reply));
