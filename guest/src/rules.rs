@@ -2,7 +2,6 @@
 //! or break a lock, when a lease has run out, and which tokens are issued.
 //! Changes are made in memory here; `state` makes them durable.
 
-use crate::journal::Record;
 use crate::lease::LockInfo;
 use crate::name;
 use crate::state::{Change, Cooling, Error, Held, Reply, Request, State, Step, Swept};
@@ -276,10 +275,6 @@ impl State {
     /// Holds `info` in lock file `file`, replacing what was held.
     fn hold(&mut self, resource: String, info: LockInfo, file: String) -> Step {
         let content = info.file_content();
-        let record = Record::Put {
-            resource: resource.clone(),
-            content: String::from_utf8_lossy(&content).into_owned(),
-        };
         let len = Some(content.len() as u64);
         let before = self.held.insert(
             resource.clone(),
@@ -293,7 +288,6 @@ impl State {
             resource,
             before,
             change: Change::Write { file, content },
-            record,
         }
     }
 
@@ -307,9 +301,6 @@ impl State {
                 len: before.len,
             },
             before: Some(before),
-            record: Record::Remove {
-                resource: resource.to_owned(),
-            },
         }
     }
 

@@ -159,12 +159,25 @@ pub(crate) enum Change {
 }
 
 /// One change of the table: the resource, what it held before (to take the
-/// change back), the file change and its journal record.
+/// change back) and the file change.
 pub(crate) struct Step {
     pub resource: String,
     pub before: Option<Held>,
     pub change: Change,
-    pub record: Record,
+}
+
+impl Step {
+    /// The journal record of the step: what its lock file now holds.
+    fn record(&self) -> Record {
+        let resource = self.resource.clone();
+        match &self.change {
+            Change::Write { content, .. } => Record::Put {
+                resource,
+                content: String::from_utf8_lossy(content).into_owned(),
+            },
+            Change::Remove { .. } => Record::Remove { resource },
+        }
+    }
 }
 
 /// The open lock directory.
@@ -331,7 +344,7 @@ impl State {
                         }
                     } else {
                         for step in &steps {
-                            journal::encode(&step.record, cycle, &mut records);
+                            journal::encode(&step.record(), cycle, &mut records);
                         }
                         changed.push((results.len(), steps));
                         results.push(Ok(reply));
