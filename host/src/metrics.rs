@@ -61,8 +61,8 @@ impl Histogram {
 
 /// Everything counted.
 pub struct Metrics {
-    /// Calls answered, by method and outcome (`ok` or the fault code).
-    calls: Mutex<BTreeMap<(String, String), u64>>,
+    /// Calls answered, by method and fault code (`None`: no fault).
+    calls: Mutex<BTreeMap<(&'static str, Option<i32>), u64>>,
     pub request_seconds: Histogram,
     pub commit_seconds: Histogram,
     pub batch_size: Histogram,
@@ -92,10 +92,9 @@ pub struct Gauges {
 impl Metrics {
     /// Counts a call of `method` that succeeded (`fault` `None`) or got
     /// fault `fault`.
-    pub fn call(&self, method: &str, fault: Option<i32>) {
-        let outcome = fault.map_or("ok".to_owned(), |code| code.to_string());
+    pub fn call(&self, method: &'static str, fault: Option<i32>) {
         let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        *calls.entry((method.to_owned(), outcome)).or_default() += 1;
+        *calls.entry((method, fault)).or_default() += 1;
     }
 
     pub fn observe_request(&self, took: Duration) {
@@ -121,11 +120,11 @@ impl Metrics {
             "# HELP lockd_faults_total XML-RPC calls answered with a fault, by method and code.\n\
              # TYPE lockd_faults_total counter\n",
         );
-        for ((method, outcome), n) in &calls {
-            if outcome != "ok" {
+        for ((method, fault), n) in &calls {
+            if let Some(code) = fault {
                 let _ = writeln!(
                     out,
-                    "lockd_faults_total{{method=\"{method}\",code=\"{outcome}\"}} {n}"
+                    "lockd_faults_total{{method=\"{method}\",code=\"{code}\"}} {n}"
                 );
             }
         }

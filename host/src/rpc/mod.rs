@@ -72,7 +72,7 @@ fn label(call: &MethodCall) -> &'static str {
 }
 
 /// Counts the call and encodes its result.
-fn counted(lockd: &Lockd, label: &str, result: Result<Value, Fault>) -> String {
+fn counted(lockd: &Lockd, label: &'static str, result: Result<Value, Fault>) -> String {
     lockd
         .metrics()
         .call(label, result.as_ref().err().map(|f| f.code));
