@@ -2,23 +2,10 @@
 //! through jco and preview2-shim (tests/jco). It plays the gocept.lockd
 //! scenario on a directory, which the native daemon then reads.
 
-use crate::support::{LOCKD, TestServer, temp_lock_dir};
+use crate::support::{LOCKD, TestServer, run_ok as run, temp_lock_dir};
 use lockd::xmlrpc::Value;
 use std::path::Path;
 use std::process::Command;
-
-fn run(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
 
 #[test]
 fn the_component_runs_in_node_and_the_daemon_reads_what_it_wrote() {

@@ -245,14 +245,22 @@ pub fn holder_of(content: &str) -> &str {
 /// Returns what it printed.
 pub fn python(script: &str, args: &[&str]) -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/");
-    let output = Command::new("python3")
-        .arg(format!("{path}{script}"))
-        .args(args)
+    run_ok(
+        Command::new("python3")
+            .arg(format!("{path}{script}"))
+            .args(args),
+    )
+}
+
+/// Runs `command`; fails the test, showing its output, if it fails.
+/// Returns what it printed.
+pub fn run_ok(command: &mut Command) -> String {
+    let output = command
         .output()
-        .expect("running python3");
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
     assert!(
         output.status.success(),
-        "{script} {args:?} failed:\n{}{}",
+        "{command:?} failed:\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
