@@ -1,6 +1,7 @@
 //! File primitives on the preopened lock directory. Nothing here knows what a
 //! lock means; errors carry the file they concern.
 
+use std::collections::HashMap;
 use wasip2::filesystem::preopens::get_directories;
 use wasip2::filesystem::types::{
     Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags,
@@ -17,6 +18,8 @@ pub const TEMP_FILE: &str = ".lockd-write.tmp";
 const SPARE_PREFIX: &str = ".lockd-spare-";
 /// How many removed lock files are kept for reuse.
 const SPARE_SLOTS: usize = 64;
+/// How many files put in place stay open (see [`LockDir::kept`]).
+const KEPT_OPEN: usize = 64;
 /// The journal of changes not yet known to be synced in the lock files.
 pub const JOURNAL_FILE: &str = ".lockd.journal";
 /// The high-water mark of fencing tokens: none at or above it was issued.
@@ -37,10 +40,25 @@ pub fn io_error(what: &str, file: &str, code: ErrorCode) -> IoError {
 /// The preopened lock directory.
 pub struct LockDir {
     dir: Descriptor,
-    /// Spare slots holding a file, with its size where known.
-    spares: Vec<(usize, Option<u64>)>,
+    /// Spare slots holding a file.
+    spares: Vec<Spare>,
     /// Spare slots without a file.
     empty_slots: Vec<usize>,
+    /// Files put in place that lockd keeps open (at most [`KEPT_OPEN`]), so
+    /// that a lock file removed becomes a spare, and is rewritten as the
+    /// next lock file, without being opened again: a lock then costs a
+    /// write and a rename, an unlock a rename and a look at the open file.
+    kept: HashMap<String, Descriptor>,
+}
+
+/// A removed lock file kept for reuse.
+struct Spare {
+    slot: usize,
+    /// Its size, where known.
+    size: Option<u64>,
+    /// The file, where lockd has it open and it is still the one under the
+    /// spare's name.
+    fd: Option<Descriptor>,
 }
 
 fn spare_name(slot: usize) -> String {
@@ -57,6 +75,7 @@ impl LockDir {
             dir,
             spares: Vec::new(),
             empty_slots: (0..SPARE_SLOTS).rev().collect(),
+            kept: HashMap::new(),
         })
     }
 
@@ -69,7 +88,11 @@ impl LockDir {
         match slot.parse::<usize>() {
             Ok(slot) if spare_name(slot) == file && self.empty_slots.contains(&slot) => {
                 self.empty_slots.retain(|&s| s != slot);
-                self.spares.push((slot, None));
+                self.spares.push(Spare {
+                    slot,
+                    size: None,
+                    fd: None,
+                });
             }
             _ => self.remove(file)?,
         }
@@ -129,41 +152,62 @@ impl LockDir {
     /// the next checkpoint, makes it durable.
     pub fn write_atomically(&mut self, file: &str, content: &[u8]) -> Result<(), IoError> {
         let len = content.len() as u64;
-        let spare = self.spares.pop();
-        let (staging, fd) = match spare {
-            Some((slot, size)) => {
-                let name = spare_name(slot);
-                let fd = self.open_for_writing(&name, OpenFlags::empty())?;
-                if size != Some(len) {
-                    fd.set_size(len)
-                        .map_err(|e| io_error("resizing", &name, e))?;
-                }
-                (name, fd)
-            }
-            None => {
-                let fd =
-                    self.open_for_writing(TEMP_FILE, OpenFlags::CREATE | OpenFlags::TRUNCATE)?;
-                (TEMP_FILE.to_owned(), fd)
-            }
-        };
-        if let Some((slot, _)) = spare {
+        if let Some(spare) = self.spares.pop() {
+            let name = spare_name(spare.slot);
             // From here on the slot's file is being rewritten, then moved.
-            self.empty_slots.push(slot);
+            self.empty_slots.push(spare.slot);
+            let fd = match spare.fd {
+                Some(fd) => fd,
+                None => self.open_for_writing(&name, OpenFlags::empty())?,
+            };
+            if spare.size != Some(len) {
+                fd.set_size(len)
+                    .map_err(|e| io_error("resizing", &name, e))?;
+            }
+            write_all(&fd, &name, content, 0)?;
+            match self.dir.rename_at(&name, &self.dir, file) {
+                Ok(()) => {
+                    self.keep(file, fd);
+                    return Ok(());
+                }
+                // The spare was removed by hand: write a new file instead.
+                Err(ErrorCode::NoEntry) => {}
+                Err(e) => return Err(io_error("renaming into", file, e)),
+            }
         }
-        write_all(&fd, &staging, content, 0)?;
-        drop(fd);
+        let fd = self.open_for_writing(TEMP_FILE, OpenFlags::CREATE | OpenFlags::TRUNCATE)?;
+        write_all(&fd, TEMP_FILE, content, 0)?;
         self.dir
-            .rename_at(&staging, &self.dir, file)
-            .map_err(|e| io_error("renaming into", file, e))
+            .rename_at(TEMP_FILE, &self.dir, file)
+            .map_err(|e| io_error("renaming into", file, e))?;
+        self.keep(file, fd);
+        Ok(())
+    }
+
+    /// Keeps `fd`, just put in place as `file`, open if there is room. The
+    /// file it replaced, if any, is gone, and so is its descriptor.
+    fn keep(&mut self, file: &str, fd: Descriptor) {
+        if self.kept.len() < KEPT_OPEN || self.kept.contains_key(file) {
+            self.kept.insert(file.to_owned(), fd);
+        }
     }
 
     /// Removes lock file `file`, whose size is `len`, keeping it as a spare
     /// when there is room; a file that is already gone is not an error.
     pub fn remove_lock_file(&mut self, file: &str, len: Option<u64>) -> Result<(), IoError> {
+        let kept = self.kept.remove(file);
         if let Some(slot) = self.empty_slots.pop() {
             match self.dir.rename_at(file, &self.dir, &spare_name(slot)) {
                 Ok(()) => {
-                    self.spares.push((slot, len));
+                    let spare = match kept {
+                        None => Spare {
+                            slot,
+                            size: len,
+                            fd: None,
+                        },
+                        Some(fd) => still_in_place(slot, fd),
+                    };
+                    self.spares.push(spare);
                     return Ok(());
                 }
                 Err(ErrorCode::NoEntry) => {
@@ -177,7 +221,8 @@ impl LockDir {
     }
 
     /// Removes `file`; a file that is already gone is not an error.
-    pub fn remove(&self, file: &str) -> Result<(), IoError> {
+    pub fn remove(&mut self, file: &str) -> Result<(), IoError> {
+        self.kept.remove(file);
         match self.dir.unlink_file_at(file) {
             Ok(()) | Err(ErrorCode::NoEntry) => Ok(()),
             Err(e) => Err(io_error("removing", file, e)),
@@ -186,6 +231,9 @@ impl LockDir {
 
     /// Syncs `file`'s content to disk, if it exists.
     pub fn sync_file(&self, file: &str) -> Result<(), IoError> {
+        if let Some(fd) = self.kept.get(file) {
+            return fd.sync().map_err(|e| io_error("syncing", file, e));
+        }
         match self.dir.open_at(
             PathFlags::empty(),
             file,
@@ -217,6 +265,25 @@ impl LockDir {
                 DescriptorFlags::READ | DescriptorFlags::WRITE,
             )
             .map_err(|e| io_error("opening for writing", file, e))
+    }
+}
+
+/// The spare in `slot`, just renamed there from a file lockd kept open as
+/// `fd`. The open file is still the spare only if nobody replaced the lock
+/// file by hand meanwhile (an editor writing a new file, say): then it has
+/// no name left, and the spare is reopened by name when next used.
+fn still_in_place(slot: usize, fd: Descriptor) -> Spare {
+    match fd.stat() {
+        Ok(stat) if stat.link_count == 1 => Spare {
+            slot,
+            size: Some(stat.size),
+            fd: Some(fd),
+        },
+        _ => Spare {
+            slot,
+            size: None,
+            fd: None,
+        },
     }
 }
 

@@ -7,15 +7,17 @@
 use lockd::{Durability, Lockd, Options};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// What the component does for one pair, written with `std::fs`: a lock
 /// file of the same content (holder, token, time taken) written into a
-/// spare file in place, renamed into place as the lock file, later renamed
-/// back to the spare; with a journal, each change appended (records of the
+/// spare file kept open, renamed into place as the lock file, later renamed
+/// back to the spare and the open file checked to be still the one under
+/// that name; with a journal, each change appended (records of the
 /// component's sizes) and synced first.
-fn native_pair(dir: &Path, journal: Option<&mut File>, name: &str, token: usize) {
+fn native_pair(dir: &Path, spare: &File, journal: Option<&mut File>, name: &str, token: usize) {
     let content = format!("bench-client\ntoken: {token}\nacquired: 1795689457491\n");
     let content = content.as_bytes();
     let mut journal = journal;
@@ -26,14 +28,7 @@ fn native_pair(dir: &Path, journal: Option<&mut File>, name: &str, token: usize)
         j.sync_data().unwrap();
     }
     let tmp = dir.join(".lockd-spare-0");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&tmp)
-        .unwrap();
-    f.write_all(content).unwrap();
-    drop(f);
+    spare.write_all_at(content, 0).unwrap();
     let file = dir.join(format!("{name}.resource.lock"));
     fs::rename(&tmp, &file).unwrap();
     if let Some(j) = journal {
@@ -41,6 +36,7 @@ fn native_pair(dir: &Path, journal: Option<&mut File>, name: &str, token: usize)
         j.sync_data().unwrap();
     }
     fs::rename(&file, &tmp).unwrap();
+    assert_eq!(spare.metadata().unwrap().nlink(), 1);
 }
 
 fn time_pairs(pairs: usize, mut pair: impl FnMut(usize)) -> Duration {
@@ -79,8 +75,20 @@ fn main() {
         let native_dir = tempfile::tempdir().unwrap();
         let mut journal = (durability == Durability::Always)
             .then(|| File::create(native_dir.path().join(".lockd.journal")).unwrap());
+        let spare = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(native_dir.path().join(".lockd-spare-0"))
+            .unwrap();
         let native = time_pairs(pairs, |i| {
-            native_pair(native_dir.path(), journal.as_mut(), &format!("r{i}"), i)
+            native_pair(
+                native_dir.path(),
+                &spare,
+                journal.as_mut(),
+                &format!("r{i}"),
+                i,
+            )
         });
         println!(
             "sync={:<6} pairs={pairs:<6} component {:>7.1} us   std::fs {:>7.1} us   ratio {:.2}x",

@@ -140,3 +140,41 @@ fn the_startup_report_names_what_is_not_a_lock_file() {
     assert_eq!(std::fs::read_to_string(dir.join("README")).unwrap(), "mine");
     assert!(!dir.join(".lockd-write.tmp").exists());
 }
+
+#[test]
+fn lock_files_edited_by_hand_never_leak_into_later_lock_files() {
+    for sync in ["always", "none"] {
+        let (_tmp, dir) = temp_lock_dir();
+        let server = TestServer::start_in(&dir, &["--sync", sync]);
+        let file = |name: &str| server.dir.join(format!("{name}.resource.lock"));
+        let read = |name: &str| std::fs::read_to_string(file(name)).unwrap();
+
+        // Replaced, as an editor saves: a new file renamed over the lock file.
+        server.call("lock", &["a", "host-a"]).unwrap();
+        let scratch = server.dir.join("edited");
+        std::fs::write(&scratch, "intruder\n").unwrap();
+        std::fs::rename(&scratch, file("a")).unwrap();
+        server.call("unlock", &["a", "host-a"]).unwrap();
+        server.call("lock", &["b", "host-b"]).unwrap();
+        assert_eq!(holder_of(&read("b")), "host-b", "{sync}");
+
+        // Rewritten in place, longer than lockd's content.
+        server.call("lock", &["c", "host-c"]).unwrap();
+        std::fs::write(file("c"), format!("intruder\n{}\n", "x".repeat(300))).unwrap();
+        server.call("unlock", &["c", "host-c"]).unwrap();
+        server.call("lock", &["d", "host-d"]).unwrap();
+        assert_eq!(holder_of(&read("d")), "host-d", "{sync}");
+
+        // What is on disk is what a restart finds.
+        server.kill9();
+        let server = TestServer::start_in(&dir, &["--sync", sync]);
+        for (name, holder) in [("b", "host-b"), ("d", "host-d")] {
+            let fault = server.call("lock", &[name, "other"]).unwrap_err();
+            assert_eq!(
+                fault.message,
+                format!("Resource already locked by '{holder}'"),
+                "{sync}"
+            );
+        }
+    }
+}
