@@ -7,19 +7,20 @@ use wasip2::filesystem::types::{
     Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags,
 };
 
-/// Where a lock file is written before it is renamed into place, so that a
-/// reader sees either no lock file or one with its holder, never a partial
-/// one. Calls are serialised (one instance per directory), so one name does.
+/// Where a lock file is written before it is renamed into place when no
+/// spare is at hand or the file already exists, so that a reader sees either
+/// no lock file or one with its holder, never a partial one. Calls are
+/// serialised (one instance per directory), so one name does.
 pub const TEMP_FILE: &str = ".lockd-write.tmp";
-/// Removed lock files are kept under these names (with a slot number) and
-/// reused for the next lock, rewritten in place: renaming an existing file
-/// costs the file system far less than creating and deleting an inode per
-/// lock, as long as the file is not truncated (which frees its block).
+/// Spare files, kept open under these names (with a slot number) and reused:
+/// a new lock file is written into a spare and linked under its own name, so
+/// it appears whole; removing the lock file unlinks that name, and the spare
+/// is free for the next lock. Creating and deleting an inode per lock is what
+/// costs a file system most; a link and an unlink cost less than renaming a
+/// file into place and back.
 const SPARE_PREFIX: &str = ".lockd-spare-";
-/// How many removed lock files are kept for reuse.
-const SPARE_SLOTS: usize = 64;
-/// How many files put in place stay open (see [`LockDir::kept`]).
-const KEPT_OPEN: usize = 64;
+/// How many spares there may be; each is linked as at most one lock file.
+const SPARE_SLOTS: usize = 256;
 /// The journal of changes not yet known to be synced in the lock files.
 pub const JOURNAL_FILE: &str = ".lockd.journal";
 /// The high-water mark of fencing tokens: none at or above it was issued.
@@ -40,24 +41,20 @@ pub fn io_error(what: &str, file: &str, code: ErrorCode) -> IoError {
 /// The preopened lock directory.
 pub struct LockDir {
     dir: Descriptor,
-    /// Spare slots holding a file.
-    spares: Vec<Spare>,
+    /// Spares linked only under their own name, ready for the next lock.
+    free: Vec<Spare>,
+    /// Spares also linked as a lock file, by the lock file's name.
+    bound: HashMap<String, Spare>,
     /// Spare slots without a file.
     empty_slots: Vec<usize>,
-    /// Files put in place that lockd keeps open (at most [`KEPT_OPEN`]), so
-    /// that a lock file removed becomes a spare, and is rewritten as the
-    /// next lock file, without being opened again: a lock then costs a
-    /// write and a rename, an unlock a rename and a look at the open file.
-    kept: HashMap<String, Descriptor>,
+    /// Whether the host lets files be linked; if not, lock files are written
+    /// under [`TEMP_FILE`] and renamed into place.
+    links: bool,
 }
 
-/// A removed lock file kept for reuse.
+/// A spare file: its slot and, once lockd has opened it, the open file.
 struct Spare {
     slot: usize,
-    /// Its size, where known.
-    size: Option<u64>,
-    /// The file, where lockd has it open and it is still the one under the
-    /// spare's name.
     fd: Option<Descriptor>,
 }
 
@@ -73,26 +70,34 @@ impl LockDir {
         })?;
         Ok(Self {
             dir,
-            spares: Vec::new(),
+            free: Vec::new(),
+            bound: HashMap::new(),
             empty_slots: (0..SPARE_SLOTS).rev().collect(),
-            kept: HashMap::new(),
+            links: true,
         })
     }
 
     /// Takes `file`, found in the directory, into the spare pool if it is a
-    /// spare; returns whether it is one. Spares without a slot are removed.
+    /// spare; returns whether it is one. Spares without a slot, and spares
+    /// still linked as a lock file when the last run ended, lose their spare
+    /// name (the lock file keeps its content).
     pub fn adopt_spare(&mut self, file: &str) -> Result<bool, IoError> {
         let Some(slot) = file.strip_prefix(SPARE_PREFIX) else {
             return Ok(false);
         };
+        let linked_once = || {
+            self.dir
+                .stat_at(PathFlags::empty(), file)
+                .is_ok_and(|stat| stat.link_count == 1)
+        };
         match slot.parse::<usize>() {
-            Ok(slot) if spare_name(slot) == file && self.empty_slots.contains(&slot) => {
+            Ok(slot)
+                if spare_name(slot) == file
+                    && self.empty_slots.contains(&slot)
+                    && linked_once() =>
+            {
                 self.empty_slots.retain(|&s| s != slot);
-                self.spares.push(Spare {
-                    slot,
-                    size: None,
-                    fd: None,
-                });
+                self.free.push(Spare { slot, fd: None });
             }
             _ => self.remove(file)?,
         }
@@ -146,92 +151,126 @@ impl LockDir {
         Ok(Some(content))
     }
 
-    /// Puts `content` in place as `file`, atomically: it is written under
-    /// another name (a spare, or [`TEMP_FILE`]), then renamed into place, so
-    /// no reader sees it partly written. Nothing is synced: the journal, or
-    /// the next checkpoint, makes it durable.
+    /// Puts `content` in place as `file`, atomically: a new file is written
+    /// into a spare and linked as `file`; an existing one (or any, when no
+    /// spare is at hand) is replaced by a file written under [`TEMP_FILE`]
+    /// and renamed over it. Either way no reader sees it partly written.
+    /// Nothing is synced: the journal, or the next checkpoint, makes it
+    /// durable.
     pub fn write_atomically(&mut self, file: &str, content: &[u8]) -> Result<(), IoError> {
-        let len = content.len() as u64;
-        if let Some(spare) = self.spares.pop() {
-            let name = spare_name(spare.slot);
-            // From here on the slot's file is being rewritten, then moved.
-            self.empty_slots.push(spare.slot);
-            let fd = match spare.fd {
-                Some(fd) => fd,
-                None => self.open_for_writing(&name, OpenFlags::empty())?,
-            };
-            if spare.size != Some(len) {
-                fd.set_size(len)
-                    .map_err(|e| io_error("resizing", &name, e))?;
-            }
-            write_all(&fd, &name, content, 0)?;
-            match self.dir.rename_at(&name, &self.dir, file) {
+        if let Some(spare) = self
+            .links
+            .then(|| self.ready_spare(content))
+            .transpose()?
+            .flatten()
+        {
+            match self
+                .dir
+                .link_at(PathFlags::empty(), &spare_name(spare.slot), &self.dir, file)
+            {
                 Ok(()) => {
-                    self.keep(file, fd);
+                    self.bound.insert(file.to_owned(), spare);
                     return Ok(());
                 }
-                // The spare was removed by hand: write a new file instead.
-                Err(ErrorCode::NoEntry) => {}
-                Err(e) => return Err(io_error("renaming into", file, e)),
+                // `file` exists: replaced below; the spare stays free.
+                Err(ErrorCode::Exist) => self.free.push(spare),
+                // The spare was removed by hand.
+                Err(ErrorCode::NoEntry) => self.empty_slots.push(spare.slot),
+                // A host (or file system) without hard links.
+                Err(
+                    ErrorCode::Unsupported
+                    | ErrorCode::NotPermitted
+                    | ErrorCode::Access
+                    | ErrorCode::TooManyLinks,
+                ) => {
+                    self.free.push(spare);
+                    self.links = false;
+                }
+                Err(e) => {
+                    self.free.push(spare);
+                    return Err(io_error("linking", file, e));
+                }
             }
         }
         let fd = self.open_for_writing(TEMP_FILE, OpenFlags::CREATE | OpenFlags::TRUNCATE)?;
         write_all(&fd, TEMP_FILE, content, 0)?;
+        drop(fd);
         self.dir
             .rename_at(TEMP_FILE, &self.dir, file)
             .map_err(|e| io_error("renaming into", file, e))?;
-        self.keep(file, fd);
+        // The file replaced is no longer linked as `file`.
+        if let Some(spare) = self.bound.remove(file) {
+            self.free.push(spare);
+        }
         Ok(())
     }
 
-    /// Keeps `fd`, just put in place as `file`, open if there is room. The
-    /// file it replaced, if any, is gone, and so is its descriptor.
-    fn keep(&mut self, file: &str, fd: Descriptor) {
-        if self.kept.len() < KEPT_OPEN || self.kept.contains_key(file) {
-            self.kept.insert(file.to_owned(), fd);
-        }
-    }
-
-    /// Removes lock file `file`, whose size is `len`, keeping it as a spare
-    /// when there is room; a file that is already gone is not an error.
-    pub fn remove_lock_file(&mut self, file: &str, len: Option<u64>) -> Result<(), IoError> {
-        let kept = self.kept.remove(file);
-        if let Some(slot) = self.empty_slots.pop() {
-            match self.dir.rename_at(file, &self.dir, &spare_name(slot)) {
-                Ok(()) => {
-                    let spare = match kept {
-                        None => Spare {
-                            slot,
-                            size: len,
-                            fd: None,
-                        },
-                        Some(fd) => still_in_place(slot, fd),
-                    };
-                    self.spares.push(spare);
-                    return Ok(());
+    /// A free spare holding `content` (and nothing after it), or `None` when
+    /// every slot's spare is linked as a lock file.
+    fn ready_spare(&mut self, content: &[u8]) -> Result<Option<Spare>, IoError> {
+        loop {
+            let (slot, fd) = match self.free.pop() {
+                Some(Spare { slot, fd: Some(fd) }) => (slot, fd),
+                Some(Spare { slot, fd: None }) => {
+                    match self.open_for_writing(&spare_name(slot), OpenFlags::empty()) {
+                        Ok(fd) => (slot, fd),
+                        Err(e) => {
+                            self.empty_slots.push(slot);
+                            return Err(e);
+                        }
+                    }
                 }
-                Err(ErrorCode::NoEntry) => {
-                    self.empty_slots.push(slot);
-                    return Ok(());
-                }
-                Err(_) => self.empty_slots.push(slot),
+                None => match self.empty_slots.pop() {
+                    Some(slot) => {
+                        let flags = OpenFlags::CREATE | OpenFlags::TRUNCATE;
+                        match self.open_for_writing(&spare_name(slot), flags) {
+                            Ok(fd) => (slot, fd),
+                            Err(e) => {
+                                self.empty_slots.push(slot);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    None => return Ok(None),
+                },
+            };
+            let name = spare_name(slot);
+            // Its size as it is, not as lockd left it: a lock file edited in
+            // place by hand is the spare it was linked from. A spare linked
+            // elsewhere too (by hand) is not written to; it loses its name.
+            let stat = fd.stat().map_err(|e| io_error("looking at", &name, e))?;
+            if stat.link_count != 1 {
+                self.remove(&name)?;
+                self.empty_slots.push(slot);
+                continue;
             }
+            let len = content.len() as u64;
+            if stat.size != len {
+                fd.set_size(len)
+                    .map_err(|e| io_error("resizing", &name, e))?;
+            }
+            write_all(&fd, &name, content, 0)?;
+            return Ok(Some(Spare { slot, fd: Some(fd) }));
         }
-        self.remove(file)
     }
 
-    /// Removes `file`; a file that is already gone is not an error.
+    /// Removes `file`; a file that is already gone is not an error. The
+    /// spare a lock file was linked from is free again.
     pub fn remove(&mut self, file: &str) -> Result<(), IoError> {
-        self.kept.remove(file);
         match self.dir.unlink_file_at(file) {
-            Ok(()) | Err(ErrorCode::NoEntry) => Ok(()),
+            Ok(()) | Err(ErrorCode::NoEntry) => {
+                if let Some(spare) = self.bound.remove(file) {
+                    self.free.push(spare);
+                }
+                Ok(())
+            }
             Err(e) => Err(io_error("removing", file, e)),
         }
     }
 
     /// Syncs `file`'s content to disk, if it exists.
     pub fn sync_file(&self, file: &str) -> Result<(), IoError> {
-        if let Some(fd) = self.kept.get(file) {
+        if let Some(Spare { fd: Some(fd), .. }) = self.bound.get(file) {
             return fd.sync().map_err(|e| io_error("syncing", file, e));
         }
         match self.dir.open_at(
@@ -265,25 +304,6 @@ impl LockDir {
                 DescriptorFlags::READ | DescriptorFlags::WRITE,
             )
             .map_err(|e| io_error("opening for writing", file, e))
-    }
-}
-
-/// The spare in `slot`, just renamed there from a file lockd kept open as
-/// `fd`. The open file is still the spare only if nobody replaced the lock
-/// file by hand meanwhile (an editor writing a new file, say): then it has
-/// no name left, and the spare is reopened by name when next used.
-fn still_in_place(slot: usize, fd: Descriptor) -> Spare {
-    match fd.stat() {
-        Ok(stat) if stat.link_count == 1 => Spare {
-            slot,
-            size: Some(stat.size),
-            fd: Some(fd),
-        },
-        _ => Spare {
-            slot,
-            size: None,
-            fd: None,
-        },
     }
 }
 

@@ -275,13 +275,11 @@ impl State {
     /// Holds `info` in lock file `file`, replacing what was held.
     fn hold(&mut self, resource: String, info: LockInfo, file: String) -> Step {
         let content = info.file_content();
-        let len = Some(content.len() as u64);
         let before = self.held.insert(
             resource.clone(),
             Held {
                 info,
                 file: file.clone(),
-                len,
             },
         );
         Step {
@@ -298,7 +296,6 @@ impl State {
             resource: resource.to_owned(),
             change: Change::Remove {
                 file: before.file.clone(),
-                len: before.len,
             },
             before: Some(before),
         }

@@ -127,8 +127,6 @@ pub(crate) struct Held {
     /// The lock file: lockd's name for the resource, or the unencoded name
     /// gocept.lockd gave it.
     pub file: String,
-    /// The lock file's size, if this run wrote it (and so knows it).
-    pub len: Option<u64>,
 }
 
 /// A resource whose lock expired or was broken: unavailable until
@@ -147,15 +145,8 @@ pub(crate) struct Cooling {
 
 /// A change made in memory, to be written to the lock files once durable.
 pub(crate) enum Change {
-    Write {
-        file: String,
-        content: Vec<u8>,
-    },
-    /// `len` is the lock file's size, where known.
-    Remove {
-        file: String,
-        len: Option<u64>,
-    },
+    Write { file: String, content: Vec<u8> },
+    Remove { file: String },
 }
 
 /// One change of the table: the resource, what it held before (to take the
@@ -227,14 +218,7 @@ impl State {
                             .notes
                             .push(format!("{file:?} names no holder: the lock is held by ''"));
                     }
-                    held.insert(
-                        resource,
-                        Held {
-                            info,
-                            file,
-                            len: Some(content.len() as u64),
-                        },
-                    );
+                    held.insert(resource, Held { info, file });
                 }
                 Ok(None) => {}
                 Err(e) => report
@@ -285,7 +269,7 @@ impl State {
         }
         for (resource, content) in last {
             if let Some(old) = self.held.remove(&resource) {
-                self.dir.remove_lock_file(&old.file, old.len)?;
+                self.dir.remove(&old.file)?;
             }
             if let Some(content) = content {
                 let file = name::lock_file_name(&resource)
@@ -302,8 +286,7 @@ impl State {
         let content = info.file_content();
         self.dir.write_atomically(&file, &content)?;
         self.unsynced.insert(file.clone());
-        let len = Some(content.len() as u64);
-        self.held.insert(resource, Held { info, file, len });
+        self.held.insert(resource, Held { info, file });
         Ok(())
     }
 
@@ -409,9 +392,7 @@ impl State {
                             self.dir.write_atomically(&held.file, &content)
                         }
                         None => match &step.change {
-                            Change::Write { file, content } => {
-                                self.dir.remove_lock_file(file, Some(content.len() as u64))
-                            }
+                            Change::Write { file, .. } => self.dir.remove(file),
                             Change::Remove { .. } => Ok(()),
                         },
                     };
@@ -426,10 +407,14 @@ impl State {
         match change {
             Change::Write { file, content } => {
                 self.dir.write_atomically(file, content)?;
-                self.unsynced.insert(file.clone());
+                // Only a checkpoint reads this, and with `None` no checkpoint
+                // follows the one at open.
+                if self.durability == Durability::Always {
+                    self.unsynced.insert(file.clone());
+                }
             }
-            Change::Remove { file, len } => {
-                self.dir.remove_lock_file(file, *len)?;
+            Change::Remove { file } => {
+                self.dir.remove(file)?;
                 self.unsynced.remove(file);
             }
         }

@@ -1,9 +1,12 @@
 //! What running the lock semantics inside wasmtime costs: a lock+unlock pair
-//! through the component (in-process, no HTTP) against the same file
-//! operations done natively with `std::fs`.
+//! through the component's exports (in-process, no HTTP) against the same
+//! file operations done natively with `std::fs`; and, for comparison, the
+//! same pair through [`Lockd`], whose queue (group commit, waiters) sits
+//! in front of the component in the daemon.
 //!
 //! `cargo bench --bench guest_vs_native [-- PAIRS]`
 
+use lockd::component::{self, LockRequest, Request, Runtime};
 use lockd::{Durability, Lockd, Options};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -13,10 +16,9 @@ use std::time::{Duration, Instant};
 
 /// What the component does for one pair, written with `std::fs`: a lock
 /// file of the same content (holder, token, time taken) written into a
-/// spare file kept open, renamed into place as the lock file, later renamed
-/// back to the spare and the open file checked to be still the one under
-/// that name; with a journal, each change appended (records of the
-/// component's sizes) and synced first.
+/// spare file kept open (after a look at its size and links), linked as the
+/// lock file, later unlinked; with a journal, each change appended (records
+/// of the component's sizes) and synced first.
 fn native_pair(dir: &Path, spare: &File, journal: Option<&mut File>, name: &str, token: usize) {
     let content = format!("bench-client\ntoken: {token}\nacquired: 1795689457491\n");
     let content = content.as_bytes();
@@ -27,16 +29,19 @@ fn native_pair(dir: &Path, spare: &File, journal: Option<&mut File>, name: &str,
         j.write_all(&vec![0; record]).unwrap();
         j.sync_data().unwrap();
     }
-    let tmp = dir.join(".lockd-spare-0");
+    let meta = spare.metadata().unwrap();
+    assert_eq!(meta.nlink(), 1);
+    if meta.len() != content.len() as u64 {
+        spare.set_len(content.len() as u64).unwrap();
+    }
     spare.write_all_at(content, 0).unwrap();
     let file = dir.join(format!("{name}.resource.lock"));
-    fs::rename(&tmp, &file).unwrap();
+    fs::hard_link(dir.join(".lockd-spare-0"), &file).unwrap();
     if let Some(j) = journal {
         j.write_all(&vec![0; 8 + 1 + 4 + name.len()]).unwrap();
         j.sync_data().unwrap();
     }
-    fs::rename(&file, &tmp).unwrap();
-    assert_eq!(spare.metadata().unwrap().nlink(), 1);
+    fs::remove_file(&file).unwrap();
 }
 
 fn time_pairs(pairs: usize, mut pair: impl FnMut(usize)) -> Duration {
@@ -58,15 +63,39 @@ fn main() {
     println!("lock+unlock pairs, one at a time, in-process; mean per pair");
     for (durability, pairs) in [(Durability::None, pairs), (Durability::Always, pairs / 10)] {
         let guest_dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new().unwrap();
+        let mut instance = runtime.instantiate(guest_dir.path()).unwrap();
+        let options = component::Options {
+            durability: match durability {
+                Durability::Always => component::Durability::Always,
+                Durability::None => component::Durability::None,
+            },
+            lock_delay_ms: 0,
+        };
+        instance.open(options).unwrap().unwrap();
+        let mut call = |request: Request| {
+            let results = instance.apply(&[request]).unwrap();
+            assert!(matches!(results.as_slice(), [Ok(_)]), "{results:?}");
+        };
+        let guest = time_pairs(pairs, |i| {
+            let request = LockRequest {
+                resource: format!("r{i}"),
+                client: "bench-client".to_owned(),
+            };
+            call(Request::Lock(request.clone()));
+            call(Request::Unlock(request));
+        });
+
+        let queued_dir = tempfile::tempdir().unwrap();
         let lockd = Lockd::open_with(
-            guest_dir.path(),
+            queued_dir.path(),
             &Options {
                 durability,
                 ..Options::default()
             },
         )
         .unwrap();
-        let guest = time_pairs(pairs, |i| {
+        let queued = time_pairs(pairs, |i| {
             let name = format!("r{i}");
             lockd.lock(&name, "bench-client").unwrap();
             lockd.unlock(&name, "bench-client").unwrap();
@@ -91,11 +120,12 @@ fn main() {
             )
         });
         println!(
-            "sync={:<6} pairs={pairs:<6} component {:>7.1} us   std::fs {:>7.1} us   ratio {:.2}x",
+            "sync={:<6} pairs={pairs:<6} component {:>6.1} us   std::fs {:>6.1} us   ratio {:.2}x   (through Lockd's queue {:>6.1} us)",
             format!("{durability:?}").to_lowercase(),
             guest.as_secs_f64() * 1e6,
             native.as_secs_f64() * 1e6,
-            guest.as_secs_f64() / native.as_secs_f64()
+            guest.as_secs_f64() / native.as_secs_f64(),
+            queued.as_secs_f64() * 1e6,
         );
     }
 }

@@ -1,5 +1,9 @@
 //! The lock component inside wasmtime: compiled once per process, one
-//! instance per lock directory, the directory its only preopen.
+//! instance per lock directory, the directory its only preopen. [`Lockd`]
+//! drives an instance through its queue; calling one directly, as the
+//! component-against-`std::fs` micro-benchmark does, bypasses that queue.
+//!
+//! [`Lockd`]: crate::Lockd
 
 use anyhow::Context as _;
 use std::path::Path;

@@ -9,7 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 mod commit;
-mod component;
+pub mod component;
 mod error;
 mod guard;
 pub mod http;
