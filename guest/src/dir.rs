@@ -158,8 +158,9 @@ impl LockDir {
     /// Nothing is synced: the journal, or the next checkpoint, makes it
     /// durable.
     pub fn write_atomically(&mut self, file: &str, content: &[u8]) -> Result<(), IoError> {
-        if let Some(spare) = self
-            .links
+        // A file linked from a spare exists: it is replaced, not linked.
+        let new = self.links && !self.bound.contains_key(file);
+        if let Some(spare) = new
             .then(|| self.ready_spare(content))
             .transpose()?
             .flatten()
@@ -238,19 +239,35 @@ impl LockDir {
             // Its size as it is, not as lockd left it: a lock file edited in
             // place by hand is the spare it was linked from. A spare linked
             // elsewhere too (by hand) is not written to; it loses its name.
-            let stat = fd.stat().map_err(|e| io_error("looking at", &name, e))?;
+            let stat = match fd.stat() {
+                Ok(stat) => stat,
+                Err(e) => {
+                    self.free.push(Spare { slot, fd: Some(fd) });
+                    return Err(io_error("looking at", &name, e));
+                }
+            };
             if stat.link_count != 1 {
                 self.remove(&name)?;
                 self.empty_slots.push(slot);
                 continue;
             }
             let len = content.len() as u64;
-            if stat.size != len {
-                fd.set_size(len)
-                    .map_err(|e| io_error("resizing", &name, e))?;
+            let written = if stat.size == len {
+                Ok(())
+            } else {
+                fd.set_size(len).map_err(|e| io_error("resizing", &name, e))
             }
-            write_all(&fd, &name, content, 0)?;
-            return Ok(Some(Spare { slot, fd: Some(fd) }));
+            .and_then(|()| write_all(&fd, &name, content, 0));
+            // A spare not linked anywhere else stays free even if writing it
+            // failed: it is written again before its next use.
+            let spare = Spare { slot, fd: Some(fd) };
+            return match written {
+                Ok(()) => Ok(Some(spare)),
+                Err(e) => {
+                    self.free.push(spare);
+                    Err(e)
+                }
+            };
         }
     }
 

@@ -1,7 +1,7 @@
 //! Locks outlive the daemon: a restart, a `kill -9`; and one daemon per
 //! directory.
 
-use crate::support::{LOCKD, TestServer, holder_of, temp_lock_dir};
+use crate::support::{LOCKD, TestServer, holder_of, lock_files, temp_lock_dir};
 use lockd::xmlrpc::Value;
 
 #[test]
@@ -176,5 +176,68 @@ fn lock_files_edited_by_hand_never_leak_into_later_lock_files() {
                 "{sync}"
             );
         }
+    }
+}
+
+#[test]
+fn renewed_lock_files_hold_their_last_lease_and_spares_stay_bounded() {
+    for sync in ["always", "none"] {
+        let (_tmp, dir) = temp_lock_dir();
+        let server = TestServer::start_in(&dir, &["--sync", sync]);
+        let client = server.client();
+        let lease = |ttl: f64| Value::Struct(vec![("ttl".into(), Value::Double(ttl))]);
+        client
+            .call(
+                "lockd.acquire",
+                &["vm".into(), "host-a".into(), lease(600.0)],
+            )
+            .unwrap();
+        let file = dir.join("vm.resource.lock");
+        let ttl_line = || {
+            let content = std::fs::read_to_string(&file).unwrap();
+            assert_eq!(holder_of(&content), "host-a", "{sync}");
+            content
+                .lines()
+                .find(|l| l.starts_with("ttl: "))
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(ttl_line(), "ttl: 600000", "{sync}");
+        // Each renewal rewrites the lock file in place of the last one.
+        for ttl in [700.0, 800.0, 900.0] {
+            client
+                .call(
+                    "lockd.renew",
+                    &["vm".into(), "host-a".into(), Value::Double(ttl)],
+                )
+                .unwrap();
+            assert_eq!(ttl_line(), format!("ttl: {}", ttl as u64 * 1000), "{sync}");
+        }
+        // Churn through more locks than there are spares.
+        for i in 0..300 {
+            server.call("lock", &[&format!("r{i}"), "churn"]).unwrap();
+        }
+        for i in 0..300 {
+            server.call("unlock", &[&format!("r{i}"), "churn"]).unwrap();
+        }
+        let spares = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with(".lockd-spare-")
+            })
+            .count();
+        assert!(spares <= 256, "{spares} spares ({sync})");
+        assert_eq!(lock_files(&dir).len(), 1, "{sync}");
+
+        server.kill9();
+        let server = TestServer::start_in(&dir, &["--sync", sync]);
+        assert_eq!(ttl_line(), "ttl: 900000", "{sync}");
+        let fault = server.call("lock", &["vm", "host-b"]).unwrap_err();
+        assert_eq!(
+            fault.message, "Resource already locked by 'host-a'",
+            "{sync}"
+        );
+        assert_eq!(server.call("lock", &["r0", "host-b"]), Ok(Value::Nil));
     }
 }
