@@ -137,7 +137,12 @@ fn apply(batch: Vec<Request>) -> Result<Vec<Result<Reply, Error>>, wit::LockErro
             *instance = Some(Instance { state, clock });
         }
         let Instance { state, clock } = instance.as_mut().expect("opened above");
-        Ok(state.apply(batch, clock.now_ms()))
+        let now_ms = if batch.iter().any(|r| state.needs_time(r)) {
+            clock.now_ms()
+        } else {
+            clock.last_ms()
+        };
+        Ok(state.apply(batch, now_ms))
     })
 }
 

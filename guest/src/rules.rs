@@ -185,6 +185,19 @@ impl State {
         Ok((Reply::Done, vec![self.drop_lock(&resource)]))
     }
 
+    /// Whether deciding `request` depends on the time. Only releasing a
+    /// held lock without a lease does not: such a lock never expires, and
+    /// releasing it starts no lock-delay.
+    pub(crate) fn needs_time(&self, request: &Request) -> bool {
+        match request {
+            Request::Unlock { resource, .. } | Request::Release { resource, .. } => self
+                .held
+                .get(resource)
+                .is_none_or(|held| held.info.expires_ms.is_some()),
+            _ => true,
+        }
+    }
+
     /// `client`'s running lock on `resource` (with `token`, if given).
     fn own(
         &self,
