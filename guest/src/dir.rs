@@ -159,12 +159,12 @@ impl LockDir {
     /// durable.
     pub fn write_atomically(&mut self, file: &str, content: &[u8]) -> Result<(), IoError> {
         // A file linked from a spare exists: it is replaced, not linked.
-        let new = self.links && !self.bound.contains_key(file);
-        if let Some(spare) = new
-            .then(|| self.ready_spare(content))
-            .transpose()?
-            .flatten()
-        {
+        let spare = if self.links && !self.bound.contains_key(file) {
+            self.ready_spare(content)?
+        } else {
+            None
+        };
+        if let Some(spare) = spare {
             match self
                 .dir
                 .link_at(PathFlags::empty(), &spare_name(spare.slot), &self.dir, file)
@@ -212,8 +212,16 @@ impl LockDir {
         loop {
             let (slot, fd) = match self.free.pop() {
                 Some(Spare { slot, fd: Some(fd) }) => (slot, fd),
-                Some(Spare { slot, fd: None }) => {
-                    match self.open_for_writing(&spare_name(slot), OpenFlags::empty()) {
+                popped => {
+                    // A spare found at start, or a new one in an empty slot.
+                    let (slot, flags) = match popped {
+                        Some(Spare { slot, .. }) => (slot, OpenFlags::empty()),
+                        None => match self.empty_slots.pop() {
+                            Some(slot) => (slot, OpenFlags::CREATE | OpenFlags::TRUNCATE),
+                            None => return Ok(None),
+                        },
+                    };
+                    match self.open_for_writing(&spare_name(slot), flags) {
                         Ok(fd) => (slot, fd),
                         Err(e) => {
                             self.empty_slots.push(slot);
@@ -221,19 +229,6 @@ impl LockDir {
                         }
                     }
                 }
-                None => match self.empty_slots.pop() {
-                    Some(slot) => {
-                        let flags = OpenFlags::CREATE | OpenFlags::TRUNCATE;
-                        match self.open_for_writing(&spare_name(slot), flags) {
-                            Ok(fd) => (slot, fd),
-                            Err(e) => {
-                                self.empty_slots.push(slot);
-                                return Err(e);
-                            }
-                        }
-                    }
-                    None => return Ok(None),
-                },
             };
             let name = spare_name(slot);
             // Its size as it is, not as lockd left it: a lock file edited in
