@@ -199,28 +199,17 @@ mod tests {
             locks_held: 7,
             waiters: 2,
         });
-        assert!(
-            text.contains("lockd_batch_size_bucket{le=\"1\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lockd_batch_size_bucket{le=\"4\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lockd_batch_size_bucket{le=\"+Inf\"} 3\n"),
-            "{text}"
-        );
-        assert!(text.contains("lockd_batch_size_count 3\n"), "{text}");
-        assert!(
-            text.contains("lockd_requests_total{method=\"lock\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lockd_faults_total{method=\"lock\",code=\"1\"} 1\n"),
-            "{text}"
-        );
-        assert!(text.contains("lockd_locks_held 7\n"), "{text}");
-        assert!(text.contains("lockd_waiters 2\n"), "{text}");
+        for line in [
+            "lockd_batch_size_bucket{le=\"1\"} 1\n",
+            "lockd_batch_size_bucket{le=\"4\"} 2\n",
+            "lockd_batch_size_bucket{le=\"+Inf\"} 3\n",
+            "lockd_batch_size_count 3\n",
+            "lockd_requests_total{method=\"lock\"} 2\n",
+            "lockd_faults_total{method=\"lock\",code=\"1\"} 1\n",
+            "lockd_locks_held 7\n",
+            "lockd_waiters 2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
     }
 }
