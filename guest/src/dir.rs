@@ -47,6 +47,8 @@ pub struct LockDir {
     bound: HashMap<String, Spare>,
     /// Spare slots without a file.
     empty_slots: Vec<usize>,
+    /// Each slot's spare file name.
+    spare_names: Vec<String>,
     /// Whether the host lets files be linked; if not, lock files are written
     /// under [`TEMP_FILE`] and renamed into place.
     links: bool,
@@ -73,6 +75,7 @@ impl LockDir {
             free: Vec::new(),
             bound: HashMap::new(),
             empty_slots: (0..SPARE_SLOTS).rev().collect(),
+            spare_names: (0..SPARE_SLOTS).map(spare_name).collect(),
             links: true,
         })
     }
@@ -165,10 +168,12 @@ impl LockDir {
             None
         };
         if let Some(spare) = spare {
-            match self
-                .dir
-                .link_at(PathFlags::empty(), &spare_name(spare.slot), &self.dir, file)
-            {
+            match self.dir.link_at(
+                PathFlags::empty(),
+                &self.spare_names[spare.slot],
+                &self.dir,
+                file,
+            ) {
                 Ok(()) => {
                     self.bound.insert(file.to_owned(), spare);
                     return Ok(());
@@ -221,16 +226,17 @@ impl LockDir {
                             None => return Ok(None),
                         },
                     };
-                    match self.open_for_writing(&spare_name(slot), flags) {
+                    let name = &self.spare_names[slot];
+                    match self.open_rw(name, flags) {
                         Ok(fd) => (slot, fd),
                         Err(e) => {
+                            let e = io_error("opening for writing", name, e);
                             self.empty_slots.push(slot);
                             return Err(e);
                         }
                     }
                 }
             };
-            let name = spare_name(slot);
             // Its size as it is, not as lockd left it: a lock file edited in
             // place by hand is the spare it was linked from. A spare linked
             // elsewhere too (by hand) is not written to; it loses its name.
@@ -238,10 +244,11 @@ impl LockDir {
                 Ok(stat) => stat,
                 Err(e) => {
                     self.free.push(Spare { slot, fd: Some(fd) });
-                    return Err(io_error("looking at", &name, e));
+                    return Err(io_error("looking at", &self.spare_names[slot], e));
                 }
             };
             if stat.link_count != 1 {
+                let name = self.spare_names[slot].clone();
                 self.remove(&name)?;
                 self.empty_slots.push(slot);
                 continue;
@@ -250,9 +257,10 @@ impl LockDir {
             let written = if stat.size == len {
                 Ok(())
             } else {
-                fd.set_size(len).map_err(|e| io_error("resizing", &name, e))
+                fd.set_size(len)
+                    .map_err(|e| io_error("resizing", &self.spare_names[slot], e))
             }
-            .and_then(|()| write_all(&fd, &name, content, 0));
+            .and_then(|()| write_all(&fd, &self.spare_names[slot], content, 0));
             // A spare not linked anywhere else stays free even if writing it
             // failed: it is written again before its next use.
             let spare = Spare { slot, fd: Some(fd) };
@@ -308,14 +316,17 @@ impl LockDir {
     }
 
     fn open_for_writing(&self, file: &str, flags: OpenFlags) -> Result<Descriptor, IoError> {
-        self.dir
-            .open_at(
-                PathFlags::empty(),
-                file,
-                flags,
-                DescriptorFlags::READ | DescriptorFlags::WRITE,
-            )
+        self.open_rw(file, flags)
             .map_err(|e| io_error("opening for writing", file, e))
+    }
+
+    fn open_rw(&self, file: &str, flags: OpenFlags) -> Result<Descriptor, ErrorCode> {
+        self.dir.open_at(
+            PathFlags::empty(),
+            file,
+            flags,
+            DescriptorFlags::READ | DescriptorFlags::WRITE,
+        )
     }
 }
 
