@@ -229,6 +229,12 @@ impl LockDir {
                     let name = &self.spare_names[slot];
                     match self.open_rw(name, flags) {
                         Ok(fd) => (slot, fd),
+                        // Found at start, removed by hand since: the slot is
+                        // empty, and gets a new spare when its turn comes.
+                        Err(ErrorCode::NoEntry) if !flags.contains(OpenFlags::CREATE) => {
+                            self.empty_slots.push(slot);
+                            continue;
+                        }
                         Err(e) => {
                             let e = io_error("opening for writing", name, e);
                             self.empty_slots.push(slot);

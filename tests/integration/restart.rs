@@ -241,3 +241,50 @@ fn renewed_lock_files_hold_their_last_lease_and_spares_stay_bounded() {
         assert_eq!(server.call("lock", &["r0", "host-b"]), Ok(Value::Nil));
     }
 }
+
+#[test]
+fn spares_removed_by_hand_are_made_anew() {
+    for sync in ["always", "none"] {
+        let (_tmp, dir) = temp_lock_dir();
+        let server = TestServer::start_in(&dir, &["--sync", sync]);
+        for name in ["a", "b", "c"] {
+            server.call("lock", &[name, "host-a"]).unwrap();
+            server.call("unlock", &[name, "host-a"]).unwrap();
+        }
+        server.kill9();
+        let spares = || -> Vec<std::path::PathBuf> {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.to_string_lossy().contains(".lockd-spare-"))
+                .collect()
+        };
+        assert!(!spares().is_empty(), "{sync}");
+
+        // Found at start, then removed before lockd used them again.
+        let server = TestServer::start_in(&dir, &["--sync", sync]);
+        for spare in spares() {
+            std::fs::remove_file(spare).unwrap();
+        }
+        for name in ["x", "y"] {
+            assert_eq!(
+                server.call("lock", &[name, "host-b"]),
+                Ok(Value::Nil),
+                "{sync}"
+            );
+            let content = std::fs::read_to_string(dir.join(format!("{name}.resource.lock")));
+            assert_eq!(holder_of(&content.unwrap()), "host-b", "{sync}");
+        }
+        server.call("unlock", &["x", "host-b"]).unwrap();
+        assert!(!spares().is_empty(), "{sync}: no spare made anew");
+
+        server.kill9();
+        let server = TestServer::start_in(&dir, &["--sync", sync]);
+        let fault = server.call("lock", &["y", "other"]).unwrap_err();
+        assert_eq!(
+            fault.message, "Resource already locked by 'host-b'",
+            "{sync}"
+        );
+        assert_eq!(lock_files(&dir).len(), 1, "{sync}");
+    }
+}
