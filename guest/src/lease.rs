@@ -29,14 +29,20 @@ impl LockInfo {
 
     /// The lock file's content.
     pub fn file_content(&self) -> Vec<u8> {
-        let mut out = format!("{}\ntoken: {}\n", self.client, self.token);
+        // Written on every lock: without `format!`, whose machinery costs
+        // more than the rest of this.
+        let mut out = Vec::with_capacity(self.client.len() + 112);
+        out.extend_from_slice(self.client.as_bytes());
+        out.push(b'\n');
+        push_line(&mut out, "token", self.token);
         if self.acquired_ms > 0 {
-            out.push_str(&format!("acquired: {}\n", self.acquired_ms));
+            push_line(&mut out, "acquired", self.acquired_ms);
         }
         if let (Some(ttl), Some(expires)) = (self.ttl_ms, self.expires_ms) {
-            out.push_str(&format!("ttl: {ttl}\nexpires: {expires}\n"));
+            push_line(&mut out, "ttl", ttl);
+            push_line(&mut out, "expires", expires);
         }
-        out.into_bytes()
+        out
     }
 
     /// Reads a lock file's content: the holder from the first line, the
@@ -76,6 +82,25 @@ impl LockInfo {
     }
 }
 
+/// Appends `key: value` and a newline, `value` in decimal.
+fn push_line(out: &mut Vec<u8>, key: &str, value: u64) {
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b": ");
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = value;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+    out.push(b'\n');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +131,21 @@ mod tests {
         assert_eq!(
             (odd.client.as_str(), odd.token, odd.expires_ms),
             ("c", 0, None)
+        );
+    }
+
+    #[test]
+    fn lock_files_spell_numbers_in_decimal() {
+        let mut info = LockInfo::parse("r".into(), b"c\n");
+        info.token = 0;
+        assert_eq!(info.file_content(), b"c\ntoken: 0\n");
+        info.token = u64::MAX;
+        info.acquired_ms = 1;
+        info.ttl_ms = Some(10);
+        info.expires_ms = Some(1_700_000_000_009);
+        assert_eq!(
+            String::from_utf8(info.file_content()).unwrap(),
+            "c\ntoken: 18446744073709551615\nacquired: 1\nttl: 10\nexpires: 1700000000009\n"
         );
     }
 
