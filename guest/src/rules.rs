@@ -162,7 +162,10 @@ impl State {
             ttl_ms,
             expires_ms: ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
         };
-        self.cooling.remove(&resource);
+        // (Removing from an empty map still hashes the key.)
+        if !self.cooling.is_empty() {
+            self.cooling.remove(&resource);
+        }
         let mut steps = Vec::new();
         // An expired lock under gocept.lockd's unencoded file name makes
         // way for the new lock file.

@@ -415,7 +415,10 @@ impl State {
             }
             Change::Remove { file } => {
                 self.dir.remove(file)?;
-                self.unsynced.remove(file);
+                // (Removing from an empty set still hashes the key.)
+                if !self.unsynced.is_empty() {
+                    self.unsynced.remove(file);
+                }
             }
         }
         Ok(())
