@@ -3,14 +3,16 @@
 //! waiting for a lock, and the timer that ends their waits and sweeps
 //! expired leases. The lock rules themselves are the component's.
 
+mod queue;
+
 use crate::component::{GuestError, Instance, Reply, Request, Runtime};
 use crate::error::LockError;
 use crate::metrics::Metrics;
-use std::collections::{HashMap, VecDeque};
+use queue::{Deliveries, Line, Pending, Queue, Taker, changes, taken};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 /// The most requests one guest call takes; later arrivals wait for the next.
@@ -36,129 +38,6 @@ pub struct Engine {
     queue: Mutex<Queue>,
     /// Wakes the timer thread when a deadline comes closer.
     timer: Condvar,
-}
-
-/// Requests waiting for the next batch or for their lock, and results
-/// waiting for their caller.
-#[derive(Default)]
-struct Queue {
-    next_ticket: u64,
-    pending: VecDeque<Pending>,
-    done: HashMap<u64, Result<Reply, LockError>>,
-    /// Whether some thread is running a batch right now.
-    leader: bool,
-    /// Per resource, the clients waiting to take it, oldest first.
-    lines: HashMap<String, Line>,
-    /// How many clients wait, in all lines.
-    waiting: usize,
-    /// Set when the daemon stops: nobody may start waiting.
-    refuse_waits: bool,
-    /// When to sweep expired leases and lock-delays next.
-    sweep_at: Option<Instant>,
-    stopping: bool,
-}
-
-/// The waiters of one resource.
-struct Line {
-    waiters: VecDeque<Pending>,
-    /// Why the oldest could not take the lock last time: what a newcomer
-    /// that does not wait is told.
-    refusal: LockError,
-}
-
-/// A queued request and who takes its result.
-struct Pending {
-    ticket: u64,
-    request: Request,
-    taker: Taker,
-    /// Until when the caller waits for the lock (`acquire` with `wait`).
-    deadline: Option<Instant>,
-    /// Whether it has waited in its resource's line (and so is served
-    /// before newcomers).
-    queued: bool,
-}
-
-/// Who takes a result.
-enum Taker {
-    /// A thread waiting in [`Engine::submit`], woken by name.
-    Wake(Thread),
-    /// A function, called by the thread that has the result.
-    Call(Then),
-}
-
-/// Results to hand out once the queue is unlocked.
-#[derive(Default)]
-struct Deliveries {
-    calls: Vec<(Then, Result<Reply, LockError>)>,
-}
-
-impl Deliveries {
-    fn run(self) {
-        for (then, result) in self.calls {
-            then(result);
-        }
-    }
-}
-
-impl Queue {
-    fn push(&mut self, request: Request, taker: Taker, deadline: Option<Instant>) -> u64 {
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        self.pending.push_back(Pending {
-            ticket,
-            request,
-            taker,
-            deadline,
-            queued: false,
-        });
-        ticket
-    }
-
-    /// Hands `result` to whoever waits for `pending`: a thread at once, a
-    /// function once the queue is unlocked.
-    fn deliver(
-        &mut self,
-        pending: Pending,
-        result: Result<Reply, LockError>,
-        out: &mut Deliveries,
-    ) {
-        match pending.taker {
-            Taker::Wake(waiter) => {
-                self.done.insert(pending.ticket, result);
-                if waiter.id() != std::thread::current().id() {
-                    waiter.unpark();
-                }
-            }
-            Taker::Call(then) => out.calls.push((then, result)),
-        }
-    }
-
-    /// Makes the next sweep happen no later than `at`; returns whether
-    /// that is sooner than planned.
-    fn sweep_by(&mut self, at: Instant) -> bool {
-        let sooner = self.sweep_at.is_none_or(|planned| at < planned);
-        if sooner {
-            self.sweep_at = Some(at);
-        }
-        sooner
-    }
-}
-
-/// Whether a request may change the lock directory.
-fn changes(request: &Request) -> bool {
-    !matches!(
-        request,
-        Request::Holder(_) | Request::Status(_) | Request::Check(_) | Request::List(_)
-    )
-}
-
-/// The resource a request takes a lock on, if it takes one.
-fn taken(request: &Request) -> Option<&str> {
-    match request {
-        Request::Lock(r) => Some(&r.resource),
-        Request::Acquire(r) => Some(&r.resource),
-        _ => None,
-    }
 }
 
 impl Engine {

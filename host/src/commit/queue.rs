@@ -1,0 +1,138 @@
+//! The queue of the commit engine: requests waiting for the next batch,
+//! clients waiting in line for a lock, and results waiting for their caller.
+
+use crate::component::{Reply, Request};
+use crate::error::LockError;
+use std::collections::{HashMap, VecDeque};
+use std::thread::Thread;
+use std::time::Instant;
+
+use super::Then;
+
+/// Requests waiting for the next batch or for their lock, and results
+/// waiting for their caller.
+#[derive(Default)]
+pub(super) struct Queue {
+    next_ticket: u64,
+    pub(super) pending: VecDeque<Pending>,
+    pub(super) done: HashMap<u64, Result<Reply, LockError>>,
+    /// Whether some thread is running a batch right now.
+    pub(super) leader: bool,
+    /// Per resource, the clients waiting to take it, oldest first.
+    pub(super) lines: HashMap<String, Line>,
+    /// How many clients wait, in all lines.
+    pub(super) waiting: usize,
+    /// Set when the daemon stops: nobody may start waiting.
+    pub(super) refuse_waits: bool,
+    /// When to sweep expired leases and lock-delays next.
+    pub(super) sweep_at: Option<Instant>,
+    pub(super) stopping: bool,
+}
+
+/// The waiters of one resource.
+pub(super) struct Line {
+    pub(super) waiters: VecDeque<Pending>,
+    /// Why the oldest could not take the lock last time: what a newcomer
+    /// that does not wait is told.
+    pub(super) refusal: LockError,
+}
+
+/// A queued request and who takes its result.
+pub(super) struct Pending {
+    pub(super) ticket: u64,
+    pub(super) request: Request,
+    pub(super) taker: Taker,
+    /// Until when the caller waits for the lock (`acquire` with `wait`).
+    pub(super) deadline: Option<Instant>,
+    /// Whether it has waited in its resource's line (and so is served
+    /// before newcomers).
+    pub(super) queued: bool,
+}
+
+/// Who takes a result.
+pub(super) enum Taker {
+    /// A thread waiting in [`Engine::submit`], woken by name.
+    Wake(Thread),
+    /// A function, called by the thread that has the result.
+    Call(Then),
+}
+
+/// Results to hand out once the queue is unlocked.
+#[derive(Default)]
+pub(super) struct Deliveries {
+    pub(super) calls: Vec<(Then, Result<Reply, LockError>)>,
+}
+
+impl Deliveries {
+    pub(super) fn run(self) {
+        for (then, result) in self.calls {
+            then(result);
+        }
+    }
+}
+
+impl Queue {
+    pub(super) fn push(
+        &mut self,
+        request: Request,
+        taker: Taker,
+        deadline: Option<Instant>,
+    ) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.pending.push_back(Pending {
+            ticket,
+            request,
+            taker,
+            deadline,
+            queued: false,
+        });
+        ticket
+    }
+
+    /// Hands `result` to whoever waits for `pending`: a thread at once, a
+    /// function once the queue is unlocked.
+    pub(super) fn deliver(
+        &mut self,
+        pending: Pending,
+        result: Result<Reply, LockError>,
+        out: &mut Deliveries,
+    ) {
+        match pending.taker {
+            Taker::Wake(waiter) => {
+                self.done.insert(pending.ticket, result);
+                if waiter.id() != std::thread::current().id() {
+                    waiter.unpark();
+                }
+            }
+            Taker::Call(then) => out.calls.push((then, result)),
+        }
+    }
+
+    /// Makes the next sweep happen no later than `at`; returns whether
+    /// that is sooner than planned.
+    pub(super) fn sweep_by(&mut self, at: Instant) -> bool {
+        let sooner = self.sweep_at.is_none_or(|planned| at < planned);
+        if sooner {
+            self.sweep_at = Some(at);
+        }
+        sooner
+    }
+}
+
+/// Whether a request may change the lock directory.
+pub(super) fn changes(request: &Request) -> bool {
+    !matches!(
+        request,
+        Request::Holder(_) | Request::Status(_) | Request::Check(_) | Request::List(_)
+    )
+}
+
+/// The resource a request takes a lock on, if it takes one.
+pub(super) fn taken(request: &Request) -> Option<&str> {
+    match request {
+        Request::Lock(r) => Some(&r.resource),
+        Request::Acquire(r) => Some(&r.resource),
+        _ => None,
+    }
+}
