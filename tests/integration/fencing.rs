@@ -71,3 +71,47 @@ fn tokens_strictly_increase_across_kill_9_restarts_in_both_sync_modes() {
         }
     }
 }
+
+#[test]
+fn a_restart_skips_no_more_tokens_than_the_run_issued_plus_1024() {
+    for sync in ["always", "none"] {
+        let (_tmp, dir) = temp_lock_dir();
+        let server = TestServer::start_in(&dir, &["--sync", sync]);
+        let first = token(&server, "a", "c");
+        server.kill9();
+
+        // A run that issued one token skips at most the rest of the first
+        // range.
+        let server = TestServer::start_in(&dir, &["--sync", sync]);
+        let start = token(&server, "b", "c");
+        assert!(
+            first < start && start - first <= 1024,
+            "{sync}: {first} then {start}"
+        );
+        // A busy run reserves ever larger ranges; what a restart skips stays
+        // within what the run issued plus 1024.
+        let client = server.client();
+        let mut last = start;
+        for _ in 0..2000 {
+            let lock = client
+                .call("lockd.acquire", &["r".into(), "c".into()])
+                .unwrap();
+            let Some(Value::I8(token)) = lock.member("token") else {
+                panic!("no token in {lock:?}");
+            };
+            assert!(*token > last, "{sync}: token {token} after {last}");
+            last = *token;
+            client
+                .call("lockd.release", &["r".into(), "c".into()])
+                .unwrap();
+        }
+        let issued = last - start + 1;
+        server.kill9();
+        let server = TestServer::start_in(&dir, &["--sync", sync]);
+        let next = token(&server, "d", "c");
+        assert!(
+            last < next && next - last <= issued + 1024,
+            "{sync}: {issued} issued up to {last}, then {next}"
+        );
+    }
+}
