@@ -1,6 +1,6 @@
 //! The status page in a real browser: headless Chromium (Debian's
-//! `chromium`; .ci/run installs it) runs its script, so the filter box and
-//! what it hides are tested as a person would see them.
+//! `chromium`; tests/setup.sh installs it) runs its script, so the filter
+//! box and what it hides are tested as a person would see them.
 
 use crate::support::TestServer;
 use std::process::Command;
@@ -28,7 +28,7 @@ fn rendered(url: &str, profile: &std::path::Path) -> String {
     let output = chromium(profile)
         .args(["--virtual-time-budget=2000", "--dump-dom", url])
         .output()
-        .expect("chromium (Debian's chromium package; .ci/run installs it)");
+        .expect("chromium (Debian's chromium package; tests/setup.sh installs it)");
     assert!(output.status.success(), "{output:?}");
     String::from_utf8(output.stdout).unwrap()
 }

@@ -16,7 +16,7 @@ fn systemd_accepts_the_unit_without_a_warning() {
         .arg("verify")
         .arg(&unit)
         .output()
-        .expect("systemd-analyze (Debian's systemd package; .ci/run installs it)");
+        .expect("systemd-analyze (Debian's systemd package; tests/setup.sh installs it)");
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

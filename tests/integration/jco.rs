@@ -12,7 +12,7 @@ fn the_component_runs_in_node_and_the_daemon_reads_what_it_wrote() {
     let jco = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/jco");
     assert!(
         jco.join("node_modules/@bytecodealliance/jco").exists(),
-        "the Node.js packages are missing: run `npm ci` in tests/jco (.ci/run does)"
+        "the Node.js packages are missing: run `npm ci` in tests/jco (tests/setup.sh does)"
     );
     // The component exactly as the daemon runs it, transpiled to JavaScript.
     let tmp = tempfile::tempdir().unwrap();
