@@ -90,18 +90,13 @@ fn a_restart_skips_no_more_tokens_than_the_run_issued_plus_1024() {
         );
         // A busy run reserves ever larger ranges; what a restart skips stays
         // within what the run issued plus 1024.
-        let client = server.client();
         let mut last = start;
         for _ in 0..2000 {
-            let lock = client
-                .call("lockd.acquire", &["r".into(), "c".into()])
-                .unwrap();
-            let Some(Value::I8(token)) = lock.member("token") else {
-                panic!("no token in {lock:?}");
-            };
-            assert!(*token > last, "{sync}: token {token} after {last}");
-            last = *token;
-            client
+            let token = token(&server, "r", "c");
+            assert!(token > last, "{sync}: token {token} after {last}");
+            last = token;
+            server
+                .client()
                 .call("lockd.release", &["r".into(), "c".into()])
                 .unwrap();
         }

@@ -1,7 +1,7 @@
 //! Locks outlive the daemon: a restart, a `kill -9`; and one daemon per
 //! directory.
 
-use crate::support::{LOCKD, TestServer, holder_of, lock_files, temp_lock_dir};
+use crate::support::{LOCKD, TestServer, holder_of, lock_files, spare_files, temp_lock_dir};
 use lockd::xmlrpc::Value;
 
 #[test]
@@ -220,13 +220,7 @@ fn renewed_lock_files_hold_their_last_lease_and_spares_stay_bounded() {
         for i in 0..300 {
             server.call("unlock", &[&format!("r{i}"), "churn"]).unwrap();
         }
-        let spares = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter(|e| {
-                let name = e.as_ref().unwrap().file_name();
-                name.to_string_lossy().starts_with(".lockd-spare-")
-            })
-            .count();
+        let spares = spare_files(&dir).len();
         assert!(spares <= 256, "{spares} spares ({sync})");
         assert_eq!(lock_files(&dir).len(), 1, "{sync}");
 
@@ -252,18 +246,11 @@ fn spares_removed_by_hand_are_made_anew() {
             server.call("unlock", &[name, "host-a"]).unwrap();
         }
         server.kill9();
-        let spares = || -> Vec<std::path::PathBuf> {
-            std::fs::read_dir(&dir)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| p.to_string_lossy().contains(".lockd-spare-"))
-                .collect()
-        };
-        assert!(!spares().is_empty(), "{sync}");
+        assert!(!spare_files(&dir).is_empty(), "{sync}");
 
         // Found at start, then removed before lockd used them again.
         let server = TestServer::start_in(&dir, &["--sync", sync]);
-        for spare in spares() {
+        for spare in spare_files(&dir) {
             std::fs::remove_file(spare).unwrap();
         }
         for name in ["x", "y"] {
@@ -276,7 +263,7 @@ fn spares_removed_by_hand_are_made_anew() {
             assert_eq!(holder_of(&content.unwrap()), "host-b", "{sync}");
         }
         server.call("unlock", &["x", "host-b"]).unwrap();
-        assert!(!spares().is_empty(), "{sync}: no spare made anew");
+        assert!(!spare_files(&dir).is_empty(), "{sync}: no spare made anew");
 
         server.kill9();
         let server = TestServer::start_in(&dir, &["--sync", sync]);

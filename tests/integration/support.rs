@@ -174,6 +174,18 @@ pub fn lock_files(dir: &Path) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// The spare files lockd keeps in `dir` (`.lockd-spare-N`).
+pub fn spare_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".lockd-spare-"))
+        })
+        .collect()
+}
+
 /// Sends raw bytes on a fresh connection and returns the status code and
 /// body of the answer (HTTP/1.0, so the server closes after one answer).
 pub fn raw_http(addr: &str, request: &[u8]) -> (u16, String) {
