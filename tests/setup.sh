@@ -3,7 +3,8 @@
 # component's target, Python (the gocept.lockd client scenarios), systemd
 # (checks contrib/lockd.service), Node.js and the jco packages (the
 # component in a second host), and Chromium (the status page). Safe to run
-# again: what is there is left as it is.
+# again: installed packages are left as they are (npm ci reinstalls the jco
+# packages each time, in seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,16 +18,16 @@ need node nodejs
 need npm npm
 need chromium chromium
 if ((${#missing[@]})); then
-    if [[ $(id -u) -eq 0 ]]; then
-        apt-get update -qq
-        apt-get install -y -qq "${missing[@]}"
-    elif command -v sudo >/dev/null; then
-        sudo apt-get update -qq
-        sudo apt-get install -y -qq "${missing[@]}"
-    else
-        echo "tests/setup.sh: install these Debian packages first: ${missing[*]}" >&2
-        exit 1
+    as_root=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || {
+            echo "tests/setup.sh: install these Debian packages first: ${missing[*]}" >&2
+            exit 1
+        }
+        as_root=(sudo)
     fi
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" apt-get install -y -qq "${missing[@]}"
 fi
 
 (cd tests/jco && npm ci --no-audit --no-fund --loglevel=error)
