@@ -32,9 +32,12 @@ fn main() {
 
     // Compiled ahead of time so that the daemon starts without running
     // Cranelift. The engine is configured exactly as the host's
-    // (`Runtime::new`); where the running machine differs (CPU features), the
-    // host finds out when loading it and compiles the component itself.
-    let engine = wasmtime::Engine::new(&wasmtime::Config::new()).expect("creating an engine");
+    // (`component::config`: epoch interruption on); where the running
+    // machine differs (CPU features), the host finds out when loading it and
+    // compiles the component itself.
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    let engine = wasmtime::Engine::new(&config).expect("creating an engine");
     let compiled = engine
         .precompile_component(&bytes)
         .expect("compiling the component ahead of time");

@@ -23,6 +23,12 @@ pub fn lock_file_name(resource: &str) -> Result<String, String> {
     if resource.is_empty() {
         return Err("resource name is empty".into());
     }
+    if let Some(c) = resource.chars().find(|&c| !is_xml_char(c)) {
+        return Err(format!(
+            "resource name holds U+{:04X}, which XML 1.0 cannot carry",
+            u32::from(c)
+        ));
+    }
     let mut file = encode(resource);
     file.push_str(SUFFIX);
     if file.len() > MAX_FILE_NAME {
@@ -46,8 +52,9 @@ pub fn resource_of_file(file: &str) -> Option<String> {
     Some(decode(stem).unwrap_or_else(|| stem.to_owned()))
 }
 
-/// Checks a client name: non-empty, at most [`MAX_CLIENT`] bytes, and no NUL,
-/// CR or LF (the client is the first line of the lock file).
+/// Checks a client name: non-empty, at most [`MAX_CLIENT`] bytes, no NUL,
+/// CR or LF (the client is the first line of the lock file), and nothing
+/// XML 1.0 cannot carry.
 pub fn check_client(client: &str) -> Result<(), String> {
     if client.is_empty() {
         return Err("client name is empty".into());
@@ -61,7 +68,20 @@ pub fn check_client(client: &str) -> Result<(), String> {
     if client.bytes().any(|b| matches!(b, 0 | b'\r' | b'\n')) {
         return Err("client name holds NUL, CR or LF".into());
     }
+    if let Some(c) = client.chars().find(|&c| !is_xml_char(c)) {
+        return Err(format!(
+            "client name holds U+{:04X}, which XML 1.0 cannot carry",
+            u32::from(c)
+        ));
+    }
     Ok(())
+}
+
+/// Whether XML 1.0 can carry `c` (its production `Char`): every name is
+/// sent back in XML replies, so no name may hold a C0 control other than
+/// TAB, LF and CR, nor U+FFFE or U+FFFF.
+pub fn is_xml_char(c: char) -> bool {
+    !matches!(c, '\0'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}')
 }
 
 /// Percent-encodes every byte of `name` that is not plain, and a leading `.`.
@@ -116,6 +136,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_xml_cannot_carry_are_refused() {
+        for bad in [
+            "a\u{1}b",
+            "\u{8}",
+            "x\u{b}",
+            "\u{1f}",
+            "a\u{fffe}",
+            "\u{ffff}",
+        ] {
+            assert!(lock_file_name(bad).is_err(), "{bad:?} as a resource");
+            assert!(check_client(bad).is_err(), "{bad:?} as a client");
+        }
+        for good in ["tab\there", "\u{e000}", "\u{fffd}", "\u{10000}", "\u{7f}"] {
+            assert!(lock_file_name(good).is_ok(), "{good:?} as a resource");
+            assert!(check_client(good).is_ok(), "{good:?} as a client");
+        }
+        assert!(
+            lock_file_name("cr\rlf\n").is_ok(),
+            "CR and LF travel as references"
+        );
+    }
+
+    #[test]
     fn plain_names_are_unchanged() {
         for name in ["resource1", "vm-42", "a.b_c,d+e=f@g", "X"] {
             assert_eq!(encode(name), name);
@@ -126,7 +169,7 @@ mod tests {
     #[test]
     fn hostile_names_stay_in_the_directory() {
         for name in [
-            "../x", "a/b", "/abs", ".hidden", "..", ".", "a\0b", "a b", "ü",
+            "../x", "a/b", "/abs", ".hidden", "..", ".", "a\tb", "a b", "ü",
         ] {
             let file = lock_file_name(name).unwrap();
             assert!(!file.contains('/'), "{file}");
@@ -138,6 +181,12 @@ mod tests {
         assert_eq!(encode("../x"), "%2E.%2Fx");
         assert_eq!(encode("a/b"), "a%2Fb");
         assert_eq!(encode("ü"), "%C3%BC");
+        // Refused as names, but a lock file written by hand may hold one.
+        assert_eq!(encode("a\0b"), "a%00b");
+        assert_eq!(
+            resource_of_file("a%00b.resource.lock").as_deref(),
+            Some("a\0b")
+        );
     }
 
     #[test]
@@ -215,9 +264,13 @@ mod properties {
 
         #[test]
         fn hostile_names_too(resource in "[./%a\\\\\u{0}-\u{1f}ü]{1,40}") {
-            let file = lock_file_name(&resource).unwrap();
-            prop_assert!(!file.starts_with('.') && !file.contains('/'));
-            prop_assert_eq!(resource_of_file(&file), Some(resource));
+            match lock_file_name(&resource) {
+                Ok(file) => {
+                    prop_assert!(!file.starts_with('.') && !file.contains('/'));
+                    prop_assert_eq!(resource_of_file(&file), Some(resource));
+                }
+                Err(_) => prop_assert!(!resource.chars().all(is_xml_char)),
+            }
         }
 
         #[test]

@@ -7,8 +7,12 @@
 
 use anyhow::Context as _;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 mod bindings {
@@ -31,10 +35,35 @@ pub const COMPONENT_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lock
 /// same wasmtime with the same configuration as [`Runtime::new`] uses.
 const COMPONENT_PRECOMPILED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lockd_guest.cwasm"));
 
+/// How often the engine's epoch advances: the unit of [`CALL_LIMIT`].
+const TICK: Duration = Duration::from_millis(100);
+
+/// The longest one call into the component may run before it traps (and
+/// the instance is replaced): a guest bug cannot hang the thread that
+/// commits for everyone. Opening a directory (reading every lock file)
+/// may take [`OPEN_LIMIT`].
+pub const CALL_LIMIT: Duration = Duration::from_secs(30);
+/// The longest opening a lock directory may take.
+pub const OPEN_LIMIT: Duration = Duration::from_secs(600);
+
+/// The most linear memory an instance may have: a guest that would grow
+/// past it traps instead of taking the machine's memory. A held lock costs
+/// the guest a few hundred bytes, so this holds millions of locks.
+pub const MEMORY_LIMIT: usize = 2 << 30;
+
+/// The configuration the component is compiled and run with (the build
+/// script precompiles it with the same).
+pub fn config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config
+}
+
 /// Per-instance host state: the guest's WASI context and its resources.
 struct Ctx {
     wasi: WasiCtx,
     table: ResourceTable,
+    limits: StoreLimits,
 }
 
 impl WasiView for Ctx {
@@ -50,12 +79,56 @@ impl WasiView for Ctx {
 pub struct Runtime {
     engine: Engine,
     pre: bindings::LockdPre<Ctx>,
+    ticker: Ticker,
+}
+
+/// Advances an engine's epoch every [`TICK`] until dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: &Engine) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let engine = engine.clone();
+        let thread = std::thread::Builder::new()
+            .name("lockd-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .context("starting the epoch thread")?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The epoch ticks in `limit`, and one more: a deadline is never earlier
+/// than asked.
+fn ticks(limit: Duration) -> u64 {
+    (limit.as_millis() / TICK.as_millis()) as u64 + 1
 }
 
 impl Runtime {
     /// Compiles the embedded component.
     pub fn new() -> anyhow::Result<Self> {
-        let engine = Engine::new(&Config::new())?;
+        let engine = Engine::new(&config())?;
         // SAFETY: the bytes were produced by `Engine::precompile_component`
         // of this very wasmtime at build time and are embedded read-only;
         // wasmtime checks that they suit this engine and this CPU.
@@ -74,7 +147,12 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         let pre = bindings::LockdPre::new(linker.instantiate_pre(&component)?)?;
-        Ok(Self { engine, pre })
+        let ticker = Ticker::start(&engine)?;
+        Ok(Self {
+            engine,
+            pre,
+            ticker,
+        })
     }
 
     /// A fresh instance in the [`sandbox`] of `dir`.
@@ -82,9 +160,16 @@ impl Runtime {
         let ctx = Ctx {
             wasi: sandbox(dir)?,
             table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(MEMORY_LIMIT)
+                .trap_on_grow_failure(true)
+                .build(),
         };
         let mut store = Store::new(&self.engine, ctx);
+        store.limiter(|ctx| &mut ctx.limits);
+        store.set_epoch_deadline(ticks(CALL_LIMIT));
         let bindings = self.pre.instantiate(&mut store)?;
+        let _ = &self.ticker;
         Ok(Instance { store, bindings })
     }
 }
@@ -114,7 +199,7 @@ pub struct Instance {
 impl Instance {
     /// Opens the lock directory; see the WIT `open`.
     pub fn open(&mut self, options: Options) -> wasmtime::Result<Result<OpenReport, GuestError>> {
-        self.call(|locks, store| locks.call_open(store, options))
+        self.call_within(OPEN_LIMIT, |locks, store| locks.call_open(store, options))
     }
 
     /// Runs a batch of requests with one sync; see the WIT `apply`.
@@ -148,6 +233,16 @@ impl Instance {
         &mut self,
         f: impl FnOnce(&bindings::exports::lockd::lockd::locks::Guest, &mut Store<Ctx>) -> R,
     ) -> R {
+        self.call_within(CALL_LIMIT, f)
+    }
+
+    /// [`call`](Self::call), trapping if it runs longer than `limit`.
+    fn call_within<R>(
+        &mut self,
+        limit: Duration,
+        f: impl FnOnce(&bindings::exports::lockd::lockd::locks::Guest, &mut Store<Ctx>) -> R,
+    ) -> R {
+        self.store.set_epoch_deadline(ticks(limit));
         wasmtime_wasi::runtime::with_ambient_tokio_runtime(|| {
             f(self.bindings.lockd_lockd_locks(), &mut self.store)
         })
@@ -189,6 +284,7 @@ mod tests {
         let ctx = Ctx {
             wasi: sandbox(dir).unwrap(),
             table: ResourceTable::new(),
+            limits: StoreLimits::default(),
         };
         let mut store = Store::new(&engine, ctx);
         let command = wasmtime_wasi::p2::bindings::sync::Command::instantiate(
@@ -237,7 +333,7 @@ mod tests {
 
     #[test]
     fn the_precompiled_component_loads_on_the_build_machine() {
-        let engine = Engine::new(&Config::new()).unwrap();
+        let engine = Engine::new(&config()).unwrap();
         // SAFETY: as in `Runtime::new`.
         let component = unsafe { Component::deserialize(&engine, COMPONENT_PRECOMPILED) };
         assert!(component.is_ok(), "{:?}", component.err());

@@ -30,6 +30,8 @@ pub enum LockError {
     TooManyWaiters { limit: usize },
     /// The caller waited, but the daemon is stopping.
     ShuttingDown,
+    /// The caller hung up while it waited; nobody takes this answer.
+    CallerGone,
     /// The lock directory could not be read or written; nothing changed.
     Storage(String),
     /// The lock component failed (a trap); it has been restarted and the
@@ -67,7 +69,8 @@ impl LockError {
             LockError::LeaseExpired { .. } | LockError::StaleToken => code::STALE,
             LockError::WaitTimedOut
             | LockError::TooManyWaiters { .. }
-            | LockError::ShuttingDown => code::WAIT_TIMED_OUT,
+            | LockError::ShuttingDown
+            | LockError::CallerGone => code::WAIT_TIMED_OUT,
             LockError::Storage(_) | LockError::Internal(_) => code::INTERNAL,
         }
     }
@@ -125,6 +128,7 @@ impl fmt::Display for LockError {
             LockError::ShuttingDown => {
                 f.write_str("Not waiting for the lock: the daemon is stopping")
             }
+            LockError::CallerGone => f.write_str("Not waiting for the lock: the caller has gone"),
             LockError::TooManyWaiters { limit } => write!(
                 f,
                 "Not waiting for the lock: {limit} clients wait already (--max-waiters)"

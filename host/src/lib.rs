@@ -15,7 +15,6 @@ mod guard;
 pub mod http;
 mod locks;
 pub mod metrics;
-mod order;
 mod pool_keeper;
 mod pyrepr;
 pub mod rpc;

@@ -1,6 +1,7 @@
 //! [`Lockd`]: a lock directory opened for use, in-process, with concurrent
 //! callers' changes committed together (group commit).
 
+pub use crate::commit::Presence;
 use crate::commit::{Engine, Then};
 use crate::component::{
     AcquireRequest, CheckRequest, Durability as GuestDurability, Instance, LockRequest,
@@ -408,8 +409,20 @@ impl Lockd {
         deadline: Option<Instant>,
         then: impl FnOnce(Result<Reply, LockError>) + Send + 'static,
     ) {
+        self.submit_waiting(request, deadline, None, then);
+    }
+
+    /// [`submit_then`](Self::submit_then) for a caller that may hang up
+    /// while it waits: it leaves the line once `present` says it has gone.
+    pub(crate) fn submit_waiting(
+        &self,
+        request: Request,
+        deadline: Option<Instant>,
+        present: Option<Presence>,
+        then: impl FnOnce(Result<Reply, LockError>) + Send + 'static,
+    ) {
         let then: Then = Box::new(then);
-        self.engine.submit_then(request, deadline, then);
+        self.engine.submit_then(request, deadline, present, then);
     }
 }
 

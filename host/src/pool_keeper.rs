@@ -18,9 +18,18 @@
 //! first request): about 50 and 32 connections a second, well under 1% of
 //! a core either way. It also sends a probe request each round; one not
 //! answered within [`PROMPT`] is itself stranded, and the keeper then
-//! nudges every millisecond until it is. Workers answer the probe without
-//! counting or logging it.
+//! nudges every millisecond until it is (for at most [`PERSIST`]). Workers
+//! answer the probe without counting or logging it.
+//!
+//! The keeper also watches tiny_http's accept thread, which ends for good
+//! when `accept` fails (or panics, when the process runs out of file
+//! descriptors): connections then stay in the listening socket's accept
+//! queue. A queue that has never shrunk nor emptied for `wedged_after`
+//! means nobody accepts any more, and the daemon exits to be restarted.
+//! How busy the workers are plays no part in it: a daemon whose clients
+//! keep it busy goes on.
 
+use crate::http::AcceptQueue;
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -36,6 +45,8 @@ pub const IDLE: Duration = Duration::from_millis(250);
 pub const BURST: usize = 8;
 /// A probe answered later than this was stranded.
 pub const PROMPT: Duration = Duration::from_millis(20);
+/// The longest the keeper nudges for one stranded probe.
+pub const PERSIST: Duration = Duration::from_secs(1);
 /// The path of the keeper's probe; workers answer it with 204.
 pub const PROBE_PATH: &str = "/.lockd-pool-keeper";
 
@@ -48,12 +59,11 @@ pub struct PoolKeeper {
 
 impl PoolKeeper {
     /// Starts keeping the pool of the server listening on `listen`, which
-    /// counts the requests it receives in `requests`. A probe still not
-    /// answered after `wedged_after` of nudging means the server no longer
-    /// takes connections at all (tiny_http's accept thread panics when the
-    /// process runs out of file descriptors): see [`wedged`](Self::wedged).
+    /// counts the requests it receives in `requests`; `queue` is its
+    /// listening socket's accept queue. See [`wedged`](Self::wedged).
     pub fn start(
         listen: SocketAddr,
+        queue: AcceptQueue,
         requests: Arc<AtomicU64>,
         wedged_after: Duration,
     ) -> std::io::Result<Self> {
@@ -66,6 +76,7 @@ impl PoolKeeper {
             .name("lockd-pool-keeper".into())
             .spawn(move || {
                 let mut seen = requests.load(Ordering::Relaxed);
+                let mut watch = AcceptWatch::default();
                 while !stopped.load(Ordering::Relaxed) {
                     let now = requests.load(Ordering::Relaxed);
                     let (pause, nudges) = if now == seen {
@@ -75,17 +86,18 @@ impl PoolKeeper {
                     };
                     std::thread::sleep(pause);
                     seen = now;
-                    match keep(target, nudges, &stopped, wedged_after) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::error!(
-                                "the HTTP server has answered nothing on new connections for \
-                                 {wedged_after:?}: it no longer accepts them"
-                            );
-                            found_wedged.store(true, Ordering::Relaxed);
-                            return;
-                        }
-                        Err(e) => tracing::debug!("pool keeper: {e}"),
+                    if let Ok(len) = queue.waiting()
+                        && watch.stuck(len, Instant::now(), wedged_after)
+                    {
+                        tracing::error!(
+                            "connections have waited {wedged_after:?} to be accepted and none \
+                             was: the HTTP server no longer accepts them"
+                        );
+                        found_wedged.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    if let Err(e) = keep(target, nudges, &stopped) {
+                        tracing::debug!("pool keeper: {e}");
                     }
                 }
             })?;
@@ -111,14 +123,35 @@ impl Drop for PoolKeeper {
     }
 }
 
+/// Tells a listening socket whose connections are being accepted from
+/// one whose connections are not.
+#[derive(Default)]
+struct AcceptWatch {
+    /// Since when the accept queue has not been empty, and how long it
+    /// was last seen.
+    waiting: Option<(Instant, u32)>,
+}
+
+impl AcceptWatch {
+    /// Notes the queue's length `len` at `now`; true once it has neither
+    /// emptied nor shrunk for `limit`.
+    fn stuck(&mut self, len: u32, now: Instant, limit: Duration) -> bool {
+        match self.waiting {
+            _ if len == 0 => self.waiting = None,
+            Some((_, last)) if len < last => self.waiting = Some((now, len)),
+            Some((since, _)) => {
+                self.waiting = Some((since, len));
+                return now.duration_since(since) >= limit;
+            }
+            None => self.waiting = Some((now, len)),
+        }
+        false
+    }
+}
+
 /// Nudges `nudges` times, sends a probe and, if it is stranded, nudges the
-/// pool until it is answered (true) or `give_up` has passed (false).
-fn keep(
-    target: SocketAddr,
-    nudges: usize,
-    stopped: &AtomicBool,
-    give_up: Duration,
-) -> std::io::Result<bool> {
+/// pool until it is answered or [`PERSIST`] has passed.
+fn keep(target: SocketAddr, nudges: usize, stopped: &AtomicBool) -> std::io::Result<()> {
     for _ in 0..nudges {
         TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
     }
@@ -132,15 +165,12 @@ fn keep(
         Err(e) => Err(e),
     };
     if answered(&mut probe)? {
-        return Ok(true);
+        return Ok(());
     }
     probe.set_read_timeout(Some(Duration::from_millis(1)))?;
     let start = Instant::now();
     let mut nudges = 0;
-    while !stopped.load(Ordering::Relaxed) {
-        if start.elapsed() > give_up {
-            return Ok(false);
-        }
+    while !stopped.load(Ordering::Relaxed) && start.elapsed() < PERSIST {
         // A full listen backlog makes connecting time out: keep trying.
         let _ = TcpStream::connect_timeout(&target, Duration::from_millis(100));
         nudges += 1;
@@ -149,7 +179,7 @@ fn keep(
             break;
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Where to connect to reach a server listening on `listen`: a wildcard
@@ -165,6 +195,28 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_accept_queue_is_stuck_only_if_it_never_shrinks_for_the_limit() {
+        let limit = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut watch = AcceptWatch::default();
+        assert!(!watch.stuck(0, at(0), limit));
+        assert!(!watch.stuck(3, at(1), limit));
+        assert!(!watch.stuck(5, at(20), limit));
+        assert!(!watch.stuck(2, at(30), limit), "it shrank: accepts happen");
+        assert!(!watch.stuck(9, at(59), limit));
+        assert!(
+            watch.stuck(9, at(61), limit),
+            "neither shrank nor emptied for 31 s"
+        );
+        let mut busy = AcceptWatch::default();
+        for s in 0..100 {
+            // A busy server with connections always waiting, but taken.
+            assert!(!busy.stuck(10 - (s % 3) as u32, at(s), limit), "at {s}");
+        }
+    }
 
     #[test]
     fn wildcard_addresses_are_reached_on_loopback() {

@@ -9,6 +9,7 @@ use crate::time::iso8601;
 use crate::xmlrpc::Value;
 use clap::Args;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
@@ -141,13 +142,16 @@ pub fn acquire(args: &AcquireArgs) -> ExitCode {
         args.client.as_str().into(),
         Value::Struct(options),
     ];
-    outcome(call(&args.daemon, "lockd.acquire", &params).map(|lock| {
-        if args.json {
-            print_json(&lock);
-        } else if let Some(token) = lock.member("token").and_then(Value::as_i64) {
-            println!("{token}");
-        }
-    }))
+    let within = waiting(args.wait);
+    outcome(
+        call_within(&args.daemon, "lockd.acquire", &params, within).map(|lock| {
+            if args.json {
+                print_json(&lock);
+            } else if let Some(token) = lock.member("token").and_then(Value::as_i64) {
+                println!("{token}");
+            }
+        }),
+    )
 }
 
 pub fn release(args: &ReleaseArgs) -> ExitCode {
@@ -207,14 +211,37 @@ pub fn break_lock(args: &BreakArgs) -> ExitCode {
 
 /// One call; a failure is reported on stderr and becomes the exit code.
 pub fn call(daemon: &DaemonArgs, method: &str, params: &[Value]) -> Result<Value, u8> {
+    call_within(daemon, method, params, ANSWER_WITHIN)
+}
+
+/// How long a call that does not wait for a lock may take to be answered.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long to wait for the answer to a call that waits `wait` seconds
+/// for its lock: the daemon answers when the wait ends, so the wait plus
+/// [`ANSWER_WITHIN`].
+pub fn waiting(wait: f64) -> Duration {
+    Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX / 2) + ANSWER_WITHIN
+}
+
+/// [`call`], giving up on the daemon's answer after `within`.
+pub fn call_within(
+    daemon: &DaemonArgs,
+    method: &str,
+    params: &[Value],
+    within: Duration,
+) -> Result<Value, u8> {
     let client = Client::new(&daemon.url).map_err(|e| {
         eprintln!("lockd: {e:#}");
         exit::USAGE
     })?;
-    client.call(method, params).map_err(|e| {
-        eprintln!("lockd: {e}");
-        exit_code(&e)
-    })
+    client
+        .with_timeout(within)
+        .call(method, params)
+        .map_err(|e| {
+            eprintln!("lockd: {e}");
+            exit_code(&e)
+        })
 }
 
 /// The exit code for a failed call: the fault code for faults 1 to 6.

@@ -2,13 +2,15 @@
 //!
 //! The lock is taken with a lease (waiting for it if asked), the command
 //! gets its fencing token as `LOCKD_TOKEN`, the lease is renewed every
-//! third of its length while the command runs, and the lock is released
+//! third of its length while the command runs (each renewal giving up
+//! while a quarter of what is left of the lease remains, and tried again
+//! until the lease runs out), and the lock is released
 //! when it ends; `lockd run` exits with the command's status. If the lock
 //! is lost (broken by an operator, or not renewed before the lease ran
 //! out), the command is stopped (SIGTERM, then SIGKILL after
 //! `--kill-after`) and `lockd run` exits with [`exit::LOCK_LOST`].
 
-use super::calls::{DaemonArgs, call};
+use super::calls::{DaemonArgs, call, call_within, waiting};
 use super::exit;
 use super::serve::seconds;
 use crate::xmlrpc::Value;
@@ -63,7 +65,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         options,
     ];
     let taken_at = Instant::now();
-    let lock = match call(&args.daemon, "lockd.acquire", &params) {
+    let lock = match call_within(&args.daemon, "lockd.acquire", &params, waiting(args.wait)) {
         Ok(lock) => lock,
         Err(code) => return ExitCode::from(code),
     };
@@ -154,7 +156,12 @@ impl Holding<'_> {
             }
             let now = Instant::now();
             if now >= next_renewal {
-                match self.renew() {
+                // An answer that comes after the lease ran out is no use:
+                // give up on it while some of the lease is left to stop
+                // the command in.
+                let left = lease_end.saturating_duration_since(now);
+                let within = (left - left / 4).max(Duration::from_millis(10));
+                match self.renew(within) {
                     Ok(()) => {
                         lease_end = now + self.ttl;
                         next_renewal = now + every;
@@ -175,14 +182,14 @@ impl Holding<'_> {
         }
     }
 
-    fn renew(&self) -> Result<(), Renewal> {
+    fn renew(&self, within: Duration) -> Result<(), Renewal> {
         let params = [
             self.resource.into(),
             self.client.into(),
             Value::Double(self.ttl.as_secs_f64()),
             self.token.as_str().into(),
         ];
-        match call(self.daemon, "lockd.renew", &params) {
+        match call_within(self.daemon, "lockd.renew", &params, within) {
             Ok(_) => Ok(()),
             // Not locked, locked by another, lease expired or stale token:
             // the lock is gone for good.

@@ -8,8 +8,9 @@ mod queue;
 use crate::component::{GuestError, Instance, Reply, Request, Runtime};
 use crate::error::LockError;
 use crate::metrics::Metrics;
-use queue::{Deliveries, Line, Pending, Queue, Taker, changes, taken};
-use std::collections::VecDeque;
+pub use queue::Presence;
+use queue::{Deliveries, Line, Pending, Queue, Taker, changes, reentrant, taken};
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -17,6 +18,10 @@ use std::time::{Duration, Instant};
 
 /// The most requests one guest call takes; later arrivals wait for the next.
 const MAX_BATCH: usize = 256;
+
+/// How often the callers of waiting requests are asked whether they are
+/// still there.
+const ASK_EVERY: Duration = Duration::from_secs(1);
 
 /// A function taking a request's result, called by whichever thread has it.
 pub type Then = Box<dyn FnOnce(Result<Reply, LockError>) + Send>;
@@ -70,7 +75,7 @@ impl Engine {
     /// woken by name: no herd.
     pub fn submit(&self, request: Request, deadline: Option<Instant>) -> Result<Reply, LockError> {
         let mut queue = lock(&self.queue);
-        let ticket = queue.push(request, Taker::Wake(std::thread::current()), deadline);
+        let ticket = queue.push(request, Taker::Wake(std::thread::current()), deadline, None);
         loop {
             if let Some(result) = queue.done.remove(&ticket) {
                 return result;
@@ -86,10 +91,18 @@ impl Engine {
     }
 
     /// Queues `request`; `then` gets its result from the thread that has
-    /// it: this one if no batch is running, another one otherwise.
-    pub fn submit_then(&self, request: Request, deadline: Option<Instant>, then: Then) {
+    /// it: this one if no batch is running, another one otherwise. A
+    /// waiter whose caller is no longer `present` leaves its line, with
+    /// [`LockError::CallerGone`].
+    pub fn submit_then(
+        &self,
+        request: Request,
+        deadline: Option<Instant>,
+        present: Option<Presence>,
+        then: Then,
+    ) {
         let mut queue = lock(&self.queue);
-        queue.push(request, Taker::Call(then), deadline);
+        queue.push(request, Taker::Call(then), deadline, present);
         if !queue.leader {
             drop(self.lead(queue));
         }
@@ -169,9 +182,20 @@ impl Engine {
                 let Some(line) = queue.lines.get_mut(&resource) else {
                     continue;
                 };
-                let head = line.waiters.pop_front();
+                // The lock goes to the oldest waiter still there.
+                let mut gone = Vec::new();
+                let head = loop {
+                    match line.waiters.pop_front() {
+                        Some(waiter) if !waiter.present() => gone.push(waiter),
+                        head => break head,
+                    }
+                };
                 if line.waiters.is_empty() {
                     queue.lines.remove(&resource);
+                }
+                queue.waiting -= gone.len();
+                for waiter in gone {
+                    queue.deliver(waiter, Err(LockError::CallerGone), &mut out);
                 }
                 if let Some(head) = head {
                     queue.waiting -= 1;
@@ -210,8 +234,13 @@ impl Engine {
                 break;
             };
             let full = queue.waiting >= self.max_waiters || queue.refuse_waits;
+            // A holder taking its own lock again (reentrant) gets it back
+            // whoever waits; the component refuses anyone else, who then
+            // joins the line like any newcomer.
             let line = match taken(&pending.request) {
-                Some(resource) if !pending.queued => queue.lines.get_mut(resource),
+                Some(resource) if !pending.queued && !reentrant(&pending.request) => {
+                    queue.lines.get_mut(resource)
+                }
                 _ => None,
             };
             match line {
@@ -358,11 +387,17 @@ impl Engine {
     /// lock-delay ends. Returns when [`stop`](Self::stop) is called.
     pub fn run_timer(&self) {
         let mut queue = lock(&self.queue);
+        let mut asked = Instant::now();
         loop {
             if queue.stopping {
                 return;
             }
             let now = Instant::now();
+            if queue.waiting > 0 && now >= asked + ASK_EVERY {
+                queue = self.drop_gone_waiters(queue);
+                asked = Instant::now();
+                continue;
+            }
             let mut out = Deliveries::default();
             let mut timed_out = Vec::new();
             queue.lines.retain(|_, line| {
@@ -386,7 +421,7 @@ impl Engine {
                 drop(queue);
                 out.run();
                 if sweep {
-                    self.submit_then(Request::Sweep, None, Box::new(drop));
+                    self.submit_then(Request::Sweep, None, None, Box::new(drop));
                 }
                 queue = lock(&self.queue);
                 continue;
@@ -396,10 +431,11 @@ impl Engine {
                 .values()
                 .flat_map(|line| line.waiters.iter().filter_map(|p| p.deadline))
                 .min();
-            let wake = match (queue.sweep_at, first_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let ask = (queue.waiting > 0).then_some(asked + ASK_EVERY);
+            let wake = [queue.sweep_at, first_deadline, ask]
+                .into_iter()
+                .flatten()
+                .min();
             queue = match wake {
                 Some(at) => {
                     let wait = at.saturating_duration_since(now);
@@ -411,6 +447,45 @@ impl Engine {
                 None => self.timer.wait(queue).unwrap_or_else(|p| p.into_inner()),
             };
         }
+    }
+
+    /// Ends the waits of callers no longer there: asks each waiter's
+    /// caller (without holding the queue) and takes those gone out of
+    /// their lines.
+    fn drop_gone_waiters<'a>(&'a self, queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        let asks: Vec<(u64, Presence)> = queue
+            .lines
+            .values()
+            .flat_map(|line| &line.waiters)
+            .filter_map(|p| Some((p.ticket, p.present.clone()?)))
+            .collect();
+        drop(queue);
+        let gone: HashSet<u64> = asks
+            .into_iter()
+            .filter(|(_, present)| !present())
+            .map(|(ticket, _)| ticket)
+            .collect();
+        let mut queue = lock(&self.queue);
+        if gone.is_empty() {
+            return queue;
+        }
+        let mut left = Vec::new();
+        queue.lines.retain(|_, line| {
+            let (out, stay) = std::mem::take(&mut line.waiters)
+                .into_iter()
+                .partition(|p| gone.contains(&p.ticket));
+            line.waiters = stay;
+            left.extend::<VecDeque<Pending>>(out);
+            !line.waiters.is_empty()
+        });
+        queue.waiting -= left.len();
+        let mut out = Deliveries::default();
+        for pending in left {
+            queue.deliver(pending, Err(LockError::CallerGone), &mut out);
+        }
+        drop(queue);
+        out.run();
+        lock(&self.queue)
     }
 
     /// Clients waiting for a lock now.

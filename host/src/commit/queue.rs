@@ -4,6 +4,7 @@
 use crate::component::{Reply, Request};
 use crate::error::LockError;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::thread::Thread;
 use std::time::Instant;
 
@@ -37,6 +38,10 @@ pub(super) struct Line {
     pub(super) refusal: LockError,
 }
 
+/// Whether the caller of a request is still there to take its result
+/// (a client may hang up while it waits for a lock).
+pub type Presence = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// A queued request and who takes its result.
 pub(super) struct Pending {
     pub(super) ticket: u64,
@@ -47,6 +52,15 @@ pub(super) struct Pending {
     /// Whether it has waited in its resource's line (and so is served
     /// before newcomers).
     pub(super) queued: bool,
+    /// Asked before a waiter is given its lock.
+    pub(super) present: Option<Presence>,
+}
+
+impl Pending {
+    /// Whether its caller is still there (or cannot be asked).
+    pub(super) fn present(&self) -> bool {
+        self.present.as_ref().is_none_or(|present| present())
+    }
 }
 
 /// Who takes a result.
@@ -77,6 +91,7 @@ impl Queue {
         request: Request,
         taker: Taker,
         deadline: Option<Instant>,
+        present: Option<Presence>,
     ) -> u64 {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -86,6 +101,7 @@ impl Queue {
             taker,
             deadline,
             queued: false,
+            present,
         });
         ticket
     }
@@ -135,4 +151,10 @@ pub(super) fn taken(request: &Request) -> Option<&str> {
         Request::Acquire(r) => Some(&r.resource),
         _ => None,
     }
+}
+
+/// Whether a request takes its lock reentrantly (returning the caller's
+/// own lock if it holds it).
+pub(super) fn reentrant(request: &Request) -> bool {
+    matches!(request, Request::Acquire(r) if r.reentrant)
 }

@@ -2,35 +2,58 @@
 //! here when the daemon stops taking new connections.
 
 use std::net::TcpListener;
+use std::os::fd::AsRawFd as _;
+use std::sync::Arc;
 use std::time::Duration;
 use tiny_http::Server;
 
+/// Connections the kernel completes before lockd accepts them. The
+/// standard library listens with 128, which a fleet reconnecting at once
+/// overflows: the kernel then drops their handshakes, and each client
+/// retries only after a second or more. The kernel caps it at
+/// `net.core.somaxconn` (4096 by default).
+const BACKLOG: libc::c_int = 4096;
+
 /// A tiny_http server and a handle on its listening socket.
 pub struct Listener {
-    pub server: Server,
+    pub server: Arc<Server>,
     /// The same socket as the server's, to stop accepting on.
-    socket: TcpListener,
+    socket: Arc<TcpListener>,
 }
 
 impl Listener {
-    /// Listens on `addr`. Connections time out reads and writes after
-    /// `idle` (set on the listening socket, whose accepted sockets inherit
-    /// it on Linux): a connection silent that long, between requests or
-    /// within one, is closed, and a client that does not take its answer
-    /// cannot hold a thread for longer.
+    /// Listens on `addr`. Accepted connections inherit from the listening
+    /// socket (on Linux) `TCP_NODELAY`, so that an answer never waits for
+    /// the client's delayed acknowledgement of its first part, and read and
+    /// write timeouts of `idle`: a connection silent that long, between
+    /// requests or within one, is closed, and a client that does not take
+    /// its answer cannot hold a thread for longer.
     pub fn bind(addr: &str, idle: Option<Duration>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
-        if let Some(idle) = idle {
-            set_timeouts(&listener, idle)?;
+        // SAFETY: listen(2) again on a listening socket of ours only
+        // changes its backlog.
+        if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
+            return Err(std::io::Error::last_os_error());
         }
-        let socket = listener.try_clone()?;
+        setsockopt(&listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, &1_i32)?;
+        if let Some(idle) = idle {
+            let tv = libc::timeval {
+                tv_sec: idle.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                tv_usec: idle.subsec_micros().into(),
+            };
+            setsockopt(&listener, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+            setsockopt(&listener, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
+        }
+        let socket = Arc::new(listener.try_clone()?);
         let server = Server::from_listener(listener, None).map_err(std::io::Error::other)?;
-        Ok(Self { server, socket })
+        Ok(Self {
+            server: Arc::new(server),
+            socket,
+        })
     }
 
     /// New connections are refused from now on; those open stay open.
     pub fn stop_accepting(&self) {
-        use std::os::fd::AsRawFd as _;
         // SAFETY: shutdown(2) of a socket this process owns. On a
         // listening socket it makes accept() fail, which ends tiny_http's
         // accept loop, and new connections are refused.
@@ -38,29 +61,62 @@ impl Listener {
             libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
         }
     }
+
+    /// A view of the connections waiting to be accepted.
+    pub fn accept_queue(&self) -> AcceptQueue {
+        AcceptQueue(self.socket.clone())
+    }
 }
 
-fn set_timeouts(listener: &TcpListener, timeout: Duration) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
-        tv_usec: timeout.subsec_micros().into(),
-    };
-    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: setsockopt on a socket we own, with a timeval of the
-        // size we pass.
+/// The listening socket's queue of connections not accepted yet.
+#[derive(Clone)]
+pub struct AcceptQueue(Arc<TcpListener>);
+
+impl AcceptQueue {
+    /// How many connections wait to be accepted now.
+    pub fn waiting(&self) -> std::io::Result<u32> {
+        // SAFETY: tcp_info is plain data; getsockopt fills at most `len`
+        // bytes of it.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt on a socket we own, into a buffer of `len` bytes.
         let rc = unsafe {
-            libc::setsockopt(
-                listener.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&raw const tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            libc::getsockopt(
+                self.0.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
             )
         };
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        // For a listening socket, Linux reports its accept queue's length
+        // in tcpi_unacked.
+        Ok(info.tcpi_unacked)
+    }
+}
+
+fn setsockopt<T>(
+    listener: &TcpListener,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: setsockopt on a socket we own, with a value of the size we
+    // pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            level,
+            option,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -1,37 +1,51 @@
-//! The HTTP transport: moves request bodies to [`rpc::handle`] and its
-//! answers back, over keep-alive connections served by a pool of workers.
+//! The HTTP transport: takes requests from tiny_http, answers each in its
+//! connection's turn, and writes the answers back.
+//!
+//! A request flows down in one worker: [`connections`] admits it (or
+//! queues it behind its connection's request in progress), [`respond`]
+//! routes it, reads its body and has [`rpc::handle_parking`] answer it,
+//! and the worker writes the answer and takes the connection's next
+//! request. A call that waits for a lock is parked without a thread; its
+//! answer is written, and its connection goes on, from a thread started
+//! when the wait ends.
 
 use crate::auth::{Credentials, Role};
-use crate::locks::Lockd;
+use crate::locks::{Lockd, Presence};
 use crate::metrics::Metrics;
-use crate::order::{Order, Turn};
 use crate::pool_keeper::{self, PoolKeeper};
-use crate::rpc;
+use crate::rpc::{self, Answered, Spawn};
+use connections::Connections;
 use std::io::Read as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
+use workers::Workers;
 
 mod answer;
+mod connections;
 mod listener;
+mod peer;
 mod status_page;
+mod workers;
 
 use answer::Answer;
-pub use listener::Listener;
+pub use listener::{AcceptQueue, Listener};
 
 /// How the transport treats requests.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// Request bodies longer than this get 413.
     pub max_body: usize,
-    /// Threads answering requests; connections are read and written by
-    /// tiny_http's own threads, so this bounds requests in progress.
+    /// Threads always ready to take requests; more are started while
+    /// clients stall (see [`workers`]).
     pub workers: usize,
     /// Who may call; `None` lets everyone do everything.
     pub auth: Option<Arc<Credentials>>,
-    /// How long new connections may go unanswered before the server is
-    /// taken to be broken (and the daemon stops, to be restarted).
+    /// How long connections may wait in the listen queue, none taken,
+    /// before tiny_http's accept loop is taken to have died (and the
+    /// daemon stops, to be restarted).
     pub wedged_after: Duration,
 }
 
@@ -48,6 +62,13 @@ impl Default for ServeConfig {
 
 /// What the workers share.
 struct Shared {
+    lockd: Arc<Lockd>,
+    /// The port listened on, if it is a TCP port.
+    port: Option<u16>,
+    config: ServeConfig,
+    connections: Connections,
+    /// Runs the rest of a parked call once its wait ends.
+    spawn: Spawn,
     /// Requests taken from tiny_http so far.
     taken: Arc<AtomicU64>,
     /// Requests taken and not answered yet.
@@ -69,14 +90,30 @@ pub fn serve(
     stop: &AtomicBool,
 ) -> Result<(), String> {
     let shared = Arc::new(Shared {
+        metrics: lockd.metrics_handle(),
+        port: listener.server.server_addr().to_ip().map(|a| a.port()),
+        lockd,
+        config: config.clone(),
+        connections: Connections::default(),
+        spawn: Arc::new(|job| {
+            let started = std::thread::Builder::new()
+                .name("lockd-resume".into())
+                .spawn(job);
+            if let Err(e) = started {
+                tracing::error!("starting a thread to answer a waiting call: {e}");
+            }
+        }),
         taken: Arc::default(),
         in_progress: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
-        metrics: lockd.metrics_handle(),
     });
-    let server = &listener.server;
-    let keeper = match server.server_addr().to_ip() {
-        Some(addr) => match PoolKeeper::start(addr, shared.taken.clone(), config.wedged_after) {
+    let keeper = match listener.server.server_addr().to_ip() {
+        Some(addr) => match PoolKeeper::start(
+            addr,
+            listener.accept_queue(),
+            shared.taken.clone(),
+            config.wedged_after,
+        ) {
             Ok(keeper) => Some(keeper),
             Err(e) => {
                 tracing::warn!("not keeping the connection pool: {e}");
@@ -85,39 +122,17 @@ pub fn serve(
         },
         None => None,
     };
-    let order = Arc::new(Order::default());
-    let workers = config.workers.max(1);
-    let running = AtomicUsize::new(workers);
-    std::thread::scope(|scope| {
-        for i in 0..workers {
-            let (lockd, order, shared, running) = (&lockd, &order, &shared, &running);
-            std::thread::Builder::new()
-                .name(format!("lockd-worker-{i}"))
-                .spawn_scoped(scope, move || {
-                    while let Some((request, ticket)) = order.next(server) {
-                        if request.url() == pool_keeper::PROBE_PATH {
-                            drop(ticket.wait());
-                            let _ = Answer::text(204, "").send(request, true);
-                            continue;
-                        }
-                        shared.taken.fetch_add(1, Ordering::Relaxed);
-                        shared.in_progress.fetch_add(1, Ordering::Relaxed);
-                        respond(lockd, config, shared, request, ticket.wait());
-                    }
-                    running.fetch_sub(1, Ordering::Relaxed);
-                })
-                .expect("spawning a worker thread");
-        }
-        let wedged = || keeper.as_ref().is_some_and(PoolKeeper::wedged);
-        while !stop.load(Ordering::Relaxed)
-            && running.load(Ordering::Relaxed) == workers
-            && !wedged()
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        drop(keeper);
-        drain(&listener, &lockd, &shared, workers);
-    });
+    let workers = Workers::start(
+        listener.server.clone(),
+        config.workers,
+        Taker(shared.clone()),
+    );
+    let wedged = || keeper.as_ref().is_some_and(PoolKeeper::wedged);
+    while !stop.load(Ordering::Relaxed) && !workers.failed() && !wedged() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(keeper);
+    drain(&listener, &shared, &workers);
     if stop.load(Ordering::Relaxed) {
         Ok(())
     } else {
@@ -129,11 +144,11 @@ pub fn serve(
 /// 6), answers every request already received (each answer closing its
 /// connection), and lets the workers go once no request has come for a
 /// moment (or after [`DRAIN_LIMIT`]).
-fn drain(listener: &Listener, lockd: &Lockd, shared: &Shared, workers: usize) {
+fn drain(listener: &Listener, shared: &Shared, workers: &Workers<Taker>) {
     tracing::info!("stopping: refusing new connections, answering the requests received");
     listener.stop_accepting();
     shared.draining.store(true, Ordering::Relaxed);
-    lockd.stop_waiting();
+    shared.lockd.stop_waiting();
     let start = Instant::now();
     let mut seen = shared.taken.load(Ordering::Relaxed);
     loop {
@@ -145,25 +160,67 @@ fn drain(listener: &Listener, lockd: &Lockd, shared: &Shared, workers: usize) {
         }
         seen = now;
     }
-    for _ in 0..workers {
-        listener.server.unblock();
+    if !workers.stop(start + DRAIN_LIMIT + Duration::from_secs(1)) {
+        tracing::warn!(
+            "stopping with {} workers still writing to or reading from stalled clients",
+            workers.running()
+        );
     }
 }
 
 /// The longest a stopping daemon keeps answering.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
-/// Answers `request` during its connection's `turn`: XML-RPC calls
-/// through [`rpc::handle_then`], which may answer from another thread; the
+/// The workers' handler: requests go through [`Connections`] in the order
+/// tiny_http hands them out.
+struct Taker(Arc<Shared>);
+
+impl workers::Handler for Taker {
+    fn admit(&self, request: Request) -> Option<Request> {
+        if request.url() == pool_keeper::PROBE_PATH {
+            return Some(request);
+        }
+        self.0.taken.fetch_add(1, Ordering::Relaxed);
+        self.0.in_progress.fetch_add(1, Ordering::Relaxed);
+        self.0.connections.admit(request)
+    }
+
+    fn handle(&self, request: Request) {
+        if request.url() == pool_keeper::PROBE_PATH {
+            let _ = Answer::text(204, "").send(request, true);
+            return;
+        }
+        serve_connection(&self.0, request);
+    }
+}
+
+/// Answers `request` and then the requests queued behind it on its
+/// connection, until the connection has none left or one is parked.
+fn serve_connection(shared: &Arc<Shared>, mut request: Request) {
+    loop {
+        let addr = request.remote_addr().copied();
+        if let Parked::Yes = respond(shared, request) {
+            return;
+        }
+        match shared.connections.next(addr) {
+            Some(next) => request = next,
+            None => return,
+        }
+    }
+}
+
+/// Whether a request waits for a lock, to be answered later.
+enum Parked {
+    Yes,
+    No,
+}
+
+/// Answers `request`: XML-RPC calls through [`rpc::handle_parking`]; the
 /// health check, metrics and status page at once.
-fn respond(
-    lockd: &Lockd,
-    config: &ServeConfig,
-    shared: &Arc<Shared>,
-    mut request: Request,
-    turn: Turn,
-) {
+fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
     let taken = Instant::now();
+    let lockd = &shared.lockd;
+    let config = &shared.config;
     let path = request
         .url()
         .split('?')
@@ -177,7 +234,8 @@ fn respond(
             Ok(()) => Answer::text(200, "ok\n"),
             Err(e) => Answer::text(503, format!("{e}\n")),
         };
-        return send(shared, request, answer, turn, taken);
+        send(shared, request, answer, taken);
+        return Parked::No;
     }
     let role = match &config.auth {
         None => Some(Role::Operator),
@@ -192,22 +250,12 @@ fn respond(
     };
     let Some(role) = role else {
         let refusal = Answer::text(401, "").with("WWW-Authenticate", "Basic realm=\"lockd\"");
-        return send(shared, request, refusal, turn, taken);
+        send(shared, request, refusal, taken);
+        return Parked::No;
     };
     let answer = match (request.method(), path.as_str()) {
         (Method::Post, "/" | "/RPC2") => match read_body(&mut request, config.max_body) {
-            Ok(body) => {
-                let shared = shared.clone();
-                return rpc::handle_then(lockd, &body, role, move |xml| {
-                    send(
-                        &shared,
-                        request,
-                        Answer::new(200, "text/xml", xml),
-                        turn,
-                        taken,
-                    );
-                });
-            }
+            Ok(body) => return call(shared, request, &body, role, taken),
             Err(answer) => answer,
         },
         (Method::Get | Method::Head, "/") => status_page(lockd),
@@ -220,7 +268,63 @@ fn respond(
         (_, "/RPC2") => Answer::text(405, "XML-RPC takes POST\n").with("Allow", "POST"),
         _ => Answer::text(404, "not found\n"),
     };
-    send(shared, request, answer, turn, taken);
+    send(shared, request, answer, taken);
+    Parked::No
+}
+
+/// Answers an XML-RPC call now, or parks it until its lock wait ends.
+fn call(shared: &Arc<Shared>, request: Request, body: &[u8], role: Role, taken: Instant) -> Parked {
+    let waiting = Waiting {
+        shared: shared.clone(),
+        request,
+        taken,
+    };
+    let present = presence(shared, waiting.request.remote_addr().copied());
+    match rpc::handle_parking(&shared.lockd, body, role, &shared.spawn, present, waiting) {
+        Answered::Now(xml, waiting) => {
+            send(
+                shared,
+                waiting.request,
+                Answer::new(200, "text/xml", xml),
+                taken,
+            );
+            Parked::No
+        }
+        Answered::Later => Parked::Yes,
+    }
+}
+
+/// Whether the client at `addr` is still connected, for a call that may
+/// wait for a lock. If the kernel cannot be asked, the client is taken to
+/// be there.
+fn presence(shared: &Shared, addr: Option<SocketAddr>) -> Option<Presence> {
+    let (port, addr) = (shared.port?, addr?);
+    Some(Arc::new(move || match peer::established(port, addr) {
+        Ok(established) => established,
+        Err(e) => {
+            tracing::debug!("asking whether {addr} is still connected: {e}");
+            true
+        }
+    }))
+}
+
+/// A call parked until its lock wait ends.
+struct Waiting {
+    shared: Arc<Shared>,
+    request: Request,
+    taken: Instant,
+}
+
+impl rpc::Later for Waiting {
+    /// Answers, then goes on with the connection's next requests.
+    fn answer(self, xml: String) {
+        let addr = self.request.remote_addr().copied();
+        let answer = Answer::new(200, "text/xml", xml);
+        send(&self.shared, self.request, answer, self.taken);
+        if let Some(next) = self.shared.connections.next(addr) {
+            serve_connection(&self.shared, next);
+        }
+    }
 }
 
 fn status_page(lockd: &Lockd) -> Answer {
@@ -240,11 +344,8 @@ fn status_page(lockd: &Lockd) -> Answer {
     }
 }
 
-/// Ends the connection's `turn` (its next request may be handled) and
-/// writes `response`, after the answers to the connection's earlier
-/// requests, as tiny_http orders them.
-fn send(shared: &Shared, request: Request, answer: Answer, turn: Turn, taken: Instant) {
-    drop(turn);
+/// Writes `answer` to `request`'s connection.
+fn send(shared: &Shared, request: Request, answer: Answer, taken: Instant) {
     // Bodies cut short leave the connection unusable; while stopping, no
     // connection is reused.
     let close =

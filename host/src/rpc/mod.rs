@@ -4,6 +4,7 @@
 mod methods;
 mod ops;
 mod params;
+mod parking;
 #[cfg(test)]
 mod properties;
 
@@ -12,10 +13,10 @@ use crate::error::{LockError, code};
 use crate::locks::Lockd;
 use crate::xmlrpc::{self, Fault, MethodCall, Value};
 use methods::METHODS;
-use ops::Op;
 use params::Params;
 
 pub use ops::lock_value;
+pub use parking::{Answered, Job, Later, Spawn, handle_parking};
 
 /// Answers one HTTP request body with the XML-RPC response body: a result,
 /// or a fault for anything that went wrong, malformed input included.
@@ -30,40 +31,6 @@ pub fn handle_as(lockd: &Lockd, body: &[u8], role: Role) -> String {
         Err(fault) => ("invalid", Err(fault)),
     };
     counted(lockd, label, result)
-}
-
-/// Like [`handle`], but hands the response body to `reply` instead of
-/// returning it: at once, or, for a method that reaches the lock directory,
-/// from the thread that commits it together with others (see
-/// [`Lockd::lock_then`]), so that this thread need not wait for the sync,
-/// nor for a lock that is waited for.
-pub fn handle_then(
-    lockd: &Lockd,
-    body: &[u8],
-    role: Role,
-    reply: impl FnOnce(String) + Send + 'static,
-) {
-    let call = match parse(body) {
-        Ok(call) => call,
-        Err(fault) => return reply(counted(lockd, "invalid", Err(fault))),
-    };
-    let label = label(&call);
-    match ops::op(lockd, &call, role) {
-        Ok(Some(Op {
-            request,
-            deadline,
-            answer,
-        })) => {
-            let metrics = lockd.metrics_handle();
-            lockd.submit_then(request, deadline, move |result| {
-                let result = result.and_then(answer).map_err(fault);
-                metrics.call(label, result.as_ref().err().map(|f| f.code));
-                reply(encode(result));
-            })
-        }
-        Ok(None) => reply(counted(lockd, label, dispatch(lockd, &call, role, true))),
-        Err(fault) => reply(counted(lockd, label, Err(fault))),
-    }
 }
 
 /// The method's name for the metrics: one of [`METHODS`], or `unknown`.

@@ -13,7 +13,7 @@ pub fn encode_response(value: &Value) -> String {
     let mut out = String::with_capacity(160);
     out.push_str(HEADER);
     out.push_str("<methodResponse>\n<params>\n<param>\n");
-    write_value(&mut out, value);
+    write_value(&mut out, value, Foreign::Replace);
     out.push_str("</param>\n</params>\n</methodResponse>\n");
     out
 }
@@ -23,7 +23,7 @@ pub fn encode_fault(fault: &Fault) -> String {
     let mut out = String::with_capacity(256);
     out.push_str(HEADER);
     out.push_str("<methodResponse>\n<fault>\n");
-    write_value(&mut out, &fault_struct(fault));
+    write_value(&mut out, &fault_struct(fault), Foreign::Replace);
     out.push_str("</fault>\n</methodResponse>\n");
     out
 }
@@ -41,29 +41,58 @@ pub fn encode_call(name: &str, params: &[Value]) -> String {
     let mut out = String::with_capacity(256);
     out.push_str(HEADER);
     out.push_str("<methodCall>\n<methodName>");
-    write_text(&mut out, name);
+    write_text(&mut out, name, Foreign::Raw);
     out.push_str("</methodName>\n<params>\n");
     for param in params {
         out.push_str("<param>\n");
-        write_value(&mut out, param);
+        write_value(&mut out, param, Foreign::Raw);
         out.push_str("</param>\n");
     }
     out.push_str("</params>\n</methodCall>\n");
     out
 }
 
+/// What becomes of a character XML 1.0 cannot carry (a C0 control other
+/// than TAB, LF and CR, U+FFFE, U+FFFF).
+#[derive(Debug, Clone, Copy)]
+enum Foreign {
+    /// Written as U+FFFD, in answers: lockd refuses such names, but a lock
+    /// file written by hand may hold one, and every answer must stay
+    /// well-formed XML 1.0.
+    Replace,
+    /// Written as it is, in calls, as Python's `xmlrpc.client` writes it:
+    /// the daemon reads it and refuses the name (fault 4).
+    Raw,
+}
+
 /// Character data, escaped; a CR is written as a reference so that XML's
 /// line-end normalisation does not turn it into LF on the other side.
-fn write_text(out: &mut String, text: &str) {
-    let escaped = partial_escape(text);
-    if escaped.contains('\r') {
-        out.push_str(&escaped.replace('\r', "&#13;"));
-    } else {
-        out.push_str(&escaped);
+fn write_text(out: &mut String, text: &str, foreign: Foreign) {
+    for (i, run) in text.split(|c| !is_xml_char(c)).enumerate() {
+        if i > 0 {
+            // The character split at, just before this run.
+            let start = run.as_ptr() as usize - text.as_ptr() as usize;
+            let c = text[..start].chars().next_back().unwrap_or('\0');
+            match foreign {
+                Foreign::Replace => out.push('\u{fffd}'),
+                Foreign::Raw => out.push(c),
+            }
+        }
+        let escaped = partial_escape(run);
+        if escaped.contains('\r') {
+            out.push_str(&escaped.replace('\r', "&#13;"));
+        } else {
+            out.push_str(&escaped);
+        }
     }
 }
 
-fn write_value(out: &mut String, value: &Value) {
+/// Whether XML 1.0 can carry `c` (its production `Char`).
+fn is_xml_char(c: char) -> bool {
+    !matches!(c, '\0'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}')
+}
+
+fn write_value(out: &mut String, value: &Value, foreign: Foreign) {
     out.push_str("<value>");
     match value {
         Value::Int(i) => {
@@ -77,7 +106,7 @@ fn write_value(out: &mut String, value: &Value) {
         }
         Value::String(s) => {
             out.push_str("<string>");
-            write_text(out, s);
+            write_text(out, s, foreign);
             out.push_str("</string>");
         }
         Value::Double(d) => {
@@ -85,7 +114,7 @@ fn write_value(out: &mut String, value: &Value) {
         }
         Value::DateTime(s) => {
             out.push_str("<dateTime.iso8601>");
-            write_text(out, s);
+            write_text(out, s, foreign);
             out.push_str("</dateTime.iso8601>");
         }
         Value::Base64(bytes) => {
@@ -97,9 +126,9 @@ fn write_value(out: &mut String, value: &Value) {
             out.push_str("<struct>\n");
             for (name, member) in members {
                 out.push_str("<member>\n<name>");
-                write_text(out, name);
+                write_text(out, name, foreign);
                 out.push_str("</name>\n");
-                write_value(out, member);
+                write_value(out, member, foreign);
                 out.push_str("</member>\n");
             }
             out.push_str("</struct>");
@@ -107,7 +136,7 @@ fn write_value(out: &mut String, value: &Value) {
         Value::Array(items) => {
             out.push_str("<array><data>\n");
             for item in items {
-                write_value(out, item);
+                write_value(out, item, foreign);
             }
             out.push_str("</data></array>");
         }

@@ -62,6 +62,27 @@ fn encodes_responses_and_faults() {
 }
 
 #[test]
+fn characters_xml_cannot_carry_are_replaced_in_what_is_encoded() {
+    let xml = encode_response(&Value::from("a\u{1}b\u{ffff}\tc"));
+    assert!(
+        xml.contains("<string>a\u{fffd}b\u{fffd}\tc</string>"),
+        "{xml}"
+    );
+    assert_eq!(
+        parse_response(xml.as_bytes()),
+        Ok(Ok(Value::from("a\u{fffd}b\u{fffd}\tc")))
+    );
+    // In a call they travel as they are, as Python sends them, for the
+    // daemon to refuse.
+    let call = encode_call("lock", &["r\u{0}".into(), "a\u{1}\u{ffff}&".into()]);
+    assert!(call.contains("<string>r\u{0}</string>"), "{call}");
+    assert!(
+        call.contains("<string>a\u{1}\u{ffff}&amp;</string>"),
+        "{call}"
+    );
+}
+
+#[test]
 fn decodes_every_value_type() {
     let cases: Vec<(&str, Value)> = vec![
         ("<value><int>-7</int></value>", Value::Int(-7)),

@@ -1,0 +1,292 @@
+//! Calls answered without holding a thread while they wait for a lock.
+//!
+//! Most calls are answered at once, on the caller's thread (which may
+//! park briefly while its change is committed with others). A call that
+//! waits for a lock (`lockd.acquire` with `wait`, alone or inside
+//! `system.multicall`) is parked in the lock's line instead: the thread
+//! returns, and when the wait ends the rest of the call (the remaining
+//! entries of a multicall, then the answer) runs on a thread the
+//! transport hands out through [`Spawn`].
+
+use super::{counted, dispatch, encode, label, ops, parse};
+use crate::auth::Role;
+use crate::component::Reply;
+use crate::error::{LockError, code};
+use crate::locks::{self, Lockd, Presence};
+use crate::xmlrpc::{self, Fault, MethodCall, Value};
+use std::sync::{Arc, Mutex};
+
+/// A job to run on a thread that may block (on writing an answer, say).
+pub type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs jobs for calls whose wait has ended; given by the transport.
+pub type Spawn = Arc<dyn Fn(Job) + Send + Sync>;
+
+/// Who answers a call that waited for its lock, once the wait has ended.
+pub trait Later: Send + 'static {
+    /// Sends `xml`, the answer; runs on a thread from [`Spawn`].
+    fn answer(self, xml: String);
+}
+
+/// Whether a call was answered on the caller's thread.
+pub enum Answered<R> {
+    /// The answer, and the replier it did not need.
+    Now(String, R),
+    /// The call waits for a lock; the replier gets the answer later, on a
+    /// thread from [`Spawn`].
+    Later,
+}
+
+/// Answers one HTTP request body as [`super::handle_as`] does, except
+/// that a call waiting for a lock does not hold this thread: `reply`
+/// answers it when the wait ends. A caller no longer `present` leaves the
+/// line, and is given no lock (see [`Lockd::submit_waiting`]).
+pub fn handle_parking<R>(
+    lockd: &Arc<Lockd>,
+    body: &[u8],
+    role: Role,
+    spawn: &Spawn,
+    present: Option<Presence>,
+    reply: R,
+) -> Answered<R>
+where
+    R: Later,
+{
+    let call = match parse(body) {
+        Ok(call) => call,
+        Err(fault) => return Answered::Now(counted(lockd, "invalid", Err(fault)), reply),
+    };
+    let label = label(&call);
+    if call.name == "system.multicall" {
+        return match Multicall::new(lockd.clone(), role, present, &call) {
+            Ok(multicall) => multicall.run(spawn.clone(), reply),
+            Err(fault) => Answered::Now(counted(lockd, label, Err(fault)), reply),
+        };
+    }
+    let op = match step(lockd, &call, role) {
+        Step::Done(result) => return Answered::Now(counted(lockd, label, result), reply),
+        Step::Wait(op) => op,
+    };
+    let metrics = lockd.metrics_handle();
+    let finish = move |result: Result<Value, LockError>| {
+        let result = result.map_err(super::fault);
+        metrics.call(label, result.as_ref().err().map(|f| f.code));
+        encode(result)
+    };
+    let replier = Arc::new(Mutex::new(Some(reply)));
+    let parked = replier.clone();
+    let spawn = spawn.clone();
+    let later_finish = finish.clone();
+    let result = now_or_later(submit(lockd, op, present), move |result| {
+        if let Some(reply) = take(&parked) {
+            spawn(Box::new(move || reply.answer(later_finish(result))));
+        }
+    });
+    match result.map(|result| (result, take(&replier))) {
+        Some((result, Some(reply))) => Answered::Now(finish(result), reply),
+        _ => Answered::Later,
+    }
+}
+
+/// Takes a call's return value, or why it failed.
+type Then = Box<dyn FnOnce(Result<Value, LockError>) + Send>;
+
+/// Submits `op` for a caller that may leave while it waits, handing its
+/// return value (or why it failed) to the function given. A lock taken
+/// for a caller that has left in the meantime is released at once.
+fn submit(lockd: &Arc<Lockd>, op: ops::Op, present: Option<Presence>) -> impl FnOnce(Then) + '_ {
+    move |then| {
+        let answer = op.answer;
+        let asked = present.clone();
+        let releaser = lockd.clone();
+        let then = move |result: Result<Reply, LockError>| match result {
+            Ok(Reply::Lock(lock)) if asked.as_ref().is_some_and(|present| !present()) => {
+                let release =
+                    locks::release_request(&lock.resource, &lock.client, Some(lock.token));
+                releaser.submit_then(release, None, drop);
+                then(Err(LockError::CallerGone));
+            }
+            result => then(result.and_then(answer)),
+        };
+        lockd.submit_waiting(op.request, op.deadline, present, then);
+    }
+}
+
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// One call taken as far as it goes without waiting for a lock.
+enum Step {
+    Done(Result<Value, Fault>),
+    /// A call that may wait for its lock, not submitted yet.
+    Wait(ops::Op),
+}
+
+fn step(lockd: &Lockd, call: &MethodCall, role: Role) -> Step {
+    match ops::op(lockd, call, role) {
+        Ok(Some(op)) if op.deadline.is_some() => Step::Wait(op),
+        Ok(Some(op)) => Step::Done(
+            lockd
+                .submit(op.request, None)
+                .and_then(op.answer)
+                .map_err(super::fault),
+        ),
+        Ok(None) => Step::Done(dispatch(lockd, call, role, true)),
+        Err(fault) => Step::Done(Err(fault)),
+    }
+}
+
+/// Gives `submit` a function for its result. If the result comes before
+/// `submit` returns, it is returned; otherwise `later` gets it, from the
+/// thread that has it.
+fn now_or_later<T: Send + 'static>(
+    submit: impl FnOnce(Box<dyn FnOnce(T) + Send>),
+    later: impl FnOnce(T) + Send + 'static,
+) -> Option<T> {
+    enum Slot<T> {
+        Waiting,
+        Ready(T),
+        Later(Box<dyn FnOnce(T) + Send>),
+    }
+    let slot = Arc::new(Mutex::new(Slot::Waiting));
+    let filled = slot.clone();
+    submit(Box::new(move |value| {
+        let mut slot = filled.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *slot, Slot::Waiting) {
+            Slot::Later(later) => {
+                drop(slot);
+                later(value);
+            }
+            Slot::Waiting | Slot::Ready(_) => *slot = Slot::Ready(value),
+        }
+    }));
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    match std::mem::replace(&mut *slot, Slot::Waiting) {
+        Slot::Ready(value) => Some(value),
+        Slot::Waiting | Slot::Later(_) => {
+            *slot = Slot::Later(Box::new(later));
+            None
+        }
+    }
+}
+
+/// A `system.multicall` in progress: its entries run in order, each
+/// after the one before has ended, and one that waits for a lock parks
+/// the rest with it.
+struct Multicall {
+    lockd: Arc<Lockd>,
+    role: Role,
+    present: Option<Presence>,
+    entries: std::vec::IntoIter<Value>,
+    results: Vec<Value>,
+}
+
+impl Multicall {
+    fn new(
+        lockd: Arc<Lockd>,
+        role: Role,
+        present: Option<Presence>,
+        call: &MethodCall,
+    ) -> Result<Self, Fault> {
+        let [Value::Array(entries)] = call.params.as_slice() else {
+            return Err(Fault::new(
+                code::INVALID_PARAMS,
+                "system.multicall(calls) takes one array of {'methodName', 'params'} structs",
+            ));
+        };
+        Ok(Self {
+            lockd,
+            role,
+            present,
+            results: Vec::with_capacity(entries.len()),
+            entries: entries.clone().into_iter(),
+        })
+    }
+
+    /// Runs the entries left until one waits for its lock (then the rest
+    /// goes on where its wait ends) or all are done.
+    fn run<R>(mut self, spawn: Spawn, mut reply: R) -> Answered<R>
+    where
+        R: Later,
+    {
+        while let Some(entry) = self.entries.next() {
+            let call = match entry_call(&entry) {
+                Ok(call) => call,
+                Err(fault) => {
+                    self.push(Err(fault));
+                    continue;
+                }
+            };
+            let op = match step(&self.lockd, &call, self.role) {
+                Step::Done(result) => {
+                    self.push(result);
+                    continue;
+                }
+                Step::Wait(op) => op,
+            };
+            let lockd = self.lockd.clone();
+            let present = self.present.clone();
+            let parked = Arc::new(Mutex::new(Some((self, reply))));
+            let waiting = parked.clone();
+            let resumed = spawn.clone();
+            let result = now_or_later(submit(&lockd, op, present), move |result| {
+                let Some((mut multicall, reply)) = take(&waiting) else {
+                    return;
+                };
+                let spawn = resumed.clone();
+                resumed(Box::new(move || {
+                    multicall.finish_entry(result);
+                    if let Answered::Now(xml, reply) = multicall.run(spawn, reply) {
+                        reply.answer(xml);
+                    }
+                }));
+            });
+            match result.map(|result| (result, take(&parked))) {
+                Some((result, Some((multicall, taken)))) => {
+                    self = multicall;
+                    reply = taken;
+                    self.finish_entry(result);
+                }
+                _ => return Answered::Later,
+            }
+        }
+        let lockd = self.lockd.clone();
+        Answered::Now(
+            counted(&lockd, "system.multicall", Ok(Value::Array(self.results))),
+            reply,
+        )
+    }
+
+    fn finish_entry(&mut self, result: Result<Value, LockError>) {
+        if let Err(LockError::CallerGone) = result {
+            // Nobody takes the answer: the rest is not run for nobody.
+            self.entries = Vec::new().into_iter();
+        }
+        self.push(result.map_err(super::fault));
+    }
+
+    fn push(&mut self, result: Result<Value, Fault>) {
+        self.results.push(match result {
+            Ok(value) => Value::Array(vec![value]),
+            Err(fault) => xmlrpc::fault_struct(&fault),
+        });
+    }
+}
+
+/// The call one multicall entry makes; multicalls do not nest.
+fn entry_call(entry: &Value) -> Result<MethodCall, Fault> {
+    match (entry.member("methodName"), entry.member("params")) {
+        (Some(Value::String(name)), Some(Value::Array(_))) if name == "system.multicall" => Err(
+            Fault::new(code::INVALID_REQUEST, "system.multicall cannot be nested"),
+        ),
+        (Some(Value::String(name)), Some(Value::Array(params))) => Ok(MethodCall {
+            name: name.clone(),
+            params: params.clone(),
+        }),
+        _ => Err(Fault::new(
+            code::INVALID_PARAMS,
+            "each multicall entry is a struct with a string 'methodName' and an array 'params'",
+        )),
+    }
+}
