@@ -10,6 +10,7 @@ mod contrib;
 mod crash;
 mod embed;
 mod fencing;
+mod hostile;
 mod jco;
 mod legacy;
 mod limits;

@@ -132,6 +132,27 @@ impl TestServer {
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 
+    /// Whether the daemon is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The value of the metric sample `name` (with its labels, if any)
+    /// now.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (status, scrape) = raw_http(&self.addr, b"GET /metrics HTTP/1.0\r\n\r\n");
+        assert_eq!(status, 200, "{scrape}");
+        sample(&scrape, name)
+    }
+
+    /// Waits until `lockd_waiters` is `n`: that many clients wait in
+    /// line for locks.
+    pub fn wait_for_waiters(&self, n: usize) {
+        wait_until(&format!("{n} waiters"), || {
+            self.metric("lockd_waiters") == n as f64
+        });
+    }
+
     /// Waits up to `limit` for the daemon to exit by itself.
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let start = std::time::Instant::now();
@@ -277,4 +298,27 @@ pub fn run_ok(command: &mut Command) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// The value of the sample `name` (with its labels) in a scrape.
+pub fn sample(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{scrape}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits for `event` to have happened, looking every 10 ms; fails the
+/// test after a minute without it.
+pub fn wait_until(what: &str, mut event: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !event() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "waited a minute for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

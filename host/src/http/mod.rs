@@ -14,7 +14,7 @@ use crate::locks::{Lockd, Presence};
 use crate::metrics::Metrics;
 use crate::pool_keeper::{self, PoolKeeper};
 use crate::rpc::{self, Answered, Spawn};
-use connections::Connections;
+use connections::{Admitted, Connections};
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -182,7 +182,14 @@ impl workers::Handler for Taker {
         }
         self.0.taken.fetch_add(1, Ordering::Relaxed);
         self.0.in_progress.fetch_add(1, Ordering::Relaxed);
-        self.0.connections.admit(request)
+        match self.0.connections.admit(request) {
+            Admitted::Now(request) => Some(request),
+            Admitted::Queued => None,
+            Admitted::Overflowing(addr) => {
+                hang_up(&self.0, addr);
+                None
+            }
+        }
     }
 
     fn handle(&self, request: Request) {
@@ -202,10 +209,36 @@ fn serve_connection(shared: &Arc<Shared>, mut request: Request) {
         if let Parked::Yes = respond(shared, request) {
             return;
         }
-        match shared.connections.next(addr) {
+        match next(shared, addr) {
             Some(next) => request = next,
             None => return,
         }
+    }
+}
+
+/// The next request of the connection at `addr` to answer, if any; the
+/// requests of a connection that was hung up on are dropped instead.
+fn next(shared: &Shared, addr: Option<SocketAddr>) -> Option<Request> {
+    loop {
+        let (request, overflowed) = shared.connections.next(addr)?;
+        if !overflowed {
+            return Some(request);
+        }
+        // Its socket is shut: tiny_http's error answer fails at once.
+        drop(request);
+        shared.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Hangs up on the client at `addr`, which queued more requests than it
+/// reads answers to: it costs its own connection, not lockd's memory.
+fn hang_up(shared: &Shared, addr: SocketAddr) {
+    tracing::warn!("{addr} sends requests without reading the answers: hanging up on it");
+    match shared.port.map(|port| peer::hang_up(port, addr)) {
+        Some(Ok(true)) => {}
+        Some(Ok(false)) => tracing::debug!("{addr}: no such connection any more"),
+        Some(Err(e)) => tracing::warn!("hanging up on {addr}: {e}"),
+        None => {}
     }
 }
 
@@ -321,7 +354,7 @@ impl rpc::Later for Waiting {
         let addr = self.request.remote_addr().copied();
         let answer = Answer::new(200, "text/xml", xml);
         send(&self.shared, self.request, answer, self.taken);
-        if let Some(next) = self.shared.connections.next(addr) {
+        if let Some(next) = next(&self.shared, addr) {
             serve_connection(&self.shared, next);
         }
     }
@@ -356,9 +389,12 @@ fn send(shared: &Shared, request: Request, answer: Answer, taken: Instant) {
         status = answer.status,
         "request"
     );
+    let addr = request.remote_addr().copied();
+    shared.connections.writing(addr, true);
     if let Err(e) = answer.send(request, close) {
         tracing::debug!("writing a response failed: {e}");
     }
+    shared.connections.writing(addr, false);
     shared.metrics.observe_request(taken.elapsed());
     shared.in_progress.fetch_sub(1, Ordering::Relaxed);
 }

@@ -90,6 +90,73 @@ pub fn established(port: u16, peer: SocketAddr) -> io::Result<bool> {
     }
 }
 
+/// Shuts down the connection from `peer` to lockd's `port` (both ways):
+/// whoever reads from it sees its end, whoever writes to it an error.
+/// Returns whether it was found.
+pub fn hang_up(port: u16, peer: SocketAddr) -> io::Result<bool> {
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<libc::c_int>().ok())
+        else {
+            continue;
+        };
+        if local_port(fd) == Some(port) && peer_of(fd) == Some(peer) {
+            // SAFETY: shutdown(2) on a descriptor of this process that is
+            // the client's connection (its two ends were checked just now;
+            // the connection is open, so the descriptor was not reused).
+            if unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The local port of a TCP socket `fd`, if it is one.
+fn local_port(fd: libc::c_int) -> Option<u16> {
+    let (family, bytes) = address(fd, libc::getsockname)?;
+    port_of(family, &bytes)
+}
+
+/// The remote end of a socket `fd`, if it is a connected IP socket.
+fn peer_of(fd: libc::c_int) -> Option<SocketAddr> {
+    let (family, bytes) = address(fd, libc::getpeername)?;
+    let port = port_of(family, &bytes)?;
+    let ip = match family {
+        libc::AF_INET => IpAddr::from(<[u8; 4]>::try_from(&bytes[4..8]).ok()?),
+        libc::AF_INET6 => IpAddr::from(<[u8; 16]>::try_from(&bytes[8..24]).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+fn port_of(family: libc::c_int, bytes: &[u8]) -> Option<u16> {
+    matches!(family, libc::AF_INET | libc::AF_INET6)
+        .then(|| u16::from_be_bytes([bytes[2], bytes[3]]))
+}
+
+type NameCall =
+    unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+/// An address of socket `fd` by `call` (getsockname or getpeername): its
+/// family and its bytes as `struct sockaddr_in` or `sockaddr_in6` lays
+/// them out.
+fn address(fd: libc::c_int, call: NameCall) -> Option<(libc::c_int, [u8; 28])> {
+    let mut storage = [0_u8; 28];
+    let mut len = storage.len() as libc::socklen_t;
+    // SAFETY: the call writes at most `len` bytes into `storage`; a
+    // descriptor that is not a socket only makes it fail.
+    let rc = unsafe { call(fd, storage.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 || (len as usize) < 16 {
+        return None;
+    }
+    let family = libc::c_int::from(u16::from_ne_bytes([storage[0], storage[1]]));
+    Some((family, storage))
+}
+
 /// A dump request for established TCP sockets of `peer`'s family whose
 /// local port is `port` and remote port `peer`'s.
 fn request(port: u16, peer: SocketAddr) -> Vec<u8> {
@@ -170,5 +237,20 @@ mod tests {
         assert!(!established(port, peer).unwrap());
         assert!(established(port, other.local_addr().unwrap()).unwrap());
         assert!(!established(port + 1, other.local_addr().unwrap()).unwrap_or(false));
+    }
+
+    #[test]
+    fn hanging_up_ends_the_connection_for_its_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server_side, peer) = listener.accept().unwrap();
+        let bystander = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_bystander_side, _) = listener.accept().unwrap();
+        assert!(hang_up(port, peer).unwrap());
+        assert_eq!(std::io::Read::read(&mut client, &mut [0; 1]).unwrap(), 0);
+        assert!(established(port, bystander.local_addr().unwrap()).unwrap());
+        let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(!hang_up(port, nobody).unwrap());
     }
 }

@@ -1,0 +1,341 @@
+//! Hostile and careless clients: stalled uploads, waits inside multicalls,
+//! requests pipelined behind a wait, clients that never read their
+//! answers. Through each, fresh clients keep being answered, for longer
+//! than any watchdog of the daemon runs, and the daemon keeps running.
+
+use crate::support::{TestServer, call_xml};
+use lockd::client::Client;
+use lockd::xmlrpc::Value;
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How long each attack lasts while fresh clients are served: longer than
+/// the daemon's 30 s watchdog.
+const SPAN: Duration = Duration::from_secs(40);
+
+/// The longest a fresh client may wait for each answer.
+const ANSWERED: Duration = Duration::from_secs(2);
+
+/// Fresh clients, one after another, each on new connections, lock and
+/// unlock a resource of their own throughout `SPAN`; each answer must come
+/// within [`ANSWERED`]. Then the daemon must still be running.
+fn fresh_clients_are_served_throughout(server: &mut TestServer) {
+    let client = Client::new(&server.url()).unwrap().with_timeout(ANSWERED);
+    let start = Instant::now();
+    let mut served = 0;
+    while start.elapsed() < SPAN {
+        let resource = format!("fresh-{served}");
+        for method in ["lock", "unlock"] {
+            let asked = Instant::now();
+            let answer = client.call(method, &[resource.as_str().into(), "fresh".into()]);
+            assert!(
+                matches!(answer, Ok(Value::Nil)),
+                "{method} after {:?} of the attack, answered after {:?}: {answer:?}\n{}",
+                start.elapsed(),
+                asked.elapsed(),
+                server.log()
+            );
+        }
+        served += 1;
+        // A steady trickle of fresh clients, not a flood of them.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.is_running(), "{}", server.log());
+    eprintln!("{served} fresh clients served during the attack");
+}
+
+/// An HTTP/1.1 POST of `body`, as one request of a kept-alive connection.
+fn http11(body: &str) -> String {
+    format!(
+        "POST / HTTP/1.1\r\nHost: lockd\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// `lockd.acquire(resource, client, {wait: 100})` as XML.
+fn waiting_acquire(resource: &str, client: &str) -> String {
+    let options = Value::Struct(vec![("wait".into(), Value::Int(100))]);
+    lockd::xmlrpc::encode_call("lockd.acquire", &[resource.into(), client.into(), options])
+}
+
+#[test]
+fn three_hundred_uploads_stalled_in_their_bodies_stop_nobody() {
+    let mut server = TestServer::start();
+    let stalled: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&server.addr).unwrap();
+            stream
+                .write_all(
+                    b"POST / HTTP/1.1\r\nHost: lockd\r\nContent-Type: text/xml\r\n\
+                      Content-Length: 100000\r\n\r\n<methodCall>",
+                )
+                .unwrap();
+            stream
+        })
+        .collect();
+    fresh_clients_are_served_throughout(&mut server);
+    drop(stalled);
+}
+
+#[test]
+fn forty_multicalls_each_waiting_for_a_lock_stop_nobody() {
+    let mut server = TestServer::start();
+    server.call("lock", &["busy", "holder"]).unwrap();
+    let waiting: Vec<TcpStream> = (0..40)
+        .map(|i| {
+            let entry = Value::Struct(vec![
+                ("methodName".into(), "lockd.acquire".into()),
+                (
+                    "params".into(),
+                    Value::Array(vec![
+                        "busy".into(),
+                        format!("w{i}").into(),
+                        Value::Struct(vec![("wait".into(), Value::Int(100))]),
+                    ]),
+                ),
+            ]);
+            let body = lockd::xmlrpc::encode_call("system.multicall", &[Value::Array(vec![entry])]);
+            let mut stream = TcpStream::connect(&server.addr).unwrap();
+            stream.write_all(http11(&body).as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    server.wait_for_waiters(40);
+    fresh_clients_are_served_throughout(&mut server);
+    // The waits are still there, and end with the lock's release: the
+    // first waiter's multicall is answered with the lock.
+    server.call("unlock", &["busy", "holder"]).unwrap();
+    let mut first = &waiting[0];
+    first.set_read_timeout(Some(SPAN)).unwrap();
+    let mut answer = vec![0; 4096];
+    let n = first.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.contains("<name>token</name>"), "{answer}");
+}
+
+#[test]
+fn forty_connections_pipelining_behind_a_waiting_acquire_stop_nobody() {
+    let mut server = TestServer::start();
+    server.call("lock", &["busy", "holder"]).unwrap();
+    let _waiting: Vec<TcpStream> = (0..40)
+        .map(|i| {
+            let client = format!("w{i}");
+            let mut pipeline = http11(&waiting_acquire("busy", &client));
+            for k in 0..5 {
+                let resource = format!("behind-{i}-{k}");
+                pipeline.push_str(&http11(&call_xml("lock", &[&resource, &client])));
+            }
+            let mut stream = TcpStream::connect(&server.addr).unwrap();
+            stream.write_all(pipeline.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    server.wait_for_waiters(40);
+    fresh_clients_are_served_throughout(&mut server);
+    // The requests behind each wait are still queued behind it, unapplied.
+    assert_eq!(
+        server.call("lockd.list", &["behind-"]),
+        Ok(Value::Array(vec![]))
+    );
+}
+
+#[test]
+fn forty_connections_that_never_read_their_answers_stop_nobody() {
+    let mut server = TestServer::start();
+    // Each client sends 1,000 pipelined calls, each answered with a 6.5 KB
+    // list, and reads nothing. With a small receive buffer, its answers
+    // soon fill the connection (a socket buffers 4 MB at most) and the
+    // daemon can write no more to it.
+    let holder = "h".repeat(1000);
+    for i in 0..5 {
+        server
+            .call("lock", &[&format!("unread-{i}"), &holder])
+            .unwrap();
+    }
+    let calls = 1000;
+    let request = http11(&call_xml("lockd.list", &["unread-"]));
+    let mut streams = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..40 {
+        let stream = small_receive_buffer_connection(&server.addr);
+        streams.push(stream.try_clone().unwrap());
+        let request = request.clone();
+        writers.push(std::thread::spawn(move || {
+            let mut stream = stream;
+            for _ in 0..calls {
+                if stream.write_all(request.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    fresh_clients_are_served_throughout(&mut server);
+    let answered = server.metric("lockd_requests_total{method=\"lockd.list\"}");
+    eprintln!("{answered} of {} calls answered", 40 * calls);
+    assert!(
+        answered < (40 * calls) as f64,
+        "all calls were answered: no client was left unread, the test proves nothing"
+    );
+    for stream in &streams {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+}
+
+/// A connection to `addr` whose receive buffer is as small as the kernel
+/// allows.
+fn small_receive_buffer_connection(addr: &str) -> TcpStream {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    // SAFETY: socket(2), setsockopt(2) and connect(2) on a socket created
+    // here and owned by the TcpStream from then on; the address and the
+    // option are plain data of the sizes given.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let stream = TcpStream::from_raw_fd(fd);
+        let size: libc::c_int = 4096;
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0);
+        let std::net::SocketAddr::V4(v4) = addr else {
+            panic!("{addr} is not IPv4")
+        };
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            stream.as_raw_fd(),
+            (&raw const sin).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+#[test]
+fn a_waiter_whose_connection_closes_is_never_given_the_lock() {
+    let server = TestServer::start();
+    server.call("lock", &["r", "holder"]).unwrap();
+    let mut gone = TcpStream::connect(&server.addr).unwrap();
+    gone.write_all(http11(&waiting_acquire("r", "gone")).as_bytes())
+        .unwrap();
+    server.wait_for_waiters(1);
+    let mut behind = TcpStream::connect(&server.addr).unwrap();
+    behind
+        .write_all(http11(&waiting_acquire("r", "behind")).as_bytes())
+        .unwrap();
+    server.wait_for_waiters(2);
+    drop(gone);
+    // Released at once: the lock must pass over the client that left.
+    server.call("unlock", &["r", "holder"]).unwrap();
+    behind.set_read_timeout(Some(SPAN)).unwrap();
+    let mut answer = vec![0; 4096];
+    let n = behind.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.contains("<string>behind</string>"), "{answer}");
+    let status = server.call("lockd.status", &["r"]).unwrap();
+    assert_eq!(status.member("client"), Some(&Value::from("behind")));
+    assert!(
+        !server.log().contains("client=gone"),
+        "the lock went to the client that left:\n{}",
+        server.log()
+    );
+
+    // One that leaves while the lock stays held leaves the line too.
+    let mut leaves = TcpStream::connect(&server.addr).unwrap();
+    leaves
+        .write_all(http11(&waiting_acquire("r", "leaves")).as_bytes())
+        .unwrap();
+    server.wait_for_waiters(1);
+    drop(leaves);
+    server.wait_for_waiters(0);
+}
+
+#[test]
+fn the_holder_takes_its_lock_again_reentrantly_while_others_wait() {
+    let server = TestServer::start();
+    let acquire = |client: &str, options: Value| {
+        server
+            .client()
+            .call("lockd.acquire", &["re".into(), client.into(), options])
+    };
+    let first = acquire("A", Value::Struct(vec![])).unwrap();
+    let mut waiter = TcpStream::connect(&server.addr).unwrap();
+    waiter
+        .write_all(http11(&waiting_acquire("re", "B")).as_bytes())
+        .unwrap();
+    server.wait_for_waiters(1);
+    let again = acquire(
+        "A",
+        Value::Struct(vec![("reentrant".into(), Value::Bool(true))]),
+    )
+    .unwrap();
+    assert_eq!(again.member("token"), first.member("token"));
+    // Not for anyone else: C is refused, and B still waits.
+    let other = acquire(
+        "C",
+        Value::Struct(vec![("reentrant".into(), Value::Bool(true))]),
+    );
+    assert!(
+        matches!(&other, Err(lockd::client::CallError::Fault(f)) if f.code == 1),
+        "{other:?}"
+    );
+    server.wait_for_waiters(1);
+}
+
+#[test]
+fn names_xml_cannot_carry_are_refused_and_answers_stay_well_formed() {
+    let (_tmp, dir) = crate::support::temp_lock_dir();
+    // A lock file written by hand (or by an older lockd) whose holder
+    // holds a control character.
+    std::fs::write(dir.join("ctl2.resource.lock"), "x\u{1}y\n").unwrap();
+    let server = TestServer::start_in(&dir, &[]);
+    let body = "<?xml version='1.0'?><methodCall><methodName>lock</methodName><params>\
+                <param><value><string>ctl</string></value></param>\
+                <param><value><string>a&#1;b</string></value></param></params></methodCall>";
+    let (status, answer) = crate::support::post(&server.addr, body);
+    assert_eq!(status, 200);
+    assert_eq!(crate::support::fault_code(&answer), 4, "{answer}");
+    let printed = crate::support::python("well_formed.py", &[&server.url(), "ctl2"]);
+    assert!(printed.contains("x\u{fffd}y"), "{printed}");
+}
+
+#[test]
+fn long_client_names_cost_no_more_per_pair_than_short_ones() {
+    let server = TestServer::start_with(&["--sync", "none"]);
+    let printed = crate::support::python("long_names.py", &[&server.url(), "40"]);
+    let per_pair = |label: &str| -> f64 {
+        printed
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(label)?
+                    .trim()
+                    .strip_suffix(" ms")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {label} in {printed}"))
+    };
+    let (short, long) = (per_pair("10-byte client:"), per_pair("1000-byte client:"));
+    eprintln!(
+        "per acquire+release pair: {short:.2} ms with a 10-byte client, {long:.2} ms with a 1,000-byte one"
+    );
+    // A reply written in two pieces waits for the client's delayed
+    // acknowledgement, 40 ms a pair; a longer name costs only its bytes.
+    assert!(long < 3.0 * short + 5.0, "{printed}");
+}
