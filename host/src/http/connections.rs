@@ -207,8 +207,7 @@ mod tests {
             );
         }
         // The answer has been stuck in writing for a while now.
-        connections.lock().get_mut(&addr.unwrap()).unwrap().writing =
-            Instant::now().checked_sub(STUCK);
+        connections.lock().get_mut(&addr).unwrap().writing = Instant::now().checked_sub(STUCK);
         let admitted = connections.admit(request(from, "/stuck"));
         assert!(matches!(admitted, Admitted::Overflowing(_)));
     }
