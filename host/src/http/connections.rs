@@ -193,12 +193,12 @@ mod tests {
     fn a_connection_that_does_not_read_overflows_sooner() {
         let connections = Connections::default();
         let from = "127.0.0.1:1000";
-        let addr = Some(from.parse().unwrap());
+        let addr: SocketAddr = from.parse().unwrap();
         assert!(matches!(
             connections.admit(request(from, "/0")),
             Admitted::Now(_)
         ));
-        connections.writing(addr, true);
+        connections.writing(Some(addr), true);
         for i in 1..JUDGED_AT {
             let admitted = connections.admit(request(from, &format!("/{i}")));
             assert!(
