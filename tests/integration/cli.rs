@@ -201,3 +201,31 @@ fn serve_takes_its_configuration_from_lockd_environment_variables() {
     );
     assert!(line.contains("http://127.0.0.1:"), "{line}");
 }
+
+#[test]
+fn an_acquire_waiting_longer_than_a_plain_call_takes_gets_its_lock() {
+    // A call that does not wait is given up on after 30 s; one that waits
+    // 45 s must be waited for as long, or the daemon would grant the lock
+    // to a client that has gone.
+    let server = TestServer::start_with(&["--lock-delay", "0"]);
+    server.call("lock", &["slow", "holder"]).unwrap();
+    let url = server.url();
+    let waiting = std::thread::spawn(move || {
+        let args = [
+            "acquire", "slow", "--client", "patient", "--wait", "45", "--url", &url,
+        ];
+        Command::new(LOCKD).args(args).output().unwrap()
+    });
+    server.wait_for_waiters(1);
+    std::thread::sleep(std::time::Duration::from_secs(35));
+    server.call("unlock", &["slow", "holder"]).unwrap();
+    let output = waiting.join().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let token = String::from_utf8_lossy(&output.stdout);
+    let status = server.call("lockd.status", &["slow"]).unwrap();
+    assert_eq!(status.member("client"), Some(&"patient".into()));
+    assert_eq!(
+        status.member("token").and_then(|t| t.as_i64()),
+        token.trim().parse().ok()
+    );
+}

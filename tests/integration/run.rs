@@ -1,6 +1,6 @@
 //! `lockd run RESOURCE -- COMMAND`, end to end.
 
-use crate::support::{LOCKD, TestServer};
+use crate::support::{LOCKD, TestServer, wait_until};
 use lockd::xmlrpc::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,35 +54,45 @@ fn the_command_gets_the_token_and_its_exit_code_and_the_lock_is_released() {
 
 #[test]
 fn the_lock_is_held_and_renewed_while_the_command_runs() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(&["--lock-delay", "0"]);
+    // The command runs until the test closes its standard input.
     let mut child = run(
         &server,
         &["long", "--client", "me", "--ttl", "0.6"],
-        &["sleep", "1.5"],
+        &["sh", "-c", "read line"],
     )
+    .stdin(Stdio::piped())
     .stdout(Stdio::null())
     .spawn()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the lock to be taken", || {
+        status(&server, "long") != Value::Nil
+    });
     let first = status(&server, "long");
     assert_eq!(
         first.member("client"),
         Some(&Value::from("me")),
         "{first:?}"
     );
-    // Held past its first lease: renewed.
-    std::thread::sleep(Duration::from_millis(900));
-    let later = status(&server, "long");
-    assert_eq!(later.member("token"), first.member("token"));
     let expires = |v: &Value| match v.member("expires") {
         Some(Value::Double(d)) => *d,
         other => panic!("{other:?}"),
     };
-    assert!(expires(&later) > expires(&first), "{first:?} {later:?}");
+    // Renewed, past its first lease, with the same token.
+    let past_first_lease = expires(&first) + 0.3;
+    wait_until("renewals past the first lease", || {
+        expires(&status(&server, "long")) > past_first_lease
+    });
+    let later = status(&server, "long");
+    assert_eq!(later.member("token"), first.member("token"));
     // Another client is refused meanwhile; `lockd run --wait` waits.
-    let waiting = run(&server, &["long", "--wait", "10"], &["true"]).spawn();
+    let mut waiting = run(&server, &["long", "--wait", "60"], &["true"])
+        .spawn()
+        .unwrap();
+    server.wait_for_waiters(1);
+    drop(child.stdin.take());
     assert_eq!(child.wait().unwrap().code(), Some(0));
-    assert_eq!(waiting.unwrap().wait().unwrap().code(), Some(0));
+    assert_eq!(waiting.wait().unwrap().code(), Some(0));
     assert_eq!(status(&server, "long"), Value::Nil);
 }
 
@@ -106,14 +116,17 @@ fn the_command_is_stopped_when_its_lock_is_broken() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the lock to be taken", || {
+        status(&server, "fenced") != Value::Nil
+    });
     server
         .call("lockd.break_lock", &["fenced", "test: the job must stop"])
         .unwrap();
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(75), "{output:?}");
+    // Stopped, not run to its end 30 s later.
     assert!(
-        start.elapsed() < Duration::from_secs(5),
+        start.elapsed() < Duration::from_secs(25),
         "stopped only after {:?}",
         start.elapsed()
     );

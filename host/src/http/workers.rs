@@ -7,8 +7,9 @@
 //! thread for its connection. Whenever the last free worker takes a
 //! request, another is started, so a stalled client costs its own
 //! connection, never the others' answers. Workers beyond the configured
-//! number end when enough are free again. A call waiting for a lock holds
-//! no worker at all (see [`crate::rpc::handle_parking`]).
+//! number end once no request has come to them for [`LINGER`]. A call
+//! waiting for a lock holds no worker at all (see
+//! [`crate::rpc::handle_parking`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,8 +20,9 @@ use tiny_http::{Request, Server};
 /// many clients stall at once.
 pub const MAX_WORKERS: usize = 10_000;
 
-/// Workers kept free beyond the configured number before extra ones end.
-const SPARE: usize = 2;
+/// How long a worker beyond the configured number waits for a request
+/// before it ends.
+const LINGER: Duration = Duration::from_secs(10);
 
 /// What workers do with the requests they take.
 pub trait Handler: Send + Sync + 'static {
@@ -86,14 +88,20 @@ impl<H: Handler> Workers<H> {
         loop {
             self.free.fetch_add(1, Ordering::Relaxed);
             let taking = self.taking.lock().unwrap_or_else(|p| p.into_inner());
-            let taken = self
-                .server
-                .recv()
-                .map(|request| self.handler.admit(request));
+            let taken = if self.running() > self.min {
+                self.server.recv_timeout(LINGER)
+            } else {
+                self.server.recv().map(Some)
+            };
+            let taken = taken.map(|request| request.map(|r| self.handler.admit(r)));
             drop(taking);
             let free = self.free.fetch_sub(1, Ordering::Relaxed) - 1;
             let admitted = match taken {
-                Ok(admitted) => admitted,
+                Ok(Some(admitted)) => admitted,
+                // Nothing came for a while: one worker fewer, unless only
+                // the configured number run.
+                Ok(None) if self.leave() => return,
+                Ok(None) => continue,
                 Err(e) => {
                     if !self.stopping.load(Ordering::Relaxed) {
                         tracing::error!("the HTTP server stopped accepting connections: {e}");
@@ -107,9 +115,6 @@ impl<H: Handler> Workers<H> {
             }
             if let Some(request) = admitted {
                 self.handler.handle(request);
-            }
-            if self.free.load(Ordering::Relaxed) >= SPARE && self.leave() {
-                return;
             }
         }
         self.running.fetch_sub(1, Ordering::Relaxed);
