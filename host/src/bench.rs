@@ -27,6 +27,8 @@ pub struct BenchConfig {
     pub baseline: Option<String>,
     /// CPUs to run the daemon on (a `taskset` list), if it is to be pinned.
     pub server_cpus: Option<String>,
+    /// Connections to open back to back, once per daemon (0: none).
+    pub storm: usize,
 }
 
 /// One load run's figures.
@@ -86,6 +88,12 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
             if let Some(base) = baseline {
                 let ratio = figures.ops_per_sec() / base.ops_per_sec();
                 print_line("baseline", conns, &base, None, Some(ratio));
+            }
+        }
+        if config.storm > 0 {
+            print_storm(&format!("lockd --sync={sync}"), &addr, config.storm)?;
+            if let Some(url) = &config.baseline {
+                print_storm("baseline", authority(url)?, config.storm)?;
             }
         }
         daemon.stop();
@@ -245,6 +253,33 @@ impl Connection {
         self.reader.read_exact(&mut body)?;
         Ok(body.windows(7).any(|w| w == b"<fault>"))
     }
+}
+
+fn print_storm(name: &str, addr: &str, n: usize) -> anyhow::Result<()> {
+    let (connected, answered) = storm(addr, n)?;
+    println!(
+        "# {name}: {n} connections opened back to back by one client: all connected \
+         after {:.0} ms, each answered a call after {:.0} ms",
+        connected.as_secs_f64() * 1000.0,
+        answered.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// Opens `n` connections to `addr` one after another (as a fleet
+/// reconnecting at once would), then has each answer one call; returns how
+/// long until all were connected, and until each was answered.
+pub fn storm(addr: &str, n: usize) -> anyhow::Result<(Duration, Duration)> {
+    let start = Instant::now();
+    let mut connections = (0..n)
+        .map(|_| Connection::open(addr))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let connected = start.elapsed();
+    let body = crate::xmlrpc::encode_call("lockd.status", &["storm".into()]);
+    for connection in &mut connections {
+        connection.call(&body)?;
+    }
+    Ok((connected, start.elapsed()))
 }
 
 /// Drives `conns` connections for `duration`; each alternately locks and

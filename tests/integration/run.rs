@@ -59,7 +59,7 @@ fn the_lock_is_held_and_renewed_while_the_command_runs() {
     let mut child = run(
         &server,
         &["long", "--client", "me", "--ttl", "0.6"],
-        &["sh", "-c", "read line"],
+        &["cat"],
     )
     .stdin(Stdio::piped())
     .stdout(Stdio::null())

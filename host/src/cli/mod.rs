@@ -100,6 +100,10 @@ struct BenchArgs {
     /// pin `lockd bench` itself elsewhere, e.g. `taskset -c 1 lockd bench`.
     #[arg(long)]
     server_cpus: Option<String>,
+    /// Also open this many connections back to back, once per daemon, and
+    /// print how long until all were connected and each answered a call.
+    #[arg(long, default_value_t = 0)]
+    storm: usize,
 }
 
 /// Runs the command line.
@@ -136,6 +140,8 @@ pub fn run() -> ExitCode {
         Command::Completions(args) => tools::completions(&args),
         Command::Man(args) => tools::man(&args),
         Command::Bench(args) => {
+            // A storm holds a descriptor per connection.
+            serve::raise_open_files_limit();
             let config = crate::bench::BenchConfig {
                 connections: args.connections,
                 duration: std::time::Duration::from_secs_f64(args.duration),
@@ -144,6 +150,7 @@ pub fn run() -> ExitCode {
                 preload: args.preload,
                 baseline: args.baseline,
                 server_cpus: args.server_cpus,
+                storm: args.storm,
             };
             match crate::bench::run(&config) {
                 Ok(()) => ExitCode::SUCCESS,

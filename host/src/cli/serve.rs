@@ -133,7 +133,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Raises the soft limit on open files to the hard limit: every connection
 /// is a descriptor, and running out stops the HTTP server accepting.
-fn raise_open_files_limit() {
+pub(super) fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
