@@ -18,7 +18,8 @@
 //! first request): about 50 and 32 connections a second, well under 1% of
 //! a core either way. It also sends a probe request each round; one not
 //! answered within [`PROMPT`] is itself stranded, and the keeper then
-//! nudges every millisecond until it is (for at most [`PERSIST`]). Workers
+//! nudges in bursts of [`RESCUE_BURST`], a millisecond apart, until it is
+//! (for at most [`PERSIST`]). Workers
 //! answer the probe without counting or logging it.
 //!
 //! The keeper also watches tiny_http's accept thread, which ends for good
@@ -45,6 +46,8 @@ pub const IDLE: Duration = Duration::from_millis(250);
 pub const BURST: usize = 8;
 /// A probe answered later than this was stranded.
 pub const PROMPT: Duration = Duration::from_millis(20);
+/// Nudges between two looks at a stranded probe.
+const RESCUE_BURST: usize = 16;
 /// The longest the keeper nudges for one stranded probe.
 pub const PERSIST: Duration = Duration::from_secs(1);
 /// The path of the keeper's probe; workers answer it with 204.
@@ -171,9 +174,13 @@ fn keep(target: SocketAddr, nudges: usize, stopped: &AtomicBool) -> std::io::Res
     let start = Instant::now();
     let mut nudges = 0;
     while !stopped.load(Ordering::Relaxed) && start.elapsed() < PERSIST {
-        // A full listen backlog makes connecting time out: keep trying.
-        let _ = TcpStream::connect_timeout(&target, Duration::from_millis(100));
-        nudges += 1;
+        // Connections arriving in a burst are stranded by the hundred:
+        // rescue them in bursts too. A full listen backlog makes
+        // connecting time out: keep trying.
+        for _ in 0..RESCUE_BURST {
+            let _ = TcpStream::connect_timeout(&target, Duration::from_millis(100));
+        }
+        nudges += RESCUE_BURST;
         if answered(&mut probe)? {
             tracing::debug!("pool keeper: {nudges} connections brought stranded ones to threads");
             break;
