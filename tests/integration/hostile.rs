@@ -339,3 +339,58 @@ fn long_client_names_cost_no_more_per_pair_than_short_ones() {
     // acknowledgement, 40 ms a pair; a longer name costs only its bytes.
     assert!(long < 3.0 * short + 5.0, "{printed}");
 }
+
+/// The status code of a `GET /healthz` on a fresh connection.
+fn healthz(addr: &str) -> u16 {
+    crate::support::raw_http(addr, b"GET /healthz HTTP/1.0\r\n\r\n").0
+}
+
+#[test]
+fn connections_past_max_connections_get_503_and_are_served_again_once_others_close() {
+    let server = TestServer::start_with(&["--max-connections", "20"]);
+    let mut held: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    crate::support::wait_until("a fresh connection refused with 503", || {
+        healthz(&server.addr) == 503
+    });
+    // The connections already open are served all the same.
+    let mut one = &held[0];
+    one.write_all(http11(&call_xml("lockd.list", &[])).as_bytes())
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let n = one.read(&mut answer).unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    held.truncate(10);
+    crate::support::wait_until("fresh connections served again", || {
+        healthz(&server.addr) == 200
+    });
+    assert!(
+        server.log().contains("new ones get 503"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn a_second_daemon_cannot_share_the_port_of_one_with_max_connections() {
+    let first = TestServer::start_with(&["--max-connections", "100"]);
+    let (_tmp, dir) = crate::support::temp_lock_dir();
+    let refused = std::process::Command::new(crate::support::LOCKD)
+        .args([
+            "serve",
+            "--max-connections",
+            "100",
+            "--listen",
+            &first.addr,
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(70), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("in use"),
+        "{refused:?}"
+    );
+}

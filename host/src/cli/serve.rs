@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// answer; 0 waits for ever.
     #[arg(long, env = "LOCKD_IDLE_TIMEOUT", default_value_t = 60.0, value_parser = seconds)]
     idle_timeout: f64,
+    /// The most connections open at once; past it new ones are answered
+    /// 503 and closed (counted every 50 ms, so a burst can pass it
+    /// briefly). Unbounded if not given.
+    #[arg(long, env = "LOCKD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
     /// HTTP Basic authentication: a file of `name:password[:role]` lines,
     /// role `client` (the default) or `operator` (may also break locks).
     /// Without it, anyone who can connect may do anything.
@@ -91,7 +96,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let idle = (args.idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.idle_timeout));
-    let listener = http::Listener::bind(&args.listen, idle)
+    let max_connections = args.max_connections.map(|n| n as usize);
+    let listener = http::Listener::bind(&args.listen, idle, max_connections)
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener
         .server

@@ -1,6 +1,7 @@
 //! The listening socket: bound here, accepted from by tiny_http, and shut
 //! here when the daemon stops taking new connections.
 
+use super::overflow::{self, Overflow};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct Listener {
     pub server: Arc<Server>,
     /// The same socket as the server's, to stop accepting on.
     socket: Arc<TcpListener>,
+    /// Where connections past `--max-connections` go, if there is a bound.
+    overflow: Option<Overflow>,
 }
 
 impl Listener {
@@ -28,8 +31,21 @@ impl Listener {
     /// write timeouts of `idle`: a connection silent that long, between
     /// requests or within one, is closed, and a client that does not take
     /// its answer cannot hold a thread for longer.
-    pub fn bind(addr: &str, idle: Option<Duration>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr)?;
+    ///
+    /// With `max_connections`, at most that many connections are open at
+    /// once (see [`super::overflow`]); the others are answered 503.
+    pub fn bind(
+        addr: &str,
+        idle: Option<Duration>,
+        max_connections: Option<usize>,
+    ) -> std::io::Result<Self> {
+        let (listener, overflow) = match max_connections {
+            None => (TcpListener::bind(addr)?, None),
+            Some(_) => {
+                let (serving, overflow) = overflow::bind_pair(addr, BACKLOG)?;
+                (serving, Some(overflow))
+            }
+        };
         // SAFETY: listen(2) again on a listening socket of ours only
         // changes its backlog.
         if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
@@ -45,15 +61,23 @@ impl Listener {
             setsockopt(&listener, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
         }
         let socket = Arc::new(listener.try_clone()?);
+        let overflow = match (overflow, max_connections) {
+            (Some(overflow), Some(max)) => Some(Overflow::start(&listener, overflow, max)?),
+            _ => None,
+        };
         let server = Server::from_listener(listener, None).map_err(std::io::Error::other)?;
         Ok(Self {
             server: Arc::new(server),
             socket,
+            overflow,
         })
     }
 
     /// New connections are refused from now on; those open stay open.
     pub fn stop_accepting(&self) {
+        if let Some(overflow) = &self.overflow {
+            overflow.stop();
+        }
         // SAFETY: shutdown(2) of a socket this process owns. On a
         // listening socket it makes accept() fail, which ends tiny_http's
         // accept loop, and new connections are refused.

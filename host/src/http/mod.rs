@@ -26,6 +26,7 @@ use workers::Workers;
 mod answer;
 mod connections;
 mod listener;
+mod overflow;
 mod peer;
 mod status_page;
 mod workers;

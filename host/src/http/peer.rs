@@ -24,6 +24,47 @@ const DIAG_MSG_ID_END: usize = 4 + 48;
 
 /// Whether a TCP connection from `peer` to lockd's `port` is established.
 pub fn established(port: u16, peer: SocketAddr) -> io::Result<bool> {
+    let filter = [
+        port_is(INET_DIAG_BC_S_EQ, port),
+        port_is(INET_DIAG_BC_D_EQ, peer.port()),
+    ];
+    let mut found = false;
+    dump(family(peer), &filter, |message| {
+        found |= is_peer(message, peer)
+    })?;
+    Ok(found)
+}
+
+/// How many TCP connections to `port` of the family of `local` are
+/// established (taken or waiting to be).
+pub fn established_on(local: SocketAddr, port: u16) -> io::Result<usize> {
+    let mut count = 0;
+    dump(family(local), &[port_is(INET_DIAG_BC_S_EQ, port)], |_| {
+        count += 1
+    })?;
+    Ok(count)
+}
+
+/// A port comparison, `op` (local or remote port equals), of a filter.
+struct PortIs {
+    op: u8,
+    port: u16,
+}
+
+fn port_is(op: u8, port: u16) -> PortIs {
+    PortIs { op, port }
+}
+
+fn family(addr: SocketAddr) -> u8 {
+    match addr.ip() {
+        IpAddr::V4(_) => libc::AF_INET as u8,
+        IpAddr::V6(_) => libc::AF_INET6 as u8,
+    }
+}
+
+/// Asks the kernel for the established TCP sockets of `family` that pass
+/// every comparison of `filter`, and hands each `inet_diag_msg` to `each`.
+fn dump(family: u8, filter: &[PortIs], mut each: impl FnMut(&[u8])) -> io::Result<()> {
     // SAFETY: socket(2) with constant arguments; the descriptor is owned
     // from here on.
     let fd = unsafe {
@@ -38,7 +79,7 @@ pub fn established(port: u16, peer: SocketAddr) -> io::Result<bool> {
     }
     // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let request = request(port, peer);
+    let request = request(family, filter);
     // SAFETY: send(2) of a buffer we own, on a socket we own; the kernel
     // is the default destination of a netlink socket.
     let sent = unsafe {
@@ -52,8 +93,7 @@ pub fn established(port: u16, peer: SocketAddr) -> io::Result<bool> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut buffer = vec![0_u8; 16 * 1024];
-    let mut found = false;
+    let mut buffer = vec![0_u8; 32 * 1024];
     loop {
         // SAFETY: recv(2) into a buffer we own, of the length we pass.
         let n = unsafe {
@@ -75,14 +115,14 @@ pub fn established(port: u16, peer: SocketAddr) -> io::Result<bool> {
                 return Err(io::Error::other("a malformed sock_diag answer"));
             }
             match kind {
-                NLMSG_DONE => return Ok(found),
+                NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
                     let errno = messages
                         .get(16..20)
                         .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
                     return Err(io::Error::from_raw_os_error(-errno));
                 }
-                SOCK_DIAG_BY_FAMILY => found |= is_peer(&messages[16..len], peer),
+                SOCK_DIAG_BY_FAMILY => each(&messages[16..len]),
                 _ => {}
             }
             messages = &messages[len.next_multiple_of(4).min(messages.len())..];
@@ -157,29 +197,23 @@ fn address(fd: libc::c_int, call: NameCall) -> Option<(libc::c_int, [u8; 28])> {
     Some((family, storage))
 }
 
-/// A dump request for established TCP sockets of `peer`'s family whose
-/// local port is `port` and remote port `peer`'s.
-fn request(port: u16, peer: SocketAddr) -> Vec<u8> {
-    let family = match peer.ip() {
-        IpAddr::V4(_) => libc::AF_INET,
-        IpAddr::V6(_) => libc::AF_INET6,
-    } as u8;
+/// A dump request for established TCP sockets of `family` that pass
+/// every comparison of `filter`.
+fn request(family: u8, filter: &[PortIs]) -> Vec<u8> {
     // Each port comparison is an operation and an operand; an operation
     // jumps `yes` bytes ahead if it holds and `no` if not. The program
     // accepts by running exactly to its end; `no` jumps past the end,
     // rejecting.
-    let mut bytecode = Vec::with_capacity(16);
-    for (op, port, no) in [
-        (INET_DIAG_BC_S_EQ, port, 20_u16),
-        (INET_DIAG_BC_D_EQ, peer.port(), 12),
-    ] {
-        bytecode.extend_from_slice(&[op, 8]);
-        bytecode.extend_from_slice(&no.to_ne_bytes());
+    let mut bytecode = Vec::with_capacity(8 * filter.len());
+    for (i, compare) in filter.iter().enumerate() {
+        let left = 8 * (filter.len() - i) as u16;
+        bytecode.extend_from_slice(&[compare.op, 8]);
+        bytecode.extend_from_slice(&(left + 4).to_ne_bytes());
         bytecode.extend_from_slice(&[0, 0]);
-        bytecode.extend_from_slice(&port.to_ne_bytes());
+        bytecode.extend_from_slice(&compare.port.to_ne_bytes());
     }
-    let mut message = Vec::with_capacity(92);
     let total = 16 + 56 + 4 + bytecode.len();
+    let mut message = Vec::with_capacity(total);
     message.extend_from_slice(&(total as u32).to_ne_bytes());
     message.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
@@ -237,6 +271,11 @@ mod tests {
         assert!(!established(port, peer).unwrap());
         assert!(established(port, other.local_addr().unwrap()).unwrap());
         assert!(!established(port + 1, other.local_addr().unwrap()).unwrap_or(false));
+        // The closed one (in CLOSE-WAIT) is not counted, the other is.
+        assert_eq!(
+            established_on(listener.local_addr().unwrap(), port).unwrap(),
+            1
+        );
     }
 
     #[test]

@@ -1,0 +1,284 @@
+//! `--max-connections`: a bound on open connections, without a relay.
+//!
+//! tiny_http accepts every connection and gives it a thread; it has no
+//! hook to refuse one. So lockd's listening socket shares its port
+//! (`SO_REUSEPORT`) with an overflow socket of lockd's own, and a classic
+//! BPF program attached to the pair (`SO_ATTACH_REUSEPORT_CBPF`) chooses
+//! where the kernel puts each new connection: on the listening socket
+//! while fewer than the maximum are open, on the overflow socket once the
+//! maximum is reached, whose thread answers `503 Service Unavailable` and
+//! closes. A classic BPF program cannot read a counter of lockd's, so it is
+//! a constant (`return 0` or `return 1`), swapped when the count crosses
+//! the maximum; the count is the kernel's own (established connections on
+//! the port, by `sock_diag`), taken every [`LOOK_EVERY`]: a burst can pass
+//! the maximum by what arrives in that time.
+
+use super::peer;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often open connections are counted.
+pub const LOOK_EVERY: Duration = Duration::from_millis(50);
+
+/// Where new connections go: the index of the socket in the port's group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Serve = 0,
+    Refuse = 1,
+}
+
+/// The overflow socket, its thread, and the thread routing connections.
+pub struct Overflow {
+    stop: Arc<AtomicBool>,
+    socket: Arc<TcpListener>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Binds two listening sockets sharing `addr`'s port: the one to serve
+/// from, then the overflow socket (in that order: the kernel numbers a
+/// port's sockets as they bind). Binding first without `SO_REUSEPORT`
+/// makes a port already in use an error, as without `--max-connections`:
+/// a second daemon must not share the port unnoticed.
+pub fn bind_pair(addr: &str, backlog: libc::c_int) -> std::io::Result<(TcpListener, TcpListener)> {
+    let probe = TcpListener::bind(addr)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    let serving = reuseport_listener(addr, backlog)?;
+    let overflow = reuseport_listener(addr, backlog)?;
+    Ok((serving, overflow))
+}
+
+impl Overflow {
+    /// Starts routing connections between `serving` (lockd's listening
+    /// socket) and `overflow` so that at most `max` are open at once.
+    pub fn start(
+        serving: &TcpListener,
+        overflow: TcpListener,
+        max: usize,
+    ) -> std::io::Result<Self> {
+        let port = serving.local_addr()?.port();
+        let family = serving.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let socket = Arc::new(overflow);
+        attach(serving, Route::Serve)?;
+        let refuser = {
+            let (socket, stop) = (socket.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("lockd-overflow".into())
+                .spawn(move || refuse(&socket, &stop, max))?
+        };
+        let router = {
+            let serving = serving.try_clone()?;
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("lockd-max-connections".into())
+                .spawn(move || route(&serving, family, port, max, &stop))?
+        };
+        Ok(Self {
+            stop,
+            socket,
+            threads: vec![refuser, router],
+        })
+    }
+}
+
+impl Overflow {
+    /// Stops refusing and routing: the overflow socket takes no more
+    /// connections.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // SAFETY: shutdown(2) of our own listening socket makes its accept
+        // fail, which ends the refusing thread.
+        unsafe {
+            libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }
+}
+
+impl Drop for Overflow {
+    fn drop(&mut self) {
+        self.stop();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Counts open connections and swaps the route when the count crosses
+/// `max`.
+fn route(serving: &TcpListener, local: SocketAddr, port: u16, max: usize, stop: &AtomicBool) {
+    let mut now = Route::Serve;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(LOOK_EVERY);
+        let open = match peer::established_on(local, port) {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::warn!("counting open connections: {e}");
+                continue;
+            }
+        };
+        let next = if open >= max {
+            Route::Refuse
+        } else {
+            Route::Serve
+        };
+        if next == now {
+            continue;
+        }
+        match attach(serving, next) {
+            Ok(()) if next == Route::Refuse => tracing::warn!(
+                "{open} connections open (--max-connections {max}): new ones get 503"
+            ),
+            Ok(()) => tracing::info!("{open} connections open: new ones are served again"),
+            Err(e) => {
+                tracing::error!("routing new connections: {e}");
+                continue;
+            }
+        }
+        now = next;
+    }
+}
+
+/// Answers each connection on the overflow socket with 503 and closes it.
+fn refuse(socket: &TcpListener, stop: &AtomicBool, max: usize) {
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Retry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        refusal(max).len()
+    ) + &refusal(max);
+    for stream in socket.incoming() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(mut stream) = stream else { continue };
+        let _ = say_and_close(&mut stream, answer.as_bytes());
+    }
+}
+
+fn refusal(max: usize) -> String {
+    format!("lockd has {max} connections open (--max-connections); try again\n")
+}
+
+/// Writes `answer` and closes gently: the request is read first (what has
+/// arrived within a moment), and after the answer what else comes, so that
+/// closing does not reset the connection before the client reads.
+fn say_and_close(stream: &mut TcpStream, answer: &[u8]) -> std::io::Result<()> {
+    let moment = Some(Duration::from_millis(100));
+    stream.set_read_timeout(moment)?;
+    stream.set_write_timeout(moment)?;
+    let mut scratch = [0; 4096];
+    let _ = stream.read(&mut scratch);
+    stream.write_all(answer)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    while matches!(stream.read(&mut scratch), Ok(n) if n > 0) {}
+    Ok(())
+}
+
+/// Makes the kernel put new connections on the socket `route` names.
+fn attach(serving: &TcpListener, route: Route) -> std::io::Result<()> {
+    let mut program = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: route as u32,
+    }];
+    let fprog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: setsockopt on a socket we own, with a filter program that
+    // lives across the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            serving.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A listening TCP socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`.
+fn reuseport_listener(addr: SocketAddr, backlog: libc::c_int) -> std::io::Result<TcpListener> {
+    let (family, storage, len) = sockaddr(addr);
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned
+    // from here on.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by no one else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on our socket with an int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: bind(2) and listen(2) on our socket, with an address of the
+    // length given.
+    unsafe {
+        if libc::bind(fd, (&raw const storage).cast(), len) != 0 || libc::listen(fd, backlog) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(TcpListener::from(socket))
+}
+
+/// `addr` as the C socket address bind(2) takes.
+fn sockaddr(addr: SocketAddr) -> (libc::c_int, libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and
+            // suitably aligned for it.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            let len = std::mem::size_of::<libc::sockaddr_in>();
+            (libc::AF_INET, storage, len as libc::socklen_t)
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            let len = std::mem::size_of::<libc::sockaddr_in6>();
+            (libc::AF_INET6, storage, len as libc::socklen_t)
+        }
+    }
+}
