@@ -27,7 +27,9 @@ pub struct ServeArgs {
     /// decides, as gocept.lockd did; survives a daemon crash, not power loss).
     #[arg(long, env = "LOCKD_SYNC", value_enum, default_value_t = Durability::Always)]
     sync: Durability,
-    /// Threads answering requests.
+    /// Threads always ready to take requests; more start while clients
+    /// stall (one whenever the last free one takes a request), and end
+    /// when idle.
     #[arg(long, env = "LOCKD_WORKERS", default_value_t = ServeConfig::default().workers)]
     workers: usize,
     /// Seconds a lock whose lease expired, or which was broken, stays
