@@ -332,6 +332,33 @@ mod tests {
     }
 
     #[test]
+    fn a_call_past_its_deadline_traps_and_leaves_the_directory_as_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new().unwrap();
+        let mut instance = runtime.instantiate(tmp.path()).unwrap();
+        let options = Options {
+            durability: Durability::Always,
+            lock_delay_ms: 0,
+        };
+        instance.open(options).unwrap().unwrap();
+        // A deadline already reached: the guest's first epoch check traps,
+        // as a guest stuck in a loop would at its deadline.
+        instance.store.set_epoch_deadline(0);
+        let locks = instance.bindings.lockd_lockd_locks();
+        let trap = locks
+            .call_lock(&mut instance.store, "r", "c")
+            .expect_err("the call ran past its deadline");
+        assert_eq!(
+            trap.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::Interrupt),
+            "{trap:?}"
+        );
+        let mut fresh = runtime.instantiate(tmp.path()).unwrap();
+        fresh.open(options).unwrap().unwrap();
+        assert!(fresh.lock("r", "c").unwrap().is_ok());
+    }
+
+    #[test]
     fn the_precompiled_component_loads_on_the_build_machine() {
         let engine = Engine::new(&config()).unwrap();
         // SAFETY: as in `Runtime::new`.
