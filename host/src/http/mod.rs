@@ -64,8 +64,8 @@ impl Default for ServeConfig {
 /// What the workers share.
 struct Shared {
     lockd: Arc<Lockd>,
-    /// The port listened on, if it is a TCP port.
-    port: Option<u16>,
+    /// The address listened on, if it is a TCP one.
+    local: Option<SocketAddr>,
     config: ServeConfig,
     connections: Connections,
     /// Runs the rest of a parked call once its wait ends.
@@ -92,7 +92,7 @@ pub fn serve(
 ) -> Result<(), String> {
     let shared = Arc::new(Shared {
         metrics: lockd.metrics_handle(),
-        port: listener.server.server_addr().to_ip().map(|a| a.port()),
+        local: listener.server.server_addr().to_ip(),
         lockd,
         config: config.clone(),
         connections: Connections::default(),
@@ -235,7 +235,7 @@ fn next(shared: &Shared, addr: Option<SocketAddr>) -> Option<Request> {
 /// reads answers to: it costs its own connection, not lockd's memory.
 fn hang_up(shared: &Shared, addr: SocketAddr) {
     tracing::warn!("{addr} sends requests without reading the answers: hanging up on it");
-    match shared.port.map(|port| peer::hang_up(port, addr)) {
+    match shared.local.map(|local| peer::hang_up(local.port(), addr)) {
         Some(Ok(true)) => {}
         Some(Ok(false)) => tracing::debug!("{addr}: no such connection any more"),
         Some(Err(e)) => tracing::warn!("hanging up on {addr}: {e}"),
@@ -332,8 +332,8 @@ fn call(shared: &Arc<Shared>, request: Request, body: &[u8], role: Role, taken: 
 /// wait for a lock. If the kernel cannot be asked, the client is taken to
 /// be there.
 fn presence(shared: &Shared, addr: Option<SocketAddr>) -> Option<Presence> {
-    let (port, addr) = (shared.port?, addr?);
-    Some(Arc::new(move || match peer::established(port, addr) {
+    let (local, addr) = (shared.local?, addr?);
+    Some(Arc::new(move || match peer::established(local, addr) {
         Ok(established) => established,
         Err(e) => {
             tracing::debug!("asking whether {addr} is still connected: {e}");

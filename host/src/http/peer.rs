@@ -5,8 +5,16 @@
 //! its answer is written. The kernel's socket diagnostics (`sock_diag`,
 //! what `ss` uses) tell instead: a connection whose client has closed it
 //! has left the ESTABLISHED state (it is in CLOSE-WAIT, or gone after a
-//! reset). One query, filtered in the kernel to lockd's port and the
-//! client's port, costs a few tens of microseconds and no privilege.
+//! reset). Asked by the connection's four addresses, the kernel looks the
+//! socket up directly: 7 µs with 6,000 sockets open (35 µs on a wildcard
+//! listening address, tried as each of the machine's addresses), where a
+//! dump filtered by ports walks every socket (0.8 ms), and no privilege.
+//! The count of a port's connections, for `--max-connections`, is such a
+//! dump.
+//!
+//! For the rare connection lockd must end itself (a client that piles up
+//! requests without reading answers), [`hang_up`] finds its socket among
+//! the process's descriptors by its two ends and shuts it down.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -18,21 +26,81 @@ const NLMSG_DONE: u16 = 3;
 const TCP_ESTABLISHED: u32 = 1;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_S_EQ: u8 = 11;
-const INET_DIAG_BC_D_EQ: u8 = 12;
-/// `struct inet_diag_msg` up to and including its socket id.
-const DIAG_MSG_ID_END: usize = 4 + 48;
 
-/// Whether a TCP connection from `peer` to lockd's `port` is established.
-pub fn established(port: u16, peer: SocketAddr) -> io::Result<bool> {
-    let filter = [
-        port_is(INET_DIAG_BC_S_EQ, port),
-        port_is(INET_DIAG_BC_D_EQ, peer.port()),
-    ];
-    let mut found = false;
-    dump(family(peer), &filter, |message| {
-        found |= is_peer(message, peer)
-    })?;
-    Ok(found)
+/// Whether a TCP connection from `peer` to lockd, listening on `local`,
+/// is established. Asked by the connection's four addresses, which the
+/// kernel looks up in its table directly (a dump would walk every socket
+/// of the machine: 0.8 ms with 6,000 of them); a wildcard listening
+/// address is tried as each of the machine's addresses.
+pub fn established(local: SocketAddr, peer: SocketAddr) -> io::Result<bool> {
+    for ip in local_ips(local.ip(), peer.ip())? {
+        if lookup(SocketAddr::new(ip, local.port()), peer)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The addresses a connection from `peer` to a socket listening on
+/// `listening` can have reached.
+fn local_ips(listening: IpAddr, peer: IpAddr) -> io::Result<Vec<IpAddr>> {
+    if !listening.is_unspecified() {
+        return Ok(vec![listening]);
+    }
+    let mapped = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+        IpAddr::V4(_) => false,
+    };
+    let mut ips = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs(3) fills `list` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list getifaddrs returned, not
+        // freed yet; its address, if any, is of the family it says.
+        unsafe {
+            let address = (*entry).ifa_addr;
+            if !address.is_null() {
+                match (i32::from((*address).sa_family), peer) {
+                    (libc::AF_INET, IpAddr::V4(_)) | (libc::AF_INET, IpAddr::V6(_)) => {
+                        let sin = &*address.cast::<libc::sockaddr_in>();
+                        let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                        match peer {
+                            IpAddr::V4(_) => ips.push(IpAddr::V4(ip)),
+                            IpAddr::V6(_) if mapped => ips.push(IpAddr::V6(ip.to_ipv6_mapped())),
+                            IpAddr::V6(_) => {}
+                        }
+                    }
+                    (libc::AF_INET6, IpAddr::V6(_)) if !mapped => {
+                        let sin6 = &*address.cast::<libc::sockaddr_in6>();
+                        ips.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            entry = (*entry).ifa_next;
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(ips)
+}
+
+/// Whether the kernel has an established TCP socket from `local` to
+/// `peer`.
+fn lookup(local: SocketAddr, peer: SocketAddr) -> io::Result<bool> {
+    let mut established = false;
+    let answer = ask(&exact_request(local, peer), |message| {
+        established |= message.get(1) == Some(&(TCP_ESTABLISHED as u8))
+    });
+    match answer {
+        Ok(()) => Ok(established),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// How many TCP connections to `port` of the family of `local` are
@@ -64,7 +132,13 @@ fn family(addr: SocketAddr) -> u8 {
 
 /// Asks the kernel for the established TCP sockets of `family` that pass
 /// every comparison of `filter`, and hands each `inet_diag_msg` to `each`.
-fn dump(family: u8, filter: &[PortIs], mut each: impl FnMut(&[u8])) -> io::Result<()> {
+fn dump(family: u8, filter: &[PortIs], each: impl FnMut(&[u8])) -> io::Result<()> {
+    ask(&request(family, filter), each)
+}
+
+/// Sends `request` to the kernel's socket diagnostics and hands each
+/// `inet_diag_msg` of the answer to `each`.
+fn ask(request: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
     // SAFETY: socket(2) with constant arguments; the descriptor is owned
     // from here on.
     let fd = unsafe {
@@ -79,7 +153,6 @@ fn dump(family: u8, filter: &[PortIs], mut each: impl FnMut(&[u8])) -> io::Resul
     }
     // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let request = request(family, filter);
     // SAFETY: send(2) of a buffer we own, on a socket we own; the kernel
     // is the default destination of a netlink socket.
     let sent = unsafe {
@@ -116,6 +189,11 @@ fn dump(family: u8, filter: &[PortIs], mut each: impl FnMut(&[u8])) -> io::Resul
             }
             match kind {
                 NLMSG_DONE => return Ok(()),
+                // An exact lookup answers with one message and no DONE.
+                SOCK_DIAG_BY_FAMILY if !dumping(request) => {
+                    each(&messages[16..len]);
+                    return Ok(());
+                }
                 NLMSG_ERROR => {
                     let errno = messages
                         .get(16..20)
@@ -197,6 +275,43 @@ fn address(fd: libc::c_int, call: NameCall) -> Option<(libc::c_int, [u8; 28])> {
     Some((family, storage))
 }
 
+/// Whether `request` asks for a dump (not one socket).
+fn dumping(request: &[u8]) -> bool {
+    let flags = u16::from_ne_bytes([request[6], request[7]]);
+    flags & (libc::NLM_F_DUMP as u16) != 0
+}
+
+/// A request for the one TCP socket from `local` to `peer`.
+fn exact_request(local: SocketAddr, peer: SocketAddr) -> Vec<u8> {
+    let total = 16 + 56;
+    let mut message = Vec::with_capacity(total);
+    message.extend_from_slice(&(total as u32).to_ne_bytes());
+    message.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    message.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    message.extend_from_slice(&1_u32.to_ne_bytes()); // sequence
+    message.extend_from_slice(&0_u32.to_ne_bytes()); // port id: the kernel
+    // struct inet_diag_req_v2, its socket id naming the connection
+    message.extend_from_slice(&[family(peer), libc::IPPROTO_TCP as u8, 0, 0]);
+    message.extend_from_slice(&(1_u32 << TCP_ESTABLISHED).to_ne_bytes());
+    message.extend_from_slice(&local.port().to_be_bytes());
+    message.extend_from_slice(&peer.port().to_be_bytes());
+    message.extend_from_slice(&address_bytes(local.ip()));
+    message.extend_from_slice(&address_bytes(peer.ip()));
+    message.extend_from_slice(&0_u32.to_ne_bytes()); // any interface
+    message.extend_from_slice(&[0xff; 8]); // no cookie
+    message
+}
+
+/// An address as `inet_diag_sockid` holds it: IPv4 in the first 4 bytes.
+fn address_bytes(ip: IpAddr) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    match ip {
+        IpAddr::V4(v4) => bytes[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => bytes = v6.octets(),
+    }
+    bytes
+}
+
 /// A dump request for established TCP sockets of `family` that pass
 /// every comparison of `filter`.
 fn request(family: u8, filter: &[PortIs]) -> Vec<u8> {
@@ -231,22 +346,6 @@ fn request(family: u8, filter: &[PortIs]) -> Vec<u8> {
     message
 }
 
-/// Whether an `inet_diag_msg` describes a connection with `peer`.
-fn is_peer(message: &[u8], peer: SocketAddr) -> bool {
-    if message.len() < DIAG_MSG_ID_END {
-        return false;
-    }
-    // After family, state, timer and retransmits: source port, destination
-    // port (both big-endian), source address, destination address.
-    let dport = u16::from_be_bytes([message[6], message[7]]);
-    let dst = &message[24..40];
-    dport == peer.port()
-        && match peer.ip() {
-            IpAddr::V4(ip) => dst[..4] == ip.octets(),
-            IpAddr::V6(ip) => dst == ip.octets(),
-        }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,11 +354,12 @@ mod tests {
     #[test]
     fn a_connection_is_established_until_its_client_closes_it() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let local = listener.local_addr().unwrap();
+        let port = local.port();
+        let client = TcpStream::connect(local).unwrap();
         let (mut server_side, peer) = listener.accept().unwrap();
         assert_eq!(peer, client.local_addr().unwrap());
-        assert!(established(port, peer).unwrap());
+        assert!(established(local, peer).unwrap());
         let other = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         drop(client);
         // The server side reads the end of the stream once the client's
@@ -268,14 +368,25 @@ mod tests {
             std::io::Read::read(&mut server_side, &mut [0; 1]).unwrap(),
             0
         );
-        assert!(!established(port, peer).unwrap());
-        assert!(established(port, other.local_addr().unwrap()).unwrap());
-        assert!(!established(port + 1, other.local_addr().unwrap()).unwrap_or(false));
+        assert!(!established(local, peer).unwrap());
+        assert!(established(local, other.local_addr().unwrap()).unwrap());
+        let elsewhere = SocketAddr::new(local.ip(), port + 1);
+        assert!(!established(elsewhere, other.local_addr().unwrap()).unwrap());
         // The closed one (in CLOSE-WAIT) is not counted, the other is.
         assert_eq!(
             established_on(listener.local_addr().unwrap(), port).unwrap(),
             1
         );
+    }
+
+    #[test]
+    fn a_connection_to_a_wildcard_address_is_found_by_the_machines_addresses() {
+        let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server_side, peer) = listener.accept().unwrap();
+        assert!(established(listener.local_addr().unwrap(), peer).unwrap());
+        drop(client);
     }
 
     #[test]
@@ -288,7 +399,8 @@ mod tests {
         let (_bystander_side, _) = listener.accept().unwrap();
         assert!(hang_up(port, peer).unwrap());
         assert_eq!(std::io::Read::read(&mut client, &mut [0; 1]).unwrap(), 0);
-        assert!(established(port, bystander.local_addr().unwrap()).unwrap());
+        let local = listener.local_addr().unwrap();
+        assert!(established(local, bystander.local_addr().unwrap()).unwrap());
         let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert!(!hang_up(port, nobody).unwrap());
     }
