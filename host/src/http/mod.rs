@@ -147,6 +147,7 @@ pub fn serve(
 /// moment (or after [`DRAIN_LIMIT`]).
 fn drain(listener: &Listener, shared: &Shared, workers: &Workers<Taker>) {
     tracing::info!("stopping: refusing new connections, answering the requests received");
+    workers.stopping();
     listener.stop_accepting();
     shared.draining.store(true, Ordering::Relaxed);
     shared.lockd.stop_waiting();

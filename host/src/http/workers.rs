@@ -140,6 +140,12 @@ impl<H: Handler> Workers<H> {
         self.failed.load(Ordering::Relaxed)
     }
 
+    /// Notes that the server is being stopped on purpose: taking a request
+    /// failing from now on is no error.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
     /// Makes every worker end once it has no request, waiting for them
     /// until `deadline`; returns whether all ended. (A worker still
     /// writing to a client that does not read ends at the idle timeout.)
