@@ -104,14 +104,30 @@ fn forty_multicalls_each_waiting_for_a_lock_stop_nobody() {
     server.wait_for_waiters(40);
     fresh_clients_are_served_throughout(&mut server);
     // The waits are still there, and end with the lock's release: the
-    // first waiter's multicall is answered with the lock.
+    // first waiter in line (whichever of the 40 reached the daemon first)
+    // gets the lock, and its multicall is answered with it.
     server.call("unlock", &["busy", "holder"]).unwrap();
-    let mut first = &waiting[0];
+    let mut holder = None;
+    crate::support::wait_until("the lock to go to a waiter", || {
+        holder = server
+            .call("lockd.status", &["busy"])
+            .unwrap()
+            .member("client")
+            .cloned();
+        holder.is_some()
+    });
+    let holder = holder.and_then(|h| h.as_str().map(str::to_owned)).unwrap();
+    let first: usize = holder.strip_prefix('w').unwrap().parse().unwrap();
+    let mut first = &waiting[first];
     first.set_read_timeout(Some(SPAN)).unwrap();
     let mut answer = vec![0; 4096];
     let n = first.read(&mut answer).unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.contains("<name>token</name>"), "{answer}");
+    assert!(
+        answer.contains(&format!("<string>{holder}</string>")),
+        "{answer}"
+    );
 }
 
 #[test]

@@ -1,11 +1,11 @@
 //! Stopping: SIGTERM during load answers every request already sent, keeps
 //! every acknowledged lock, and releases the directory.
 
-use crate::support::{TestServer, call_xml, holder_of, temp_lock_dir};
+use crate::support::{TestServer, call_xml, holder_of, temp_lock_dir, wait_until};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How one request on a keep-alive connection went.
@@ -59,7 +59,7 @@ struct Record {
 }
 
 /// Locks and unlocks its own resources until the daemon refuses to connect.
-fn client(addr: String, me: usize, started: Arc<AtomicBool>) -> Record {
+fn client(addr: String, me: usize, answers: Arc<AtomicUsize>) -> Record {
     let mut record = Record {
         held: vec![false; 3],
         ..Record::default()
@@ -68,7 +68,6 @@ fn client(addr: String, me: usize, started: Arc<AtomicBool>) -> Record {
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    started.store(true, Ordering::Relaxed);
     for i in 0.. {
         let r = i % 3;
         let (method, resource) = (
@@ -83,6 +82,7 @@ fn client(addr: String, me: usize, started: Arc<AtomicBool>) -> Record {
             }
             Some(Outcome::Answered { ok, close }) => {
                 record.answered += 1;
+                answers.fetch_add(1, Ordering::Relaxed);
                 assert!(ok, "{method} {resource} failed");
                 record.held[r] = method == "lock";
                 if close {
@@ -102,17 +102,16 @@ fn sigterm_during_load_answers_what_was_sent_and_keeps_what_was_acknowledged() {
     for sync in ["always", "none"] {
         let (_tmp, dir) = temp_lock_dir();
         let mut server = TestServer::start_in(&dir, &["--sync", sync]);
-        let started = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(AtomicUsize::new(0));
         let clients: Vec<_> = (0..8)
             .map(|me| {
-                let (addr, started) = (server.addr.clone(), started.clone());
-                std::thread::spawn(move || client(addr, me, started))
+                let (addr, answers) = (server.addr.clone(), answers.clone());
+                std::thread::spawn(move || client(addr, me, answers))
             })
             .collect();
-        while !started.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(Duration::from_millis(300));
+        // Stopped in the middle of the load: after some answers, with
+        // every client still asking.
+        wait_until("200 answers", || answers.load(Ordering::Relaxed) >= 200);
         server.signal(libc::SIGTERM);
         let status = server.wait_exit(Duration::from_secs(20));
         let records: Vec<Record> = clients.into_iter().map(|c| c.join().unwrap()).collect();
