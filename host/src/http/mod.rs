@@ -188,7 +188,15 @@ impl workers::Handler for Taker {
             Admitted::Now(request) => Some(request),
             Admitted::Queued => None,
             Admitted::Overflowing(addr) => {
-                hang_up(&self.0, addr);
+                // Finding the socket reads every descriptor's name: not
+                // while other requests wait to be taken.
+                let local = self.0.local;
+                let spawned = std::thread::Builder::new()
+                    .name("lockd-hang-up".into())
+                    .spawn(move || hang_up(local, addr));
+                if let Err(e) = spawned {
+                    tracing::warn!("hanging up on {addr}: {e}");
+                }
                 None
             }
         }
@@ -232,11 +240,12 @@ fn next(shared: &Shared, addr: Option<SocketAddr>) -> Option<Request> {
     }
 }
 
-/// Hangs up on the client at `addr`, which queued more requests than it
-/// reads answers to: it costs its own connection, not lockd's memory.
-fn hang_up(shared: &Shared, addr: SocketAddr) {
+/// Hangs up on the client at `addr` of lockd at `local`, which queued
+/// more requests than it reads answers to: it costs its own connection,
+/// not lockd's memory.
+fn hang_up(local: Option<SocketAddr>, addr: SocketAddr) {
     tracing::warn!("{addr} sends requests without reading the answers: hanging up on it");
-    match shared.local.map(|local| peer::hang_up(local.port(), addr)) {
+    match local.map(|local| peer::hang_up(local.port(), addr)) {
         Some(Ok(true)) => {}
         Some(Ok(false)) => tracing::debug!("{addr}: no such connection any more"),
         Some(Err(e)) => tracing::warn!("hanging up on {addr}: {e}"),

@@ -11,9 +11,12 @@
 //! a constant (`return 0` or `return 1`), swapped when the count crosses
 //! the maximum; the count is the kernel's own (established connections on
 //! the port, by `sock_diag`), taken every [`LOOK_EVERY`]: a burst can pass
-//! the maximum by what arrives in that time.
+//! the maximum by what arrives in that time. The pool keeper's own
+//! connections always go through (they come from 127.0.0.2), to rescue
+//! connections tiny_http's pool stranded before the maximum was reached.
 
 use super::peer;
+use crate::pool_keeper::KEEPER_SOURCE;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -179,14 +182,26 @@ fn say_and_close(stream: &mut TcpStream, answer: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Makes the kernel put new connections on the socket `route` names.
+/// Makes the kernel put new connections on the socket `route` names, but
+/// those of lockd's pool keeper (from [`KEEPER_SOURCE`], over IPv4),
+/// which always reach tiny_http.
 fn attach(serving: &TcpListener, route: Route) -> std::io::Result<()> {
-    let mut program = [libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k: route as u32,
-    }];
+    const LOAD_WORD: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JUMP_IF_EQUAL: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RETURN: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let ipv4 = serving.local_addr()?.is_ipv4();
+    let mut program = match route {
+        Route::Serve => vec![op(RETURN, 0, 0, Route::Serve as u32)],
+        Route::Refuse if ipv4 => vec![
+            // The IPv4 source address, 12 bytes into the network header.
+            op(LOAD_WORD, 0, 0, (SKF_NET_OFF + 12) as u32),
+            op(JUMP_IF_EQUAL, 0, 1, u32::from(KEEPER_SOURCE)),
+            op(RETURN, 0, 0, Route::Serve as u32),
+            op(RETURN, 0, 0, Route::Refuse as u32),
+        ],
+        Route::Refuse => vec![op(RETURN, 0, 0, Route::Refuse as u32)],
+    };
     let fprog = libc::sock_fprog {
         len: program.len() as libc::c_ushort,
         filter: program.as_mut_ptr(),
@@ -207,6 +222,9 @@ fn attach(serving: &TcpListener, route: Route) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Classic BPF's offset of the network header (`SKF_NET_OFF`).
+const SKF_NET_OFF: i32 = -0x100000;
 
 /// A listening TCP socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`.
 fn reuseport_listener(addr: SocketAddr, backlog: libc::c_int) -> std::io::Result<TcpListener> {
