@@ -238,7 +238,8 @@ fn connect(target: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> 
         libc::connect(stream.as_raw_fd(), (&raw const to).cast(), len)
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error());
+        // Refused from there (a firewall, say): come from anywhere.
+        return TcpStream::connect_timeout(&target, timeout);
     }
     Ok(stream)
 }
