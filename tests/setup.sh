@@ -2,9 +2,10 @@
 # Installs what lockd's tests need beyond Rust, where it is missing: the
 # component's target, Python (the gocept.lockd client scenarios), systemd
 # (checks contrib/lockd.service), Node.js and the jco packages (the
-# component in a second host), and Chromium (the status page). Safe to run
-# again: installed packages are left as they are (npm ci reinstalls the jco
-# packages each time, in seconds).
+# component in a second host), Chromium (the status page) and strace (the
+# order of writes and syncs). Safe to run again: installed packages are
+# left as they are (npm ci reinstalls the jco packages each time, in
+# seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,7 @@ need systemd-analyze systemd
 need node nodejs
 need npm npm
 need chromium chromium
+need strace strace
 if ((${#missing[@]})); then
     as_root=()
     if [[ $(id -u) -ne 0 ]]; then

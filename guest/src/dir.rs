@@ -294,6 +294,26 @@ impl LockDir {
         }
     }
 
+    /// Puts `content` in place as `file` for good before returning: written
+    /// under [`TEMP_FILE`], its data synced, renamed over `file`, and the
+    /// directory synced. Whatever happens meanwhile (power loss included),
+    /// `file` holds its old content or the new one, whole: the name never
+    /// points at data that did not reach the disk.
+    pub fn replace_durably(&mut self, file: &str, content: &[u8]) -> Result<(), IoError> {
+        let fd = self.open_for_writing(TEMP_FILE, OpenFlags::CREATE | OpenFlags::TRUNCATE)?;
+        write_all(&fd, TEMP_FILE, content, 0)?;
+        fd.sync_data()
+            .map_err(|e| io_error("syncing", TEMP_FILE, e))?;
+        drop(fd);
+        self.dir
+            .rename_at(TEMP_FILE, &self.dir, file)
+            .map_err(|e| io_error("renaming into", file, e))?;
+        if let Some(spare) = self.bound.remove(file) {
+            self.free.push(spare);
+        }
+        self.sync()
+    }
+
     /// Syncs `file`'s content to disk, if it exists.
     pub fn sync_file(&self, file: &str) -> Result<(), IoError> {
         if let Some(Spare { fd: Some(fd), .. }) = self.bound.get(file) {

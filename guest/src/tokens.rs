@@ -54,9 +54,9 @@ impl Tokens {
     pub fn issue(&mut self, dir: &mut LockDir) -> Result<u64, IoError> {
         if self.next >= self.reserved {
             let mark = self.next + self.range;
-            dir.write_atomically(TOKENS_FILE, format!("{mark}\n").as_bytes())?;
-            dir.sync_file(TOKENS_FILE)?;
-            dir.sync()?;
+            // Synced before it is renamed into place: a power loss must not
+            // leave the name pointing at a mark that never reached the disk.
+            dir.replace_durably(TOKENS_FILE, format!("{mark}\n").as_bytes())?;
             self.reserved = mark;
             self.range = (self.range * 2).min(MAX_RESERVE);
         }

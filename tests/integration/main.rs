@@ -20,4 +20,5 @@ mod protocol;
 mod restart;
 mod run;
 mod shutdown;
+mod storage;
 mod support;

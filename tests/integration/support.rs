@@ -48,7 +48,21 @@ impl TestServer {
     /// Like [`start_in`](Self::start_in), but returns the daemon's output
     /// if it exits instead of listening.
     pub fn try_start_in(dir: &Path, args: &[&str]) -> Result<Self, String> {
-        let mut child = Command::new(LOCKD)
+        Self::try_start_under(&[], dir, args)
+    }
+
+    /// Like [`try_start_in`](Self::try_start_in), the daemon run by the
+    /// command `wrapper` (strace, say) names first, if any.
+    pub fn try_start_under(wrapper: &[&str], dir: &Path, args: &[&str]) -> Result<Self, String> {
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(LOCKD);
+                command
+            }
+            None => Command::new(LOCKD),
+        };
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
             .arg(dir)
             .args(args)
