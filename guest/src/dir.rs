@@ -198,8 +198,23 @@ impl LockDir {
                 }
             }
         }
+        self.rename_into_place(file, content, false)
+    }
+
+    /// Writes `content` under [`TEMP_FILE`] (its data synced first if
+    /// `synced`) and renames it over `file`.
+    fn rename_into_place(
+        &mut self,
+        file: &str,
+        content: &[u8],
+        synced: bool,
+    ) -> Result<(), IoError> {
         let fd = self.open_for_writing(TEMP_FILE, OpenFlags::CREATE | OpenFlags::TRUNCATE)?;
         write_all(&fd, TEMP_FILE, content, 0)?;
+        if synced {
+            fd.sync_data()
+                .map_err(|e| io_error("syncing", TEMP_FILE, e))?;
+        }
         drop(fd);
         self.dir
             .rename_at(TEMP_FILE, &self.dir, file)
@@ -300,17 +315,7 @@ impl LockDir {
     /// `file` holds its old content or the new one, whole: the name never
     /// points at data that did not reach the disk.
     pub fn replace_durably(&mut self, file: &str, content: &[u8]) -> Result<(), IoError> {
-        let fd = self.open_for_writing(TEMP_FILE, OpenFlags::CREATE | OpenFlags::TRUNCATE)?;
-        write_all(&fd, TEMP_FILE, content, 0)?;
-        fd.sync_data()
-            .map_err(|e| io_error("syncing", TEMP_FILE, e))?;
-        drop(fd);
-        self.dir
-            .rename_at(TEMP_FILE, &self.dir, file)
-            .map_err(|e| io_error("renaming into", file, e))?;
-        if let Some(spare) = self.bound.remove(file) {
-            self.free.push(spare);
-        }
+        self.rename_into_place(file, content, true)?;
         self.sync()
     }
 
