@@ -399,20 +399,8 @@ impl Engine {
                 continue;
             }
             let mut out = Deliveries::default();
-            let mut timed_out = Vec::new();
-            queue.lines.retain(|_, line| {
-                let (gone, stay): (VecDeque<Pending>, VecDeque<Pending>) =
-                    std::mem::take(&mut line.waiters)
-                        .into_iter()
-                        .partition(|p| p.deadline.is_some_and(|d| d <= now));
-                line.waiters = stay;
-                timed_out.extend(gone);
-                !line.waiters.is_empty()
-            });
-            queue.waiting -= timed_out.len();
-            for pending in timed_out {
-                queue.deliver(pending, Err(LockError::WaitTimedOut), &mut out);
-            }
+            let timed_out = |p: &Pending| p.deadline.is_some_and(|d| d <= now);
+            queue.end_waits(timed_out, &LockError::WaitTimedOut, &mut out);
             let sweep = queue.sweep_at.is_some_and(|at| at <= now);
             if sweep {
                 queue.sweep_at = None;
@@ -469,20 +457,9 @@ impl Engine {
         if gone.is_empty() {
             return queue;
         }
-        let mut left = Vec::new();
-        queue.lines.retain(|_, line| {
-            let (out, stay) = std::mem::take(&mut line.waiters)
-                .into_iter()
-                .partition(|p| gone.contains(&p.ticket));
-            line.waiters = stay;
-            left.extend::<VecDeque<Pending>>(out);
-            !line.waiters.is_empty()
-        });
-        queue.waiting -= left.len();
         let mut out = Deliveries::default();
-        for pending in left {
-            queue.deliver(pending, Err(LockError::CallerGone), &mut out);
-        }
+        let left = |p: &Pending| gone.contains(&p.ticket);
+        queue.end_waits(left, &LockError::CallerGone, &mut out);
         drop(queue);
         out.run();
         lock(&self.queue)
@@ -499,11 +476,7 @@ impl Engine {
         let mut out = Deliveries::default();
         let mut queue = lock(&self.queue);
         queue.refuse_waits = true;
-        let lines: Vec<Line> = queue.lines.drain().map(|(_, line)| line).collect();
-        queue.waiting = 0;
-        for pending in lines.into_iter().flat_map(|line| line.waiters) {
-            queue.deliver(pending, Err(LockError::ShuttingDown), &mut out);
-        }
+        queue.end_waits(|_| true, &LockError::ShuttingDown, &mut out);
         drop(queue);
         out.run();
     }

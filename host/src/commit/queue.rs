@@ -125,6 +125,30 @@ impl Queue {
         }
     }
 
+    /// Ends the waits for which `ends` holds: takes them out of their
+    /// lines and hands each `why`.
+    pub(super) fn end_waits(
+        &mut self,
+        ends: impl Fn(&Pending) -> bool,
+        why: &LockError,
+        out: &mut Deliveries,
+    ) {
+        let mut ended = Vec::new();
+        self.lines.retain(|_, line| {
+            let (gone, stay): (VecDeque<Pending>, VecDeque<Pending>) =
+                std::mem::take(&mut line.waiters)
+                    .into_iter()
+                    .partition(&ends);
+            line.waiters = stay;
+            ended.extend(gone);
+            !line.waiters.is_empty()
+        });
+        self.waiting -= ended.len();
+        for pending in ended {
+            self.deliver(pending, Err(why.clone()), out);
+        }
+    }
+
     /// Makes the next sweep happen no later than `at`; returns whether
     /// that is sooner than planned.
     pub(super) fn sweep_by(&mut self, at: Instant) -> bool {
