@@ -323,7 +323,8 @@ fn call(shared: &Arc<Shared>, request: Request, body: &[u8], role: Role, taken: 
         request,
         taken,
     };
-    let present = presence(shared, waiting.request.remote_addr().copied());
+    let addr = waiting.request.remote_addr().copied();
+    let present = || presence(shared, addr);
     match rpc::handle_parking(&shared.lockd, body, role, &shared.spawn, present, waiting) {
         Answered::Now(xml, waiting) => {
             send(

@@ -27,7 +27,7 @@ pub fn handle(lockd: &Lockd, body: &[u8]) -> String {
 /// [`handle`] for a caller with `role`.
 pub fn handle_as(lockd: &Lockd, body: &[u8], role: Role) -> String {
     let (label, result) = match parse(body) {
-        Ok(call) => (label(&call), dispatch(lockd, &call, role, true)),
+        Ok(call) => (label(&call), dispatch(lockd, &call, role)),
         Err(fault) => ("invalid", Err(fault)),
     };
     counted(lockd, label, result)
@@ -63,9 +63,9 @@ fn encode(result: Result<Value, Fault>) -> String {
     }
 }
 
-/// Runs one call. `top_level` is false inside `system.multicall`, which
-/// does not nest.
-fn dispatch(lockd: &Lockd, call: &MethodCall, role: Role, top_level: bool) -> Result<Value, Fault> {
+/// Runs one call (entries of `system.multicall` are refused its nesting
+/// by [`entry_call`]).
+fn dispatch(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Value, Fault> {
     if let Some(op) = ops::op(lockd, call, role)? {
         let reply = lockd.submit(op.request, op.deadline).map_err(fault)?;
         return (op.answer)(reply).map_err(fault);
@@ -89,42 +89,53 @@ fn dispatch(lockd: &Lockd, call: &MethodCall, role: Role, top_level: bool) -> Re
                 .map(|s| Value::Array(s.iter().map(|&t| Value::from(t)).collect()));
             Ok(Value::Array(signatures.collect()))
         }
-        "system.multicall" if top_level => multicall(lockd, call, role),
-        "system.multicall" => Err(Fault::new(
-            code::INVALID_REQUEST,
-            "system.multicall cannot be nested",
-        )),
+        "system.multicall" => multicall(lockd, call, role),
         name => Err(not_found(name)),
     }
 }
 
 fn multicall(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Value, Fault> {
-    let [Value::Array(calls)] = call.params.as_slice() else {
-        return Err(Fault::new(
-            code::INVALID_PARAMS,
-            "system.multicall(calls) takes one array of {'methodName', 'params'} structs",
-        ));
-    };
-    let results = calls.iter().map(|entry| {
-        let result = match (entry.member("methodName"), entry.member("params")) {
-            (Some(Value::String(name)), Some(Value::Array(params))) => {
-                let call = MethodCall {
-                    name: name.clone(),
-                    params: params.clone(),
-                };
-                dispatch(lockd, &call, role, false)
-            }
-            _ => Err(Fault::new(
-                code::INVALID_PARAMS,
-                "each multicall entry is a struct with a string 'methodName' and an array 'params'",
-            )),
-        };
-        match result {
-            Ok(value) => Value::Array(vec![value]),
-            Err(fault) => xmlrpc::fault_struct(&fault),
-        }
+    let results = multicall_entries(call)?.iter().map(|entry| {
+        multicall_result(entry_call(entry).and_then(|call| dispatch(lockd, &call, role)))
     });
     Ok(Value::Array(results.collect()))
+}
+
+/// The entries of a `system.multicall`.
+fn multicall_entries(call: &MethodCall) -> Result<&Vec<Value>, Fault> {
+    match call.params.as_slice() {
+        [Value::Array(entries)] => Ok(entries),
+        _ => Err(Fault::new(
+            code::INVALID_PARAMS,
+            "system.multicall(calls) takes one array of {'methodName', 'params'} structs",
+        )),
+    }
+}
+
+/// The call one multicall entry makes; multicalls do not nest.
+fn entry_call(entry: &Value) -> Result<MethodCall, Fault> {
+    match (entry.member("methodName"), entry.member("params")) {
+        (Some(Value::String(name)), Some(Value::Array(_))) if name == "system.multicall" => Err(
+            Fault::new(code::INVALID_REQUEST, "system.multicall cannot be nested"),
+        ),
+        (Some(Value::String(name)), Some(Value::Array(params))) => Ok(MethodCall {
+            name: name.clone(),
+            params: params.clone(),
+        }),
+        _ => Err(Fault::new(
+            code::INVALID_PARAMS,
+            "each multicall entry is a struct with a string 'methodName' and an array 'params'",
+        )),
+    }
+}
+
+/// One entry's result as `system.multicall` returns it: `[value]`, or the
+/// fault's struct.
+fn multicall_result(result: Result<Value, Fault>) -> Value {
+    match result {
+        Ok(value) => Value::Array(vec![value]),
+        Err(fault) => xmlrpc::fault_struct(&fault),
+    }
 }
 
 /// The wire form of a failed lock operation.

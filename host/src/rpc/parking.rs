@@ -8,12 +8,14 @@
 //! entries of a multicall, then the answer) runs on a thread the
 //! transport hands out through [`Spawn`].
 
-use super::{counted, dispatch, encode, label, ops, parse};
+use super::{
+    counted, dispatch, encode, entry_call, label, multicall_entries, multicall_result, ops, parse,
+};
 use crate::auth::Role;
 use crate::component::Reply;
-use crate::error::{LockError, code};
+use crate::error::LockError;
 use crate::locks::{self, Lockd, Presence};
-use crate::xmlrpc::{self, Fault, MethodCall, Value};
+use crate::xmlrpc::{Fault, MethodCall, Value};
 use std::sync::{Arc, Mutex};
 
 /// A job to run on a thread that may block (on writing an answer, say).
@@ -39,14 +41,15 @@ pub enum Answered<R> {
 
 /// Answers one HTTP request body as [`super::handle_as`] does, except
 /// that a call waiting for a lock does not hold this thread: `reply`
-/// answers it when the wait ends. A caller no longer `present` leaves the
-/// line, and is given no lock (see [`Lockd::submit_waiting`]).
+/// answers it when the wait ends. A caller no longer present leaves the
+/// line, and is given no lock (see [`Lockd::submit_waiting`]); `presence`
+/// tells how to ask, and is called only for calls that may wait.
 pub fn handle_parking<R>(
     lockd: &Arc<Lockd>,
     body: &[u8],
     role: Role,
     spawn: &Spawn,
-    present: Option<Presence>,
+    presence: impl FnOnce() -> Option<Presence>,
     reply: R,
 ) -> Answered<R>
 where
@@ -58,7 +61,7 @@ where
     };
     let label = label(&call);
     if call.name == "system.multicall" {
-        return match Multicall::new(lockd.clone(), role, present, &call) {
+        return match Multicall::new(lockd.clone(), role, presence(), &call) {
             Ok(multicall) => multicall.run(spawn.clone(), reply),
             Err(fault) => Answered::Now(counted(lockd, label, Err(fault)), reply),
         };
@@ -77,7 +80,7 @@ where
     let parked = replier.clone();
     let spawn = spawn.clone();
     let later_finish = finish.clone();
-    let result = now_or_later(submit(lockd, op, present), move |result| {
+    let result = now_or_later(submit(lockd, op, presence()), move |result| {
         if let Some(reply) = take(&parked) {
             spawn(Box::new(move || reply.answer(later_finish(result))));
         }
@@ -132,7 +135,7 @@ fn step(lockd: &Lockd, call: &MethodCall, role: Role) -> Step {
                 .and_then(op.answer)
                 .map_err(super::fault),
         ),
-        Ok(None) => Step::Done(dispatch(lockd, call, role, true)),
+        Ok(None) => Step::Done(dispatch(lockd, call, role)),
         Err(fault) => Step::Done(Err(fault)),
     }
 }
@@ -189,12 +192,7 @@ impl Multicall {
         present: Option<Presence>,
         call: &MethodCall,
     ) -> Result<Self, Fault> {
-        let [Value::Array(entries)] = call.params.as_slice() else {
-            return Err(Fault::new(
-                code::INVALID_PARAMS,
-                "system.multicall(calls) takes one array of {'methodName', 'params'} structs",
-            ));
-        };
+        let entries = multicall_entries(call)?;
         Ok(Self {
             lockd,
             role,
@@ -267,26 +265,6 @@ impl Multicall {
     }
 
     fn push(&mut self, result: Result<Value, Fault>) {
-        self.results.push(match result {
-            Ok(value) => Value::Array(vec![value]),
-            Err(fault) => xmlrpc::fault_struct(&fault),
-        });
-    }
-}
-
-/// The call one multicall entry makes; multicalls do not nest.
-fn entry_call(entry: &Value) -> Result<MethodCall, Fault> {
-    match (entry.member("methodName"), entry.member("params")) {
-        (Some(Value::String(name)), Some(Value::Array(_))) if name == "system.multicall" => Err(
-            Fault::new(code::INVALID_REQUEST, "system.multicall cannot be nested"),
-        ),
-        (Some(Value::String(name)), Some(Value::Array(params))) => Ok(MethodCall {
-            name: name.clone(),
-            params: params.clone(),
-        }),
-        _ => Err(Fault::new(
-            code::INVALID_PARAMS,
-            "each multicall entry is a struct with a string 'methodName' and an array 'params'",
-        )),
+        self.results.push(multicall_result(result));
     }
 }
