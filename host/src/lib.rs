@@ -18,6 +18,7 @@ pub mod metrics;
 mod pool_keeper;
 mod pyrepr;
 pub mod rpc;
+mod socket;
 mod time;
 pub mod xmlrpc;
 

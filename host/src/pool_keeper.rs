@@ -31,9 +31,9 @@
 //! keep it busy goes on.
 
 use crate::http::AcceptQueue;
+use crate::socket;
 use std::io::{ErrorKind, Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::{AsRawFd as _, FromRawFd as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -197,62 +197,23 @@ fn keep(target: SocketAddr, nudges: usize, stopped: &AtomicBool) -> std::io::Res
 pub const KEEPER_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
 /// A connection to `target`, from [`KEEPER_SOURCE`] if it is an IPv4
-/// address (every 127.0.0.0/8 address is this machine's).
+/// address (every 127.0.0.0/8 address is this machine's); from wherever
+/// the kernel says if that cannot be (no such address here, or a firewall
+/// refusing it).
 fn connect(target: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let SocketAddr::V4(v4) = target else {
-        return TcpStream::connect_timeout(&target, timeout);
-    };
-    // SAFETY: socket(2) with constant arguments; the descriptor is owned
-    // by the TcpStream from here on.
-    let stream = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        TcpStream::from_raw_fd(fd)
-    };
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros().into(),
-    };
-    let from = sockaddr_in(SocketAddrV4::new(KEEPER_SOURCE, 0));
-    let to = sockaddr_in(v4);
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: setsockopt, bind and connect on our socket, with values of
-    // the sizes given; connect(2) gives up after SO_SNDTIMEO.
-    let rc = unsafe {
-        if libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::bind(stream.as_raw_fd(), (&raw const from).cast(), len) != 0 {
-            // No such address here: come from wherever the kernel says.
-            return TcpStream::connect_timeout(&target, timeout);
-        }
-        libc::connect(stream.as_raw_fd(), (&raw const to).cast(), len)
-    };
-    if rc != 0 {
-        // Refused from there (a firewall, say): come from anywhere.
+    if !target.is_ipv4() {
         return TcpStream::connect_timeout(&target, timeout);
     }
-    Ok(stream)
-}
-
-fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
+    let from_keeper = || -> std::io::Result<TcpStream> {
+        let stream = socket::tcp_for(target)?;
+        // connect(2) gives up after SO_SNDTIMEO.
+        let tv = socket::timeval(timeout);
+        socket::set(&stream, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
+        socket::bind(&stream, (KEEPER_SOURCE, 0).into())?;
+        socket::connect(&stream, target)?;
+        Ok(TcpStream::from(stream))
+    };
+    from_keeper().or_else(|_| TcpStream::connect_timeout(&target, timeout))
 }
 
 /// Where to connect to reach a server listening on `listen`: a wildcard

@@ -2,6 +2,7 @@
 //! here when the daemon stops taking new connections.
 
 use super::overflow::{self, Overflow};
+use crate::socket;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
@@ -46,19 +47,12 @@ impl Listener {
                 (serving, Some(overflow))
             }
         };
-        // SAFETY: listen(2) again on a listening socket of ours only
-        // changes its backlog.
-        if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        setsockopt(&listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, &1_i32)?;
+        socket::listen(&listener, BACKLOG)?;
+        socket::set(&listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, &1_i32)?;
         if let Some(idle) = idle {
-            let tv = libc::timeval {
-                tv_sec: idle.as_secs().try_into().unwrap_or(libc::time_t::MAX),
-                tv_usec: idle.subsec_micros().into(),
-            };
-            setsockopt(&listener, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
-            setsockopt(&listener, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
+            let tv = socket::timeval(idle);
+            socket::set(&listener, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+            socket::set(&listener, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
         }
         let socket = Arc::new(listener.try_clone()?);
         let overflow = match (overflow, max_connections) {
@@ -120,27 +114,4 @@ impl AcceptQueue {
         // in tcpi_unacked.
         Ok(info.tcpi_unacked)
     }
-}
-
-fn setsockopt<T>(
-    listener: &TcpListener,
-    level: libc::c_int,
-    option: libc::c_int,
-    value: &T,
-) -> std::io::Result<()> {
-    // SAFETY: setsockopt on a socket we own, with a value of the size we
-    // pass.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            level,
-            option,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -17,9 +17,10 @@
 
 use super::peer;
 use crate::pool_keeper::KEEPER_SOURCE;
+use crate::socket;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -64,8 +65,7 @@ impl Overflow {
         overflow: TcpListener,
         max: usize,
     ) -> std::io::Result<Self> {
-        let port = serving.local_addr()?.port();
-        let family = serving.local_addr()?;
+        let local = serving.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let socket = Arc::new(overflow);
         attach(serving, Route::Serve)?;
@@ -80,7 +80,7 @@ impl Overflow {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("lockd-max-connections".into())
-                .spawn(move || route(&serving, family, port, max, &stop))?
+                .spawn(move || route(&serving, local, max, &stop))?
         };
         Ok(Self {
             stop,
@@ -114,11 +114,11 @@ impl Drop for Overflow {
 
 /// Counts open connections and swaps the route when the count crosses
 /// `max`.
-fn route(serving: &TcpListener, local: SocketAddr, port: u16, max: usize, stop: &AtomicBool) {
+fn route(serving: &TcpListener, local: SocketAddr, max: usize, stop: &AtomicBool) {
     let mut now = Route::Serve;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(LOOK_EVERY);
-        let open = match peer::established_on(local, port) {
+        let open = match peer::established_on(local) {
             Ok(open) => open,
             Err(e) => {
                 tracing::warn!("counting open connections: {e}");
@@ -206,21 +206,13 @@ fn attach(serving: &TcpListener, route: Route) -> std::io::Result<()> {
         len: program.len() as libc::c_ushort,
         filter: program.as_mut_ptr(),
     };
-    // SAFETY: setsockopt on a socket we own, with a filter program that
-    // lives across the call; the kernel copies it.
-    let rc = unsafe {
-        libc::setsockopt(
-            serving.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&raw const fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // The program lives across the call; the kernel copies it.
+    socket::set(
+        serving,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        &fprog,
+    )
 }
 
 /// Classic BPF's offset of the network header (`SKF_NET_OFF`).
@@ -228,75 +220,11 @@ const SKF_NET_OFF: i32 = -0x100000;
 
 /// A listening TCP socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`.
 fn reuseport_listener(addr: SocketAddr, backlog: libc::c_int) -> std::io::Result<TcpListener> {
-    let (family, storage, len) = sockaddr(addr);
-    // SAFETY: socket(2) with constant arguments; the descriptor is owned
-    // from here on.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by socket(2) and is owned by no one else.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let listener = socket::tcp_for(addr)?;
     for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt on our socket with an int of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&raw const on).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        socket::set(&listener, libc::SOL_SOCKET, option, &1_i32)?;
     }
-    // SAFETY: bind(2) and listen(2) on our socket, with an address of the
-    // length given.
-    unsafe {
-        if libc::bind(fd, (&raw const storage).cast(), len) != 0 || libc::listen(fd, backlog) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(TcpListener::from(socket))
-}
-
-/// `addr` as the C socket address bind(2) takes.
-fn sockaddr(addr: SocketAddr) -> (libc::c_int, libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in and
-            // suitably aligned for it.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
-            let len = std::mem::size_of::<libc::sockaddr_in>();
-            (libc::AF_INET, storage, len as libc::socklen_t)
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: as above, for sockaddr_in6.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
-            let len = std::mem::size_of::<libc::sockaddr_in6>();
-            (libc::AF_INET6, storage, len as libc::socklen_t)
-        }
-    }
+    socket::bind(&listener, addr)?;
+    socket::listen(&listener, backlog)?;
+    Ok(TcpListener::from(listener))
 }

@@ -103,24 +103,12 @@ fn lookup(local: SocketAddr, peer: SocketAddr) -> io::Result<bool> {
     }
 }
 
-/// How many TCP connections to `port` of the family of `local` are
+/// How many TCP connections to `local`'s port, of its family, are
 /// established (taken or waiting to be).
-pub fn established_on(local: SocketAddr, port: u16) -> io::Result<usize> {
+pub fn established_on(local: SocketAddr) -> io::Result<usize> {
     let mut count = 0;
-    dump(family(local), &[port_is(INET_DIAG_BC_S_EQ, port)], |_| {
-        count += 1
-    })?;
+    ask(&dump_request(local), |_| count += 1)?;
     Ok(count)
-}
-
-/// A port comparison, `op` (local or remote port equals), of a filter.
-struct PortIs {
-    op: u8,
-    port: u16,
-}
-
-fn port_is(op: u8, port: u16) -> PortIs {
-    PortIs { op, port }
 }
 
 fn family(addr: SocketAddr) -> u8 {
@@ -128,12 +116,6 @@ fn family(addr: SocketAddr) -> u8 {
         IpAddr::V4(_) => libc::AF_INET as u8,
         IpAddr::V6(_) => libc::AF_INET6 as u8,
     }
-}
-
-/// Asks the kernel for the established TCP sockets of `family` that pass
-/// every comparison of `filter`, and hands each `inet_diag_msg` to `each`.
-fn dump(family: u8, filter: &[PortIs], each: impl FnMut(&[u8])) -> io::Result<()> {
-    ask(&request(family, filter), each)
 }
 
 /// Sends `request` to the kernel's socket diagnostics and hands each
@@ -283,23 +265,28 @@ fn dumping(request: &[u8]) -> bool {
 
 /// A request for the one TCP socket from `local` to `peer`.
 fn exact_request(local: SocketAddr, peer: SocketAddr) -> Vec<u8> {
-    let total = 16 + 56;
-    let mut message = Vec::with_capacity(total);
-    message.extend_from_slice(&(total as u32).to_ne_bytes());
-    message.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    message.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    message.extend_from_slice(&1_u32.to_ne_bytes()); // sequence
-    message.extend_from_slice(&0_u32.to_ne_bytes()); // port id: the kernel
-    // struct inet_diag_req_v2, its socket id naming the connection
-    message.extend_from_slice(&[family(peer), libc::IPPROTO_TCP as u8, 0, 0]);
-    message.extend_from_slice(&(1_u32 << TCP_ESTABLISHED).to_ne_bytes());
-    message.extend_from_slice(&local.port().to_be_bytes());
-    message.extend_from_slice(&peer.port().to_be_bytes());
-    message.extend_from_slice(&address_bytes(local.ip()));
-    message.extend_from_slice(&address_bytes(peer.ip()));
-    message.extend_from_slice(&0_u32.to_ne_bytes()); // any interface
-    message.extend_from_slice(&[0xff; 8]); // no cookie
-    message
+    let mut id = Vec::with_capacity(48);
+    id.extend_from_slice(&local.port().to_be_bytes());
+    id.extend_from_slice(&peer.port().to_be_bytes());
+    id.extend_from_slice(&address_bytes(local.ip()));
+    id.extend_from_slice(&address_bytes(peer.ip()));
+    id.extend_from_slice(&0_u32.to_ne_bytes()); // any interface
+    id.extend_from_slice(&[0xff; 8]); // no cookie
+    request(libc::NLM_F_REQUEST, family(peer), &id, &[])
+}
+
+/// A dump request for the established TCP sockets whose local port is
+/// `local`'s, of its family.
+fn dump_request(local: SocketAddr) -> Vec<u8> {
+    // A filter of one operation and its operand: if the local port equals
+    // the operand, jump `yes` (8) bytes, exactly to the end, which accepts;
+    // if not, `no` (12) bytes, past the end, which rejects.
+    let mut filter = vec![INET_DIAG_BC_S_EQ, 8];
+    filter.extend_from_slice(&12_u16.to_ne_bytes());
+    filter.extend_from_slice(&[0, 0]);
+    filter.extend_from_slice(&local.port().to_ne_bytes());
+    let flags = libc::NLM_F_REQUEST | libc::NLM_F_DUMP;
+    request(flags, family(local), &[0; 48], &filter)
 }
 
 /// An address as `inet_diag_sockid` holds it: IPv4 in the first 4 bytes.
@@ -312,37 +299,32 @@ fn address_bytes(ip: IpAddr) -> [u8; 16] {
     bytes
 }
 
-/// A dump request for established TCP sockets of `family` that pass
-/// every comparison of `filter`.
-fn request(family: u8, filter: &[PortIs]) -> Vec<u8> {
-    // Each port comparison is an operation and an operand; an operation
-    // jumps `yes` bytes ahead if it holds and `no` if not. The program
-    // accepts by running exactly to its end; `no` jumps past the end,
-    // rejecting.
-    let mut bytecode = Vec::with_capacity(8 * filter.len());
-    for (i, compare) in filter.iter().enumerate() {
-        let left = 8 * (filter.len() - i) as u16;
-        bytecode.extend_from_slice(&[compare.op, 8]);
-        bytecode.extend_from_slice(&(left + 4).to_ne_bytes());
-        bytecode.extend_from_slice(&[0, 0]);
-        bytecode.extend_from_slice(&compare.port.to_ne_bytes());
-    }
-    let total = 16 + 56 + 4 + bytecode.len();
+/// A `SOCK_DIAG_BY_FAMILY` request with `flags` for established TCP
+/// sockets of `family`: `id` is its `inet_diag_sockid` (unused in a dump),
+/// `filter` its bytecode, if any.
+fn request(flags: libc::c_int, family: u8, id: &[u8], filter: &[u8]) -> Vec<u8> {
+    let attribute = if filter.is_empty() {
+        0
+    } else {
+        4 + filter.len()
+    };
+    let total = 16 + 8 + id.len() + attribute;
     let mut message = Vec::with_capacity(total);
     message.extend_from_slice(&(total as u32).to_ne_bytes());
     message.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    message.extend_from_slice(&flags.to_ne_bytes());
+    message.extend_from_slice(&(flags as u16).to_ne_bytes());
     message.extend_from_slice(&1_u32.to_ne_bytes()); // sequence
     message.extend_from_slice(&0_u32.to_ne_bytes()); // port id: the kernel
     // struct inet_diag_req_v2
     message.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
     message.extend_from_slice(&(1_u32 << TCP_ESTABLISHED).to_ne_bytes());
-    message.extend_from_slice(&[0; 48]); // the socket id: unused in a dump
-    // struct rtattr holding the filter
-    message.extend_from_slice(&((4 + bytecode.len()) as u16).to_ne_bytes());
-    message.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-    message.extend_from_slice(&bytecode);
+    message.extend_from_slice(id);
+    if !filter.is_empty() {
+        // struct rtattr holding the filter
+        message.extend_from_slice(&(attribute as u16).to_ne_bytes());
+        message.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        message.extend_from_slice(filter);
+    }
     message
 }
 
@@ -373,10 +355,7 @@ mod tests {
         let elsewhere = SocketAddr::new(local.ip(), port + 1);
         assert!(!established(elsewhere, other.local_addr().unwrap()).unwrap());
         // The closed one (in CLOSE-WAIT) is not counted, the other is.
-        assert_eq!(
-            established_on(listener.local_addr().unwrap(), port).unwrap(),
-            1
-        );
+        assert_eq!(established_on(listener.local_addr().unwrap()).unwrap(), 1);
     }
 
     #[test]
