@@ -55,8 +55,13 @@ fn http11(body: &str) -> String {
 
 /// `lockd.acquire(resource, client, {wait: 100})` as XML.
 fn waiting_acquire(resource: &str, client: &str) -> String {
+    lockd::xmlrpc::encode_call("lockd.acquire", &waiting_acquire_params(resource, client))
+}
+
+/// The parameters of `lockd.acquire(resource, client, {wait: 100})`.
+fn waiting_acquire_params(resource: &str, client: &str) -> Vec<Value> {
     let options = Value::Struct(vec![("wait".into(), Value::Int(100))]);
-    lockd::xmlrpc::encode_call("lockd.acquire", &[resource.into(), client.into(), options])
+    vec![resource.into(), client.into(), options]
 }
 
 #[test]
@@ -88,11 +93,7 @@ fn forty_multicalls_each_waiting_for_a_lock_stop_nobody() {
                 ("methodName".into(), "lockd.acquire".into()),
                 (
                     "params".into(),
-                    Value::Array(vec![
-                        "busy".into(),
-                        format!("w{i}").into(),
-                        Value::Struct(vec![("wait".into(), Value::Int(100))]),
-                    ]),
+                    Value::Array(waiting_acquire_params("busy", &format!("w{i}"))),
                 ),
             ]);
             let body = lockd::xmlrpc::encode_call("system.multicall", &[Value::Array(vec![entry])]);
