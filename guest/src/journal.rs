@@ -13,6 +13,11 @@
 //! belongs to another cycle: that is the torn tail of a write that never
 //! completed (so never acknowledged), or what the last checkpoint left.
 //! Journals of the first format (no header, no cycle) are still read.
+//!
+//! Nothing after the last complete record may ever count: a failed append
+//! cuts the file back to where it began (a record ending later exactly
+//! where a stale one starts would otherwise bring that one back), and a
+//! cycle resumed at open is cut back past its last complete record.
 
 /// One change to the set of held locks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,33 +48,36 @@ pub struct Journal {
     len: u64,
     /// The file's size.
     size: u64,
-    /// Set when a failed append could not be cut back: what the file holds
-    /// past `len` is unknown, so nothing more may be appended.
+    /// Set when what the file holds past `len`, or which cycle its header
+    /// names, is unknown (a failed append could not be cut back, a reset
+    /// failed): nothing may be appended until a reset succeeds.
     broken: bool,
 }
 
 impl Journal {
     /// Opens (or creates) the journal and returns the records of its
-    /// current cycle. Call [`reset`](Self::reset) before appending.
+    /// current cycle. Call [`reset`](Self::reset), or
+    /// [`resume`](Self::resume) if that fails, before appending.
     pub fn open(dir: &LockDir) -> Result<(Self, Vec<Record>), IoError> {
         let content = dir.read(JOURNAL_FILE, usize::MAX)?.unwrap_or_default();
         let fd = dir.create(JOURNAL_FILE)?;
-        let (records, cycle, size) = match content.strip_prefix(MAGIC.as_slice()) {
+        let (records, cycle, size, len) = match content.strip_prefix(MAGIC.as_slice()) {
             Some(rest) if rest.len() >= 8 => {
                 let cycle = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
-                let records = decode_all(&rest[8..], Some(cycle)).0;
-                (records, cycle, content.len() as u64)
+                let (records, len) = decode_all(&rest[8..], Some(cycle));
+                (records, cycle, content.len() as u64, len as u64)
             }
             // The first format (or nothing): emptied at the first reset,
             // then written anew.
-            _ => (decode_all(&content, None).0, 0, 0),
+            _ => (decode_all(&content, None).0, 0, 0, 0),
         };
         let journal = Self {
             fd,
             cycle,
-            len: 0,
+            len,
             size,
-            broken: false,
+            // Appending needs a header of this format first.
+            broken: size == 0,
         };
         Ok((journal, records))
     }
@@ -84,8 +92,17 @@ impl Journal {
         self.cycle
     }
 
+    /// Whether appends are refused until a [`reset`](Self::reset) succeeds.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     /// Starts a new cycle, durably: the records so far no longer count.
     /// For a checkpoint, once what they say is synced in the lock files.
+    ///
+    /// If writing the new header fails, the disk may hold either cycle:
+    /// appends are refused until a later reset, which starts a cycle above
+    /// both, succeeds.
     pub fn reset(&mut self) -> Result<(), IoError> {
         if self.size == 0 {
             // A journal of the first format, or none: start from nothing.
@@ -99,52 +116,80 @@ impl Journal {
             dir::write_all(&self.fd, JOURNAL_FILE, &zeroes[..n], self.size)?;
             self.size += n as u64;
         }
-        let mut header = MAGIC.to_vec();
-        header.extend_from_slice(&(self.cycle + 1).to_le_bytes());
-        dir::write_all(&self.fd, JOURNAL_FILE, &header, 0)?;
-        self.fd
-            .sync_data()
-            .map_err(|e| dir::io_error("syncing", JOURNAL_FILE, e))?;
         self.cycle += 1;
+        self.broken = true;
+        let mut header = MAGIC.to_vec();
+        header.extend_from_slice(&self.cycle.to_le_bytes());
+        dir::write_all(&self.fd, JOURNAL_FILE, &header, 0)?;
+        self.sync()?;
         self.len = 0;
+        self.broken = false;
+        if self.size > PREALLOCATE {
+            // Grown while checkpoints failed; what lies past the
+            // preallocation is of old cycles. Shrinking is only tidying.
+            if self.fd.set_size(PREALLOCATE).is_ok() {
+                self.size = PREALLOCATE;
+            }
+        }
+        Ok(())
+    }
+
+    /// Goes on appending to the cycle found at open, when it could not be
+    /// reset: whatever follows its last complete record (a torn write, or
+    /// the remains of a failed one) is cut off first, so that no later
+    /// append can make it count.
+    pub fn resume(&mut self) -> Result<(), IoError> {
+        if self.size == 0 {
+            return Err("the journal is of the first format: it must be emptied first".into());
+        }
+        self.cut_back(FILE_HEADER + self.len)?;
         self.broken = false;
         Ok(())
     }
 
     /// Appends `bytes` (records encoded for this cycle) and syncs them to
-    /// disk. On failure the first of them is overwritten with zeroes, so
-    /// that none of them counts.
+    /// disk. On failure the file is cut back to where they began and
+    /// synced, so that no part of them counts, now or after a later append;
+    /// if even that fails, appends are refused until a reset.
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), IoError> {
         if self.broken {
-            return Err("the journal could not be repaired after a failed write; \
-                        restart the daemon"
+            return Err("the journal could not be repaired after a failed write: \
+                        changes are refused until it is emptied"
                 .into());
         }
         let at = FILE_HEADER + self.len;
-        let written = dir::write_all(&self.fd, JOURNAL_FILE, bytes, at).and_then(|()| {
-            self.fd
-                .sync_data()
-                .map_err(|e| dir::io_error("syncing", JOURNAL_FILE, e))
-        });
+        let written = dir::write_all(&self.fd, JOURNAL_FILE, bytes, at).and_then(|()| self.sync());
         match written {
             Ok(()) => {
                 self.len += bytes.len() as u64;
                 self.size = self.size.max(at + bytes.len() as u64);
                 Ok(())
             }
-            Err(e) => {
-                let cut = dir::write_all(&self.fd, JOURNAL_FILE, &[0; HEADER], at).and_then(|()| {
-                    self.fd
-                        .sync_data()
-                        .map_err(|e| dir::io_error("syncing", JOURNAL_FILE, e))
-                });
-                if let Err(cut) = cut {
+            Err(e) => match self.cut_back(at) {
+                Ok(()) => Err(e),
+                Err(cut) => {
                     self.broken = true;
-                    return Err(format!("{e}; then {cut}"));
+                    Err(format!("{e}; then {cut}"))
                 }
-                Err(e)
-            }
+            },
         }
+    }
+
+    /// Truncates the file to `at` bytes, durably. Shrinking needs no space,
+    /// so this works on a full disk too; the preallocation is made again at
+    /// the next reset.
+    fn cut_back(&mut self, at: u64) -> Result<(), IoError> {
+        self.fd
+            .set_size(at)
+            .map_err(|e| dir::io_error("cutting back", JOURNAL_FILE, e))?;
+        self.size = at;
+        self.sync()
+    }
+
+    fn sync(&self) -> Result<(), IoError> {
+        self.fd
+            .sync_data()
+            .map_err(|e| dir::io_error("syncing", JOURNAL_FILE, e))
     }
 }
 

@@ -123,9 +123,9 @@ thread_local! {
     static INSTANCE: RefCell<Option<Instance>> = const { RefCell::new(None) };
 }
 
-/// Runs `batch` on the lock directory, opening it with the defaults on
+/// Runs `f` on the open lock directory, opening it with the defaults on
 /// first use.
-fn apply(batch: Vec<Request>) -> Result<Vec<Result<Reply, Error>>, wit::LockError> {
+fn with_instance<R>(f: impl FnOnce(&mut Instance) -> R) -> Result<R, wit::LockError> {
     INSTANCE.with_borrow_mut(|instance| {
         if instance.is_none() {
             let settings = Settings {
@@ -136,13 +136,19 @@ fn apply(batch: Vec<Request>) -> Result<Vec<Result<Reply, Error>>, wit::LockErro
             let clock = Clock::new();
             *instance = Some(Instance { state, clock });
         }
-        let Instance { state, clock } = instance.as_mut().expect("opened above");
-        let now_ms = if batch.iter().any(|r| state.needs_time(r)) {
+        Ok(f(instance.as_mut().expect("opened above")))
+    })
+}
+
+/// Runs `batch` on the lock directory.
+fn apply(batch: Vec<Request>) -> Result<Vec<Result<Reply, Error>>, wit::LockError> {
+    with_instance(|Instance { state, clock }| {
+        let now_ms = if state.needs_repair() || batch.iter().any(|r| state.needs_time(r)) {
             clock.now_ms()
         } else {
             clock.last_ms()
         };
-        Ok(state.apply(batch, now_ms))
+        state.apply(batch, now_ms)
     })
 }
 
@@ -186,6 +192,22 @@ impl wit::Guest for Component {
                 .collect(),
             Err(e) => vec![Err(e); n],
         }
+    }
+
+    fn health() -> wit::DirectoryHealth {
+        let checked = with_instance(|Instance { state, clock }| {
+            if state.needs_repair() {
+                state.repair(clock.now_ms());
+            }
+            wit::DirectoryHealth {
+                problems: state.problems(),
+                journal_bytes: state.journal_bytes(),
+            }
+        });
+        checked.unwrap_or_else(|e| wit::DirectoryHealth {
+            problems: vec![format!("the lock directory cannot be opened: {e:?}")],
+            journal_bytes: 0,
+        })
     }
 
     fn lock(resource: String, client: String) -> Result<(), wit::LockError> {

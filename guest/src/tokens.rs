@@ -5,8 +5,14 @@
 //! before any token of the range is. A restart, however abrupt, resumes
 //! above it, so a token is never issued twice and never goes backwards,
 //! whatever the clock does; a crash only skips the rest of the range.
+//!
+//! The mark is kept twice, `.lockd.tokens` then `.lockd.tokens.copy`, each
+//! written whole and renamed into place: whatever a power loss or a broken
+//! disk leaves of the one being written, the other holds this mark or the
+//! one before, and no token of the new range is issued before both are
+//! written. Start-up takes the highest mark it can read.
 
-use crate::dir::{IoError, LockDir, TOKENS_FILE};
+use crate::dir::{IoError, LockDir, TOKENS_COPY, TOKENS_FILE};
 
 /// How many tokens the first synced write of the high-water mark in a run
 /// reserves. Each next range is twice the last, up to [`MAX_RESERVE`]: a
@@ -34,20 +40,45 @@ impl Tokens {
     /// Reads the high-water mark; `seen` is the highest token found in the
     /// lock files and the journal (a directory written before the mark
     /// existed, or one whose mark was lost).
-    pub fn open(dir: &LockDir, seen: u64) -> Result<Self, IoError> {
-        let mark = match dir.read(TOKENS_FILE, 64)? {
-            Some(content) => String::from_utf8_lossy(&content)
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| format!("{TOKENS_FILE} does not hold a number"))?,
-            None => 0,
-        };
+    /// What cannot be read is told in `notes`, not an error: the other
+    /// copy, the lock files and the journal still bound what was issued.
+    pub fn open(dir: &LockDir, seen: u64, notes: &mut Vec<String>) -> Self {
+        let mut mark = 0;
+        let mut unreadable = 0;
+        for file in [TOKENS_FILE, TOKENS_COPY] {
+            let content = match dir.read(file, 64) {
+                Ok(Some(content)) => content,
+                Ok(None) => continue,
+                Err(e) => {
+                    notes.push(format!("token mark unreadable: {e}"));
+                    unreadable += 1;
+                    continue;
+                }
+            };
+            match String::from_utf8_lossy(&content).trim().parse::<u64>() {
+                Ok(found) => mark = mark.max(found),
+                Err(_) => {
+                    notes.push(format!(
+                        "{file} does not hold a number ({} bytes): left by a write \
+                         cut short; the next mark is written anew",
+                        content.len()
+                    ));
+                    unreadable += 1;
+                }
+            }
+        }
+        if unreadable == 2 {
+            notes.push(format!(
+                "no token mark could be read: tokens resume above {seen}, the highest \
+                 in the lock files and the journal"
+            ));
+        }
         let next = mark.max(seen.saturating_add(1)).max(1);
-        Ok(Self {
+        Self {
             next,
             reserved: next,
             range: FIRST_RESERVE,
-        })
+        }
     }
 
     /// A token never issued before.
@@ -56,7 +87,9 @@ impl Tokens {
             let mark = self.next + self.range;
             // Synced before it is renamed into place: a power loss must not
             // leave the name pointing at a mark that never reached the disk.
-            dir.replace_durably(TOKENS_FILE, format!("{mark}\n").as_bytes())?;
+            let content = format!("{mark}\n");
+            dir.replace_durably(TOKENS_FILE, content.as_bytes())?;
+            dir.replace_durably(TOKENS_COPY, content.as_bytes())?;
             self.reserved = mark;
             self.range = (self.range * 2).min(MAX_RESERVE);
         }

@@ -23,8 +23,8 @@ mod bindings {
 }
 
 pub use bindings::exports::lockd::lockd::locks::{
-    AcquireRequest, CheckRequest, Durability, LockError as GuestError, LockInfo, LockRequest,
-    OpenReport, Options, ReleaseRequest, RenewRequest, Reply, Request,
+    AcquireRequest, CheckRequest, DirectoryHealth, Durability, LockError as GuestError, LockInfo,
+    LockRequest, OpenReport, Options, ReleaseRequest, RenewRequest, Reply, Request,
 };
 
 /// The component exactly as `lockd` runs it (`wasm32-wasip2`, built from
@@ -205,6 +205,12 @@ impl Instance {
     /// Runs a batch of requests with one sync; see the WIT `apply`.
     pub fn apply(&mut self, batch: &[Request]) -> wasmtime::Result<Vec<Result<Reply, GuestError>>> {
         self.call(|locks, store| locks.call_apply(store, batch))
+    }
+
+    /// Retries what failed and reports how the directory is kept; see the
+    /// WIT `health`.
+    pub fn health(&mut self) -> wasmtime::Result<DirectoryHealth> {
+        self.call(|locks, store| locks.call_health(store))
     }
 
     /// Takes `client`'s lock on `resource`; see the WIT `lock`.

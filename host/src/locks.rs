@@ -306,6 +306,7 @@ impl Lockd {
         let gauges = Gauges {
             locks_held: self.list("")?.len(),
             waiters: self.engine.waiters(),
+            journal_bytes: self.engine.health().map_or(0, |h| h.journal_bytes),
         };
         Ok(self.metrics.render(&gauges))
     }
@@ -316,11 +317,24 @@ impl Lockd {
         self.engine.stop_waiting();
     }
 
-    /// Whether the lock directory can be written: a probe file,
-    /// `.lockd.health`, is written in it.
+    /// Whether changes can be stored and the lock files are up to date:
+    /// a probe file, `.lockd.health`, is written in the lock directory, and
+    /// the component reports its journal and lock files (retrying what
+    /// failed). The error says every problem found.
     pub fn health(&self) -> Result<(), String> {
-        std::fs::write(self.dir.join(".lockd.health"), b"ok\n")
-            .map_err(|e| format!("cannot write in {}: {e}", self.dir.display()))
+        let mut problems = Vec::new();
+        if let Err(e) = std::fs::write(self.dir.join(".lockd.health"), b"ok\n") {
+            problems.push(format!("cannot write in {}: {e}", self.dir.display()));
+        }
+        match self.engine.health() {
+            Ok(health) => problems.extend(health.problems),
+            Err(e) => problems.push(e),
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
     }
 
     /// Syncs the file system holding the lock directory: with

@@ -87,6 +87,7 @@ impl Default for Metrics {
 pub struct Gauges {
     pub locks_held: usize,
     pub waiters: usize,
+    pub journal_bytes: u64,
 }
 
 impl Metrics {
@@ -152,6 +153,12 @@ impl Metrics {
             "Clients waiting for a lock now.",
             gauges.waiters as u64,
         );
+        gauge(
+            &mut out,
+            "lockd_journal_bytes",
+            "Bytes of changes in the journal not yet emptied into the lock files.",
+            gauges.journal_bytes,
+        );
         counter(
             &mut out,
             "lockd_lease_expiries_total",
@@ -198,6 +205,7 @@ mod tests {
         let text = m.render(&Gauges {
             locks_held: 7,
             waiters: 2,
+            journal_bytes: 512,
         });
         for line in [
             "lockd_batch_size_bucket{le=\"1\"} 1\n",
@@ -208,6 +216,7 @@ mod tests {
             "lockd_faults_total{method=\"lock\",code=\"1\"} 1\n",
             "lockd_locks_held 7\n",
             "lockd_waiters 2\n",
+            "lockd_journal_bytes 512\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

@@ -3,6 +3,7 @@
 
 use crate::support::{LOCKD, TestServer, holder_of, lock_files, spare_files, temp_lock_dir};
 use lockd::xmlrpc::Value;
+use std::path::PathBuf;
 
 #[test]
 fn locks_survive_kill_9_and_restart_with_sync_always() {
@@ -180,7 +181,7 @@ fn lock_files_edited_by_hand_never_leak_into_later_lock_files() {
 }
 
 #[test]
-fn renewed_lock_files_hold_their_last_lease_and_spares_stay_bounded() {
+fn renewed_lock_files_hold_their_last_lease_and_churn_leaves_no_file_behind() {
     for sync in ["always", "none"] {
         let (_tmp, dir) = temp_lock_dir();
         let server = TestServer::start_in(&dir, &["--sync", sync]);
@@ -213,15 +214,14 @@ fn renewed_lock_files_hold_their_last_lease_and_spares_stay_bounded() {
                 .unwrap();
             assert_eq!(ttl_line(), format!("ttl: {}", ttl as u64 * 1000), "{sync}");
         }
-        // Churn through more locks than there are spares.
+        // Churn: every lock file gets an inode of its own, gone with it.
         for i in 0..300 {
             server.call("lock", &[&format!("r{i}"), "churn"]).unwrap();
         }
         for i in 0..300 {
             server.call("unlock", &[&format!("r{i}"), "churn"]).unwrap();
         }
-        let spares = spare_files(&dir).len();
-        assert!(spares <= 256, "{spares} spares ({sync})");
+        assert_eq!(spare_files(&dir), Vec::<PathBuf>::new(), "{sync}");
         assert_eq!(lock_files(&dir).len(), 1, "{sync}");
 
         server.kill9();
@@ -237,41 +237,27 @@ fn renewed_lock_files_hold_their_last_lease_and_spares_stay_bounded() {
 }
 
 #[test]
-fn spares_removed_by_hand_are_made_anew() {
+fn spare_files_of_an_earlier_version_are_removed_and_their_locks_kept() {
     for sync in ["always", "none"] {
         let (_tmp, dir) = temp_lock_dir();
+        // As lockd 0.2 left them: a spare linked as a lock file, a free one.
+        std::fs::write(dir.join(".lockd-spare-0"), "host-old\ntoken: 5\n").unwrap();
+        std::fs::hard_link(dir.join(".lockd-spare-0"), dir.join("x.resource.lock")).unwrap();
+        std::fs::write(dir.join(".lockd-spare-1"), "").unwrap();
         let server = TestServer::start_in(&dir, &["--sync", sync]);
-        for name in ["a", "b", "c"] {
-            server.call("lock", &[name, "host-a"]).unwrap();
-            server.call("unlock", &[name, "host-a"]).unwrap();
-        }
-        server.kill9();
-        assert!(!spare_files(&dir).is_empty(), "{sync}");
-
-        // Found at start, then removed before lockd used them again.
-        let server = TestServer::start_in(&dir, &["--sync", sync]);
-        for spare in spare_files(&dir) {
-            std::fs::remove_file(spare).unwrap();
-        }
-        for name in ["x", "y"] {
-            assert_eq!(
-                server.call("lock", &[name, "host-b"]),
-                Ok(Value::Nil),
-                "{sync}"
-            );
-            let content = std::fs::read_to_string(dir.join(format!("{name}.resource.lock")));
-            assert_eq!(holder_of(&content.unwrap()), "host-b", "{sync}");
-        }
-        server.call("unlock", &["x", "host-b"]).unwrap();
-        assert!(!spare_files(&dir).is_empty(), "{sync}: no spare made anew");
-
-        server.kill9();
-        let server = TestServer::start_in(&dir, &["--sync", sync]);
-        let fault = server.call("lock", &["y", "other"]).unwrap_err();
+        assert_eq!(spare_files(&dir), Vec::<PathBuf>::new(), "{sync}");
+        let fault = server.call("lock", &["x", "other"]).unwrap_err();
         assert_eq!(
-            fault.message, "Resource already locked by 'host-b'",
+            fault.message, "Resource already locked by 'host-old'",
             "{sync}"
         );
-        assert_eq!(lock_files(&dir).len(), 1, "{sync}");
+        let content = std::fs::read_to_string(dir.join("x.resource.lock")).unwrap();
+        assert_eq!(content, "host-old\ntoken: 5\n", "{sync}");
+        let lock = server
+            .client()
+            .call("lockd.acquire", &["y".into(), "host-b".into()])
+            .unwrap();
+        let token = lock.member("token").and_then(Value::as_i64).unwrap();
+        assert!(token > 5, "{sync}: token {token}");
     }
 }

@@ -5,7 +5,7 @@
 
 mod queue;
 
-use crate::component::{GuestError, Instance, Reply, Request, Runtime};
+use crate::component::{DirectoryHealth, GuestError, Instance, Reply, Request, Runtime};
 use crate::error::LockError;
 use crate::metrics::Metrics;
 pub use queue::Presence;
@@ -29,6 +29,13 @@ pub type Then = Box<dyn FnOnce(Result<Reply, LockError>) + Send>;
 /// Opens a fresh instance on the directory (after a trap, for instance).
 pub type Reopen = Box<dyn Fn(&Runtime, &Path) -> anyhow::Result<Instance> + Send + Sync>;
 
+/// The component instance and, if it trapped and could not be opened
+/// again, why it cannot be used.
+struct Live {
+    instance: Instance,
+    lost: Option<String>,
+}
+
 /// The engine of one open lock directory.
 pub struct Engine {
     dir: PathBuf,
@@ -39,7 +46,7 @@ pub struct Engine {
     reopen: Reopen,
     metrics: Arc<Metrics>,
     /// Used by one batch leader at a time.
-    instance: Mutex<Instance>,
+    instance: Mutex<Live>,
     queue: Mutex<Queue>,
     /// Wakes the timer thread when a deadline comes closer.
     timer: Condvar,
@@ -62,7 +69,10 @@ impl Engine {
             runtime,
             reopen,
             metrics,
-            instance: Mutex::new(instance),
+            instance: Mutex::new(Live {
+                instance,
+                lost: None,
+            }),
             queue: Mutex::new(Queue::default()),
             timer: Condvar::new(),
         }
@@ -356,9 +366,12 @@ impl Engine {
     /// One guest call for `batch`. A trap poisons an instance, so it is
     /// replaced (reopening the directory) before the error is reported.
     fn run(&self, batch: &[Request]) -> Vec<Result<Reply, LockError>> {
-        let mut instance = lock(&self.instance);
+        let mut live = lock(&self.instance);
+        if let Err(lost) = self.revive(&mut live) {
+            return vec![Err(LockError::Internal(lost)); batch.len()];
+        }
         let start = Instant::now();
-        let applied = instance.apply(batch);
+        let applied = live.instance.apply(batch);
         if batch.iter().any(changes) {
             self.metrics
                 .commit_seconds
@@ -372,13 +385,51 @@ impl Engine {
                 .map(|(request, result)| result.map_err(|e| lock_error(request, e)))
                 .collect(),
             Err(trap) => {
-                tracing::error!("lock component trapped: {trap:?}");
-                match (self.reopen)(&self.runtime, &self.dir) {
-                    Ok(fresh) => *instance = fresh,
-                    Err(e) => tracing::error!("restarting the lock component failed: {e:#}"),
-                }
                 let error = LockError::Internal(format!("{trap:#}"));
+                self.replace_trapped(&mut live, &trap);
                 vec![Err(error); batch.len()]
+            }
+        }
+    }
+
+    /// Reopens the directory in place of an instance that trapped; if that
+    /// fails, the instance is lost until [`revive`](Self::revive) succeeds.
+    fn replace_trapped(&self, live: &mut Live, trap: &wasmtime::Error) {
+        tracing::error!("lock component trapped: {trap:?}");
+        live.lost = Some(format!("the lock component trapped ({trap:#})"));
+        if let Err(e) = self.revive(live) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Makes sure the instance is usable: one lost after a trap is opened
+    /// again (every call tries, until one succeeds).
+    fn revive(&self, live: &mut Live) -> Result<(), String> {
+        let Some(lost) = &live.lost else {
+            return Ok(());
+        };
+        match (self.reopen)(&self.runtime, &self.dir) {
+            Ok(fresh) => {
+                live.instance = fresh;
+                live.lost = None;
+                tracing::info!("lock component opened again");
+                Ok(())
+            }
+            Err(e) => Err(format!("{lost}, and opening it again failed: {e:#}")),
+        }
+    }
+
+    /// How the lock directory is kept: the component's problems, or why
+    /// there is no usable component. Retries what failed first.
+    pub fn health(&self) -> Result<DirectoryHealth, String> {
+        let mut live = lock(&self.instance);
+        self.revive(&mut live)?;
+        match live.instance.health() {
+            Ok(health) => Ok(health),
+            Err(trap) => {
+                let error = format!("the lock component trapped: {trap:#}");
+                self.replace_trapped(&mut live, &trap);
+                Err(error)
             }
         }
     }
