@@ -9,6 +9,7 @@ mod connections;
 mod contrib;
 mod crash;
 mod embed;
+mod faults;
 mod fencing;
 mod hostile;
 mod jco;

@@ -1,0 +1,408 @@
+//! A full, unwritable or failing file system: what was acknowledged
+//! survives, what was refused never appears, and the daemon recovers by
+//! itself. Faults come from a small tmpfs, `chattr +i`, or strace injecting
+//! errors into the daemon's system calls.
+
+use crate::support::{TestServer, holder_of, lock_files, raw_http, wait_until};
+use lockd::xmlrpc::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use tempfile::TempDir;
+
+/// A tmpfs of a given size on a fresh directory, unmounted when dropped.
+pub struct Tmpfs {
+    tmp: TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Self {
+        let tmp = TempDir::new().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "lockd-test"])
+            .arg(tmp.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs (the tests run as root)");
+        std::fs::create_dir(tmp.path().join("locks")).unwrap();
+        Self { tmp }
+    }
+
+    /// The lock directory on it.
+    pub fn dir(&self) -> PathBuf {
+        self.tmp.path().join("locks")
+    }
+
+    /// Fills it up with a file beside the lock directory (again, after
+    /// space was freed), removed by [`unfill`](Self::unfill).
+    pub fn fill(&self) {
+        let mut filler = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.filler())
+            .unwrap();
+        let zeroes = vec![0; 4096];
+        while filler.write_all(&zeroes).is_ok() {}
+        // Whatever a page smaller than 4 KiB still holds.
+        while filler.write_all(&[0]).is_ok() {}
+    }
+
+    pub fn unfill(&self) {
+        std::fs::remove_file(self.filler()).unwrap();
+    }
+
+    /// Gives it a new size.
+    pub fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.tmp.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.tmp.path().join("filler")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = set_immutable(&self.dir(), false);
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.tmp.path())
+            .status();
+    }
+}
+
+/// `chattr +i` or `-i` on `dir`: while set, not even root can create,
+/// rename or remove entries in it (files already open stay writable).
+fn set_immutable(dir: &Path, on: bool) -> bool {
+    Command::new("chattr")
+        .arg(if on { "+i" } else { "-i" })
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// strace attached to a running daemon, tampering with its system calls
+/// until [`detach`](Self::detach).
+pub struct Injector {
+    child: Child,
+    log: PathBuf,
+}
+
+/// The system calls lockd's lock directory work makes.
+const FILE_CALLS: &str = "openat2,statx,pwrite64,fdatasync,fsync,renameat,unlinkat,ftruncate";
+
+impl Injector {
+    /// Attaches to every thread of `pid` with `-e inject=<inject>` (and
+    /// any further strace arguments), tracing [`FILE_CALLS`] into `log`;
+    /// returns once attached.
+    pub fn attach(pid: u32, inject: &str, log: &Path) -> Self {
+        let mut child = Command::new("strace")
+            .args(["-f", "-y", "-p", &pid.to_string(), "-e"])
+            .arg(format!("trace={FILE_CALLS}"))
+            .args(["-e", &format!("inject={inject}"), "-o"])
+            .arg(log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("strace (tests/setup.sh installs it)");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut said = String::new();
+        loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("strace did not attach:\n{said}");
+            }
+            said.push_str(&line);
+            if line.contains("attached") {
+                // strace must not block writing the rest.
+                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+                return Self {
+                    child,
+                    log: log.to_owned(),
+                };
+            }
+        }
+    }
+
+    /// Detaches (the daemon runs on untouched) and returns strace's log.
+    pub fn detach(mut self) -> String {
+        // SAFETY: kill(2) of our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// `GET /healthz`: the status and the body.
+fn health(server: &TestServer) -> (u16, String) {
+    raw_http(&server.addr, b"GET /healthz HTTP/1.0\r\n\r\n")
+}
+
+/// What the clients were told: each resource's holder, `None` for free.
+#[derive(Default)]
+struct Model {
+    holders: BTreeMap<String, Option<String>>,
+    acknowledged: usize,
+    refused: usize,
+}
+
+impl Model {
+    /// Records the answer to taking `resource` for `client`.
+    fn took(&mut self, resource: &str, client: &str, answer: &Result<Value, String>) {
+        self.count(answer);
+        if answer.is_ok() {
+            self.holders.insert(resource.into(), Some(client.into()));
+        } else {
+            self.holders.entry(resource.into()).or_insert(None);
+        }
+    }
+
+    /// Records the answer to releasing `resource`.
+    fn released(&mut self, resource: &str, answer: &Result<Value, String>) {
+        self.count(answer);
+        if answer.is_ok() {
+            self.holders.insert(resource.into(), None);
+        }
+    }
+
+    fn count(&mut self, answer: &Result<Value, String>) {
+        match answer {
+            Ok(_) => self.acknowledged += 1,
+            Err(_) => self.refused += 1,
+        }
+    }
+
+    /// Fails the test unless `server` holds exactly what the clients were
+    /// told; if `files`, the lock files show it too.
+    fn check(&self, server: &TestServer, files: bool, when: &str) {
+        for (resource, expected) in &self.holders {
+            let status = server.call("lockd.status", &[resource]).unwrap();
+            let holder = status.member("client").and_then(Value::as_str);
+            assert_eq!(
+                holder,
+                expected.as_deref(),
+                "{when}: {resource} ({} acknowledged, {} refused)\n{}",
+                self.acknowledged,
+                self.refused,
+                server.log()
+            );
+            if files {
+                let content =
+                    std::fs::read_to_string(server.dir.join(format!("{resource}.resource.lock")));
+                match expected {
+                    Some(client) => assert_eq!(
+                        holder_of(&content.unwrap_or_default()),
+                        client,
+                        "{when}: {resource}'s lock file"
+                    ),
+                    None => assert!(content.is_err(), "{when}: {resource} has a lock file"),
+                }
+            }
+        }
+    }
+}
+
+/// A call's outcome with a fault's text as the error; a fault must be
+/// -32603 (the change could not be stored) or the expected `ok_fault`.
+fn answer(server: &TestServer, method: &str, params: &[&str]) -> Result<Value, String> {
+    server.call(method, params).map_err(|fault| {
+        assert_eq!(fault.code, -32603, "{method}{params:?}: {fault:?}");
+        fault.message
+    })
+}
+
+/// Waits for `/healthz` to say 200: the daemon repaired what failed.
+fn wait_healthy(server: &TestServer) {
+    wait_until("/healthz 200", || health(server).0 == 200);
+}
+
+#[test]
+fn a_full_disk_loses_no_acknowledged_change_and_the_daemon_recovers_by_itself() {
+    let fs = Tmpfs::mount("3m");
+    let dir = fs.dir();
+    let mut model = Model::default();
+    let server = TestServer::start_in(&dir, &["--sync", "always"]);
+    let a = answer(&server, "lock", &["Z", "z"]);
+    model.took("Z", "z", &a);
+    fs.fill();
+    let (status, reason) = health(&server);
+    assert_eq!(status, 503, "{reason}");
+
+    // The journal's preallocated space takes these; their lock files fail.
+    let y = answer(&server, "lockd.acquire", &["Y", "y"]);
+    assert!(y.is_ok(), "{y:?}");
+    model.took("Y", "y", &y);
+    let z = answer(&server, "unlock", &["Z", "z"]);
+    assert!(z.is_ok(), "{z:?}");
+    model.released("Z", &z);
+    fs.fill();
+    // Past the preallocation, appends need space: refused from then on.
+    let big = "c".repeat(1000);
+    for i in 0..3000 {
+        if model.refused >= 10 {
+            break;
+        }
+        let resource = format!("p{i}");
+        let took = answer(&server, "lock", &[&resource, &big]);
+        model.took(&resource, &big, &took);
+        if took.is_ok() {
+            let released = answer(&server, "unlock", &[&resource, &big]);
+            model.released(&resource, &released);
+        }
+    }
+    let counts = (model.acknowledged, model.refused);
+    assert!(counts.0 > 2 && counts.1 > 0, "{counts:?}");
+    eprintln!(
+        "full disk: {} changes acknowledged, {} refused",
+        model.acknowledged, model.refused
+    );
+    let (status, reason) = health(&server);
+    assert_eq!(status, 503, "{reason}");
+    model.check(&server, false, "while full");
+
+    // Space comes back: the running daemon brings its files up to date.
+    fs.unfill();
+    wait_healthy(&server);
+    model.check(&server, true, "after space came back");
+    let dir = server.kill9();
+    let server = TestServer::start_in(&dir, &["--sync", "always"]);
+    model.check(&server, true, "after kill -9 and restart");
+}
+
+#[test]
+fn a_daemon_restarted_on_a_disk_too_small_for_its_lock_files_starts_and_serves_them() {
+    let fs = Tmpfs::mount("4m");
+    let dir = fs.dir();
+    let mut model = Model::default();
+    let server = TestServer::start_in(&dir, &["--sync", "always"]);
+    // Every lock file takes a page: far more than the file system holds.
+    for i in 0..1500 {
+        let resource = format!("r{i}");
+        let took = answer(&server, "lock", &[&resource, "c"]);
+        model.took(&resource, "c", &took);
+    }
+    assert!(model.acknowledged > 900, "{}", model.acknowledged);
+    let dir = server.kill9();
+
+    let server = TestServer::try_start_in(&dir, &["--sync", "always"])
+        .unwrap_or_else(|log| panic!("lockd did not start on a full disk:\n{log}"));
+    model.check(&server, false, "restarted on a full disk");
+    let (status, reason) = health(&server);
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("lock files"), "{reason}");
+
+    fs.resize("64m");
+    wait_healthy(&server);
+    model.check(&server, true, "after the disk grew");
+    let dir = server.kill9();
+    let server = TestServer::start_in(&dir, &["--sync", "always"]);
+    model.check(&server, true, "restarted again");
+}
+
+#[test]
+fn an_unwritable_directory_loses_no_acknowledged_change() {
+    let fs = Tmpfs::mount("64m");
+    let dir = fs.dir();
+    let mut model = Model::default();
+    let server = TestServer::start_in(&dir, &["--sync", "always"]);
+    let client = server.client();
+    let a = answer(&server, "lockd.acquire", &["A", "a"]);
+    model.took("A", "a", &a);
+    assert!(set_immutable(&dir, true), "chattr +i");
+
+    let holder = "y".repeat(1000);
+    let lease = Value::Struct(vec![("ttl".into(), Value::Double(600.0))]);
+    let y = client
+        .call(
+            "lockd.acquire",
+            &["Y".into(), holder.as_str().into(), lease],
+        )
+        .map_err(|e| format!("{e:?}"));
+    assert!(y.is_ok(), "{y:?}");
+    model.took("Y", &holder, &y);
+    let released = answer(&server, "lockd.release", &["A", "a"]);
+    assert!(released.is_ok(), "{released:?}");
+    model.released("A", &released);
+    // Past a checkpoint's worth of journal: the checkpoint cannot happen.
+    let mut expires = None;
+    for i in 0..1100 {
+        let ttl = Value::Double(600.0 + f64::from(i));
+        let renewed = client
+            .call("lockd.renew", &["Y".into(), holder.as_str().into(), ttl])
+            .unwrap();
+        expires = renewed.member("expires").cloned();
+    }
+    let (status, reason) = health(&server);
+    assert_eq!(status, 503, "{reason}");
+    model.check(&server, false, "while unwritable");
+
+    // Writable again, and killed before it could catch up.
+    assert!(set_immutable(&dir, false));
+    let dir = server.kill9();
+    let server = TestServer::start_in(&dir, &["--sync", "always"]);
+    model.check(&server, true, "after kill -9 and restart");
+    let status = server.call("lockd.status", &["Y"]).unwrap();
+    assert_eq!(
+        status.member("expires").cloned(),
+        expires,
+        "the last renewal"
+    );
+    assert_eq!(health(&server).0, 200);
+}
+
+#[test]
+fn an_empty_token_mark_and_an_empty_lock_file_at_start_are_recovered_from() {
+    let (_tmp, dir) = crate::support::temp_lock_dir();
+    let server = TestServer::start_in(&dir, &["--sync", "always"]);
+    let mut highest = 0;
+    for i in 0..5 {
+        let resource = format!("t{i}");
+        let lock = server.call("lockd.acquire", &[&resource, "c"]).unwrap();
+        highest = highest.max(lock.member("token").and_then(Value::as_i64).unwrap());
+        server.call("lockd.release", &[&resource, "c"]).unwrap();
+    }
+    server.call("lock", &["kept", "k"]).unwrap();
+    let dir = server.kill9();
+    // What a power loss can leave where the file system renamed before it
+    // wrote: an empty mark, an empty lock file, one cut off mid-line.
+    std::fs::write(dir.join(".lockd.tokens"), "").unwrap();
+    std::fs::write(dir.join("e.resource.lock"), "").unwrap();
+    std::fs::write(dir.join("f.resource.lock"), "host-f\ntok").unwrap();
+
+    let server = TestServer::try_start_in(&dir, &["--sync", "always"])
+        .unwrap_or_else(|log| panic!("lockd did not start:\n{log}"));
+    let log = server.log();
+    assert!(
+        log.contains(".lockd.tokens does not hold a number"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\"e.resource.lock\" is the remains of a write cut short"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\"f.resource.lock\" is the remains of a write cut short"),
+        "{log}"
+    );
+    assert_eq!(server.call("lock", &["e", "x"]), Ok(Value::Nil));
+    assert_eq!(server.call("lock", &["f", "x"]), Ok(Value::Nil));
+    let kept = server.call("lockd.status", &["kept"]).unwrap();
+    assert_eq!(kept.member("client").and_then(Value::as_str), Some("k"));
+    let lock = server.call("lockd.acquire", &["n", "c"]).unwrap();
+    let token = lock.member("token").and_then(Value::as_i64).unwrap();
+    assert!(token > highest, "token {token} after {highest}");
+    assert_eq!(
+        lock_files(&dir),
+        ["e", "f", "kept", "n"]
+            .iter()
+            .map(|r| format!("{r}.resource.lock"))
+            .collect()
+    );
+}
