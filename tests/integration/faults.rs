@@ -406,3 +406,73 @@ fn an_empty_token_mark_and_an_empty_lock_file_at_start_are_recovered_from() {
             .collect()
     );
 }
+
+/// The bytes of one journal record of `lock` with a 2-byte resource and
+/// client and a one-digit token.
+const SHORT_LOCK_RECORD: usize = 63;
+
+#[test]
+fn a_failed_journal_append_leaves_nothing_a_later_append_brings_back() {
+    for _ in 0..5 {
+        if failed_batch_then_append() {
+            return;
+        }
+    }
+    panic!("no refused batch of several changes in 5 tries");
+}
+
+/// A batch of several locks whose journal sync fails, then a lock whose
+/// record is exactly as long as the batch's first, then `kill -9`: nothing
+/// of the refused batch may come back. Returns false if the last refused
+/// batch held a single change (nothing to show; try again).
+fn failed_batch_then_append() -> bool {
+    let (tmp, dir) = crate::support::temp_lock_dir();
+    let server = TestServer::start_in(&dir, &["--sync", "always"]);
+    let mut model = Model::default();
+    // Reserves the tokens: the locks below write the journal alone.
+    server.call("lock", &["w0", "c0"]).unwrap();
+    server.call("unlock", &["w0", "c0"]).unwrap();
+    // Every append's sync (each thread's first, third, ...; the second
+    // cuts a failed append back) waits a second, then fails: one batch
+    // holds the commit while the other calls queue into the next.
+    let log = tmp.path().join("strace.log");
+    let injector = Injector::attach(
+        server.pid(),
+        "fdatasync:error=EIO:delay_enter=1000000:when=1+2",
+        &log,
+    );
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = ["rA", "rB", "rC", "rD"]
+            .iter()
+            .map(|&r| {
+                let server = &server;
+                s.spawn(move || (r, answer(server, "lock", &[r, &r.replace('r', "c")])))
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let trace = injector.detach();
+    for (resource, answer) in &answers {
+        model.took(resource, &resource.replace('r', "c"), answer);
+    }
+    // The last append of records (not a repair's write of a few bytes).
+    let last_append = trace
+        .lines()
+        .filter(|l| l.contains("pwrite64(") && l.contains(".lockd.journal>"))
+        .filter_map(|l| l.rsplit(", ").nth(1)?.parse::<usize>().ok())
+        .filter(|&len| len >= SHORT_LOCK_RECORD)
+        .last()
+        .unwrap_or(0);
+    if model.refused < 2 || last_append < 2 * SHORT_LOCK_RECORD {
+        return false;
+    }
+    // Written where the refused batch began, ending where its second
+    // record begins.
+    let e = answer(&server, "lock", &["rE", "cE"]);
+    assert!(e.is_ok(), "{e:?}");
+    model.took("rE", "cE", &e);
+    let dir = server.kill9();
+    let server = TestServer::start_in(&dir, &["--sync", "always"]);
+    model.check(&server, true, "after kill -9 and restart");
+    true
+}
