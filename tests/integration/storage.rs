@@ -1,7 +1,7 @@
 //! What lockd asks of the file system, in what order, as strace sees it.
 
 use crate::support::{TestServer, temp_lock_dir};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The process strace runs (its only child).
 fn traced(strace_pid: u32) -> i32 {
@@ -56,4 +56,117 @@ fn the_token_mark_reaches_the_disk_before_its_name_points_at_it() {
             lines[opened..=at].join("\n")
         );
     }
+}
+
+/// Whether `content` is the whole lock file of a lock held by `x-holder`.
+fn whole_x(content: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(content) else {
+        return false;
+    };
+    let Some(rest) = text.strip_prefix("x-holder\n") else {
+        return false;
+    };
+    rest.ends_with('\n')
+        && rest.contains("token: ")
+        && rest.lines().all(|line| {
+            line.split_once(": ")
+                .is_some_and(|(_, n)| n.parse::<u64>().is_ok())
+        })
+}
+
+#[derive(Default, Debug)]
+struct Reads {
+    /// Opened by name and read: X's whole file.
+    whole: u64,
+    /// Opened by name: no file.
+    absent: u64,
+    /// Read again through the descriptor opened the time before, after
+    /// more locks and unlocks: the same content.
+    again: u64,
+    /// Anything else.
+    wrong: Vec<String>,
+}
+
+#[test]
+fn readers_of_a_lock_file_see_its_holder_whole_or_no_file() {
+    use std::io::{Read as _, Seek as _};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = TestServer::start_with(&["--sync", "none"]);
+    let file = server.dir.join("X.resource.lock");
+    let other = "y".repeat(600);
+    let stop = AtomicBool::new(false);
+    let read_all = |f: &mut std::fs::File| {
+        let mut content = Vec::new();
+        f.rewind().unwrap();
+        f.read_to_end(&mut content).unwrap();
+        content
+    };
+    let (reads, cycles) = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut reads = Reads::default();
+                    let mut kept: Option<(std::fs::File, Vec<u8>)> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut f) = std::fs::File::open(&file) else {
+                            reads.absent += 1;
+                            continue;
+                        };
+                        let content = read_all(&mut f);
+                        if !whole_x(&content) {
+                            reads.wrong.push(String::from_utf8_lossy(&content).into());
+                            continue;
+                        }
+                        reads.whole += 1;
+                        if let Some((mut old, first)) = kept.take() {
+                            let again = read_all(&mut old);
+                            if again == first {
+                                reads.again += 1;
+                            } else {
+                                reads.wrong.push(String::from_utf8_lossy(&again).into());
+                            }
+                        }
+                        kept = Some((f, content));
+                    }
+                    reads
+                })
+            })
+            .collect();
+        // X, then a lock with a 600-byte holder, locked and unlocked in turn.
+        let client = server.client();
+        let call = |method: &str, resource: &str, holder: &str| {
+            client
+                .call(method, &[resource.into(), holder.into()])
+                .unwrap();
+        };
+        let start = Instant::now();
+        let mut cycles = 0;
+        while start.elapsed() < Duration::from_secs(20) {
+            call("lock", "X", "x-holder");
+            call("unlock", "X", "x-holder");
+            call("lock", "Y", &other);
+            call("unlock", "Y", &other);
+            cycles += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let reads: Vec<Reads> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+        (reads, cycles)
+    });
+    let total = |f: fn(&Reads) -> u64| reads.iter().map(f).sum::<u64>();
+    let wrong: Vec<&String> = reads.iter().flat_map(|r| &r.wrong).collect();
+    eprintln!(
+        "readers: {} whole reads of X, {} of no file, {} re-reads through an old descriptor, \
+         {} wrong; {cycles} lock/unlock cycles of X and Y",
+        total(|r| r.whole),
+        total(|r| r.absent),
+        total(|r| r.again),
+        wrong.len()
+    );
+    assert!(total(|r| r.whole) > 0 && total(|r| r.again) > 0);
+    assert!(
+        wrong.is_empty(),
+        "{} wrong reads, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(3)]
+    );
 }
