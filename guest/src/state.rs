@@ -217,10 +217,10 @@ pub struct State {
 
 impl State {
     /// Opens the preopened directory; see the WIT `open`. Fails only when
-    /// the directory cannot be listed or the journal cannot be opened: lock
-    /// files and token marks that cannot be read or written are reported in
-    /// the notes, and a checkpoint that fails leaves the journal to keep
-    /// the changes until one succeeds.
+    /// something that says who holds what cannot be read: the directory, a
+    /// lock file, the journal, or both token marks. What a power loss can
+    /// leave is reported in the notes, and a checkpoint that fails leaves
+    /// the journal to keep the changes until one succeeds.
     pub fn open(settings: Settings) -> Result<(Self, Report), IoError> {
         let mut dir = LockDir::open()?;
         let mut report = Report::default();
@@ -260,9 +260,9 @@ impl State {
                     held.insert(resource, Held { info, file });
                 }
                 Ok(None) => {}
-                Err(e) => report
-                    .notes
-                    .push(format!("unreadable lock file left alone: {e}")),
+                // Serving a lock whose file cannot be read as free would
+                // hand it to a second holder: no opening until it can be.
+                Err(e) => return Err(format!("cannot read a lock file: {e}")),
             }
         }
         let (journal, records) = Journal::open(&dir)?;
@@ -273,7 +273,7 @@ impl State {
                 seen = seen.max(info.token);
             }
         }
-        let tokens = Tokens::open(&dir, seen, &mut report.notes);
+        let tokens = Tokens::open(&dir, seen, &mut report.notes)?;
         let mut state = Self {
             dir,
             durability: settings.durability,

@@ -40,45 +40,56 @@ impl Tokens {
     /// Reads the high-water mark; `seen` is the highest token found in the
     /// lock files and the journal (a directory written before the mark
     /// existed, or one whose mark was lost).
-    /// What cannot be read is told in `notes`, not an error: the other
-    /// copy, the lock files and the journal still bound what was issued.
-    pub fn open(dir: &LockDir, seen: u64, notes: &mut Vec<String>) -> Self {
+    /// A mark cut short (not a number) is told in `notes`, not an error:
+    /// the other copy, the lock files and the journal still bound what was
+    /// issued. A read error on both copies is an error.
+    pub fn open(dir: &LockDir, seen: u64, notes: &mut Vec<String>) -> Result<Self, IoError> {
         let mut mark = 0;
-        let mut unreadable = 0;
+        let mut read = 0;
+        let mut cut_short = 0;
+        let mut failed = None;
         for file in [TOKENS_FILE, TOKENS_COPY] {
             let content = match dir.read(file, 64) {
                 Ok(Some(content)) => content,
                 Ok(None) => continue,
                 Err(e) => {
-                    notes.push(format!("token mark unreadable: {e}"));
-                    unreadable += 1;
+                    failed = Some(e);
                     continue;
                 }
             };
             match String::from_utf8_lossy(&content).trim().parse::<u64>() {
-                Ok(found) => mark = mark.max(found),
+                Ok(found) => {
+                    mark = mark.max(found);
+                    read += 1;
+                }
                 Err(_) => {
+                    cut_short += 1;
                     notes.push(format!(
-                        "{file} does not hold a number ({} bytes): left by a write \
-                         cut short; the next mark is written anew",
+                        "{file} does not hold a number ({} bytes): left by a write cut \
+                         short; the next mark is written anew",
                         content.len()
                     ));
-                    unreadable += 1;
                 }
             }
         }
-        if unreadable == 2 {
-            notes.push(format!(
+        match failed {
+            // Either copy bounds every token issued: the second is written
+            // only after the first, and no token of a range is issued
+            // before both are.
+            Some(e) if read == 0 => return Err(format!("cannot read the token mark: {e}")),
+            Some(e) => notes.push(format!("token mark unreadable, the other copy used: {e}")),
+            None if read == 0 && cut_short > 0 => notes.push(format!(
                 "no token mark could be read: tokens resume above {seen}, the highest \
                  in the lock files and the journal"
-            ));
+            )),
+            None => {}
         }
         let next = mark.max(seen.saturating_add(1)).max(1);
-        Self {
+        Ok(Self {
             next,
             reserved: next,
             range: FIRST_RESERVE,
-        }
+        })
     }
 
     /// A token never issued before.

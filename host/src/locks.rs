@@ -71,7 +71,8 @@ pub struct OpenReport {
     pub held: u64,
     /// Changes replayed from the journal of an interrupted run.
     pub replayed: u64,
-    /// Unknown files left alone, leftovers removed, unreadable lock files.
+    /// Unknown files left alone, leftovers removed, files cut short by a
+    /// power loss, lock files that could not be brought up to date.
     pub notes: Vec<String>,
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 use tempfile::TempDir;
 
 /// A tmpfs of a given size on a fresh directory, unmounted when dropped.
@@ -609,22 +610,99 @@ fn try_case(case: &Case, inject: &str) -> bool {
     injected
 }
 
-#[test]
-fn a_fault_at_any_file_operation_of_a_change_loses_nothing_acknowledged() {
+/// Calls `try_point` with each of [`FAULTS`] at the first, second, ...
+/// call of its kind, until it says the fault was not injected (there was
+/// no such call); returns how many were.
+fn each_injection_point(mut try_point: impl FnMut(&str) -> bool) -> usize {
     let mut points = 0;
-    for case in CASES {
-        for (call, errors) in FAULTS {
-            for error in *errors {
-                for n in 1.. {
-                    let inject = format!("{call}:error={error}:when={n}");
-                    if !try_case(case, &inject) {
-                        break;
-                    }
-                    points += 1;
+    for (call, errors) in FAULTS {
+        for error in *errors {
+            for n in 1.. {
+                if !try_point(&format!("{call}:error={error}:when={n}")) {
+                    break;
                 }
+                points += 1;
             }
         }
     }
+    points
+}
+
+#[test]
+fn a_fault_at_any_file_operation_of_a_change_loses_nothing_acknowledged() {
+    let points: usize = CASES
+        .iter()
+        .map(|case| each_injection_point(|inject| try_case(case, inject)))
+        .sum();
     eprintln!("{points} injection points tried, each: answers, recovery, kill -9 and restart");
     assert!(points > 50, "{points}");
+}
+
+/// Start-up (reading the lock files, replaying the journal, the
+/// checkpoint) with `inject`: the daemon starts, or exits saying why; what
+/// it serves once started, once healthy, and after a normal restart is
+/// what was acknowledged before. Returns whether the fault was injected.
+fn try_start_up(sync: &str, inject: &str) -> bool {
+    let (tmp, dir) = crate::support::temp_lock_dir();
+    let server = TestServer::start_in(&dir, &["--sync", sync]);
+    let mut model = Model::default();
+    for (resource, client) in [("a", "ca"), ("b", "cb"), ("c", "cc")] {
+        let took = answer(&server, "lock", &[resource, client]);
+        model.took(resource, client, &took);
+    }
+    let released = answer(&server, "unlock", &["b", "cb"]);
+    model.released("b", &released);
+    let lease = Value::Struct(vec![("ttl".into(), Value::Double(600.0))]);
+    server
+        .client()
+        .call("lockd.acquire", &["d".into(), "cd".into(), lease])
+        .unwrap();
+    model.holders.insert("d".into(), Some("cd".into()));
+    // Killed with all of it in the journal (and the lock files).
+    let dir = server.kill9();
+
+    let log = tmp.path().join("strace.log");
+    let trace = format!("trace={FILE_CALLS}");
+    let inject_arg = format!("inject={inject}");
+    let wrapper = [
+        "strace",
+        "-f",
+        "-y",
+        "-o",
+        log.to_str().unwrap(),
+        "-e",
+        &trace,
+        "-e",
+        &inject_arg,
+    ];
+    let when = format!("start-up (--sync={sync}) with {inject}");
+    match TestServer::try_start_under(&wrapper, &dir, &["--sync", sync]) {
+        Ok(mut server) => {
+            model.check(&server, false, &format!("{when}, started"));
+            wait_healthy(&server);
+            model.check(&server, true, &format!("{when}, recovered"));
+            // SAFETY: kill(2) of the daemon strace runs for this test.
+            unsafe { libc::kill(crate::support::traced(server.pid()), libc::SIGKILL) };
+            // strace ends once it has reaped the daemon.
+            server.wait_exit(Duration::from_secs(60));
+        }
+        Err(output) => assert!(
+            output.contains("lockd:") || output.contains("ERROR"),
+            "{when}: exited without saying why:\n{output}"
+        ),
+    }
+    let injected = std::fs::read_to_string(&log).is_ok_and(|l| l.contains("(INJECTED)"));
+    let server = TestServer::start_in(&dir, &["--sync", sync]);
+    model.check(&server, true, &format!("{when}, restarted"));
+    injected
+}
+
+#[test]
+fn a_fault_at_any_file_operation_of_start_up_loses_nothing_acknowledged() {
+    let points: usize = ["always", "none"]
+        .iter()
+        .map(|sync| each_injection_point(|inject| try_start_up(sync, inject)))
+        .sum();
+    eprintln!("{points} injection points of start-up tried");
+    assert!(points > 20, "{points}");
 }

@@ -1,14 +1,7 @@
 //! What lockd asks of the file system, in what order, as strace sees it.
 
-use crate::support::{TestServer, temp_lock_dir};
+use crate::support::{TestServer, temp_lock_dir, traced};
 use std::time::{Duration, Instant};
-
-/// The process strace runs (its only child).
-fn traced(strace_pid: u32) -> i32 {
-    let children =
-        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
-    children.split_whitespace().next().unwrap().parse().unwrap()
-}
 
 #[test]
 fn the_token_mark_reaches_the_disk_before_its_name_points_at_it() {

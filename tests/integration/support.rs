@@ -191,6 +191,13 @@ impl Drop for TestServer {
     }
 }
 
+/// The process strace runs (its only child).
+pub fn traced(strace_pid: u32) -> i32 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
+    children.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 /// A fresh temporary directory with an empty `locks` directory in it; the
 /// directory lives as long as the `TempDir`.
 pub fn temp_lock_dir() -> (TempDir, PathBuf) {
