@@ -2,10 +2,11 @@
 # Installs what lockd's tests need beyond Rust, where it is missing: the
 # component's target, Python (the gocept.lockd client scenarios), systemd
 # (checks contrib/lockd.service), Node.js and the jco packages (the
-# component in a second host), Chromium (the status page) and strace (the
-# order of writes and syncs). Safe to run again: installed packages are
-# left as they are (npm ci reinstalls the jco packages each time, in
-# seconds).
+# component in a second host), Chromium (the status page), strace (the
+# order of writes and syncs; faults injected into them), chattr (an
+# unwritable lock directory) and etcd (clusters for the etcd client). Safe
+# to run again: installed packages are left as they are (npm ci reinstalls
+# the jco packages each time, in seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,8 @@ need node nodejs
 need npm npm
 need chromium chromium
 need strace strace
+need chattr e2fsprogs
+need etcd etcd-server
 if ((${#missing[@]})); then
     as_root=()
     if [[ $(id -u) -ne 0 ]]; then
