@@ -11,6 +11,7 @@ pub mod client;
 mod commit;
 pub mod component;
 mod error;
+pub mod etcd;
 mod guard;
 pub mod http;
 mod locks;

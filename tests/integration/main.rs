@@ -9,6 +9,8 @@ mod connections;
 mod contrib;
 mod crash;
 mod embed;
+mod etcd_client;
+mod etcd_cluster;
 mod faults;
 mod fencing;
 mod hostile;

@@ -1,0 +1,305 @@
+//! A client for etcd v3 through its JSON gateway (`/v3/...` on every
+//! member's client port), blocking, with deadlines and failover between
+//! members. It tells a request that surely did not happen from one whose
+//! outcome is unknown, which is what a lock service must know before it
+//! answers.
+//!
+//! Every request carries `hasleader`, so a member cut off from the quorum
+//! refuses at once instead of waiting for a leader.
+
+mod http;
+pub mod wire;
+
+use http::{Connection, Failure};
+use serde_json::{Value, json};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+pub use wire::{Compare, KeyValue, Op, OpResult, Target, TxnResult};
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdError {
+    /// The request surely did not happen: no member could be reached, or
+    /// one refused it before acting on it (no leader, a malformed
+    /// request).
+    NotApplied(String),
+    /// It may have happened (or may yet): sent, and then no answer within
+    /// the deadline, or etcd said it timed out. Read before assuming
+    /// either way.
+    Unknown(String),
+}
+
+impl std::fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EtcdError::NotApplied(why) => write!(f, "etcd did not act on it: {why}"),
+            EtcdError::Unknown(why) => write!(f, "etcd may or may not have acted on it: {why}"),
+        }
+    }
+}
+
+/// What a member says of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// Its id.
+    pub member: u64,
+    /// The id of the leader it follows (its own if it leads).
+    pub leader: u64,
+}
+
+/// The members of one etcd cluster.
+pub struct Etcd {
+    members: Vec<Member>,
+    /// The member tried first: the last that answered.
+    current: AtomicUsize,
+    /// How long one try on one member may take.
+    try_limit: Duration,
+}
+
+struct Member {
+    authority: String,
+    /// Idle kept-alive connections.
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// How long one try on one member may take unless told otherwise.
+const TRY_LIMIT: Duration = Duration::from_secs(1);
+
+impl Etcd {
+    /// A client for the members at `urls` (`http://host:port`).
+    pub fn new(urls: &[String]) -> Result<Self, String> {
+        if urls.is_empty() {
+            return Err("no etcd endpoint given".into());
+        }
+        let members = urls
+            .iter()
+            .map(|url| {
+                let authority = url
+                    .strip_prefix("http://")
+                    .ok_or_else(|| format!("{url:?}: only http:// etcd endpoints are supported"))?
+                    .trim_end_matches('/');
+                if authority.is_empty() || authority.contains('/') {
+                    return Err(format!("{url:?} is not http://host:port"));
+                }
+                Ok(Member {
+                    authority: authority.to_owned(),
+                    idle: Mutex::new(Vec::new()),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            members,
+            current: AtomicUsize::new(0),
+            try_limit: TRY_LIMIT,
+        })
+    }
+
+    /// The same client, giving each member `limit` per try.
+    pub fn with_try_limit(self, limit: Duration) -> Self {
+        Self {
+            try_limit: limit,
+            ..self
+        }
+    }
+
+    /// The keys from `key` up to `range_end` (empty: `key` alone), read
+    /// linearizably, and the store's revision.
+    pub fn range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        deadline: Instant,
+    ) -> Result<(Vec<KeyValue>, i64), EtcdError> {
+        let body = wire::key_range(key, range_end);
+        let answer = self.call("/v3/kv/range", &body, true, deadline)?;
+        let kvs = wire::kvs(&answer).map_err(EtcdError::Unknown)?;
+        let revision = wire::header_revision(&answer).map_err(EtcdError::Unknown)?;
+        Ok((kvs, revision))
+    }
+
+    /// Runs `success` if every comparison holds, `failure` otherwise, as
+    /// one atomic step.
+    pub fn txn(
+        &self,
+        compares: &[Compare],
+        success: &[Op],
+        failure: &[Op],
+        deadline: Instant,
+    ) -> Result<TxnResult, EtcdError> {
+        let body = wire::txn_json(compares, success, failure);
+        let read_only = success
+            .iter()
+            .chain(failure)
+            .all(|op| matches!(op, Op::Range { .. }));
+        let answer = self.call("/v3/kv/txn", &body, read_only, deadline)?;
+        wire::txn_result(&answer).map_err(EtcdError::Unknown)
+    }
+
+    /// A new lease of `ttl_s` seconds; returns its id and granted ttl.
+    pub fn lease_grant(&self, ttl_s: i64, deadline: Instant) -> Result<(i64, i64), EtcdError> {
+        let body = json!({ "TTL": ttl_s.to_string() });
+        let answer = self.call("/v3/lease/grant", &body, false, deadline)?;
+        let id = wire::int(&answer, "ID").map_err(EtcdError::Unknown)?;
+        let ttl = wire::int(&answer, "TTL").map_err(EtcdError::Unknown)?;
+        Ok((id, ttl))
+    }
+
+    /// Renews lease `id`; returns its ttl, 0 if it no longer exists.
+    pub fn lease_keep_alive(&self, id: i64, deadline: Instant) -> Result<i64, EtcdError> {
+        let body = json!({ "ID": id.to_string() });
+        // Renewing again is harmless: a retry is as good as a first try.
+        let answer = self.call("/v3/lease/keepalive", &body, true, deadline)?;
+        let result = answer.get("result").unwrap_or(&answer);
+        wire::int(result, "TTL").map_err(EtcdError::Unknown)
+    }
+
+    /// Ends lease `id`, deleting the keys attached to it.
+    pub fn lease_revoke(&self, id: i64, deadline: Instant) -> Result<(), EtcdError> {
+        let body = json!({ "ID": id.to_string() });
+        match self.call("/v3/lease/revoke", &body, true, deadline) {
+            Ok(_) => Ok(()),
+            Err(EtcdError::NotApplied(why)) if why.contains("requested lease not found") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The status of the member that answers first: its id and its
+    /// leader's.
+    pub fn status(&self, deadline: Instant) -> Result<Status, EtcdError> {
+        let answer = self.call("/v3/maintenance/status", &json!({}), true, deadline)?;
+        let id = |value: Option<&Value>| -> Result<u64, EtcdError> {
+            value
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| EtcdError::Unknown(format!("a status without ids: {answer}")))
+        };
+        Ok(Status {
+            member: id(answer.get("header").and_then(|h| h.get("member_id")))?,
+            leader: id(answer.get("leader"))?,
+        })
+    }
+
+    /// Posts `body` to `path`, trying members in turn from the current
+    /// one until `deadline`. A request that was sent and not answered is
+    /// tried again on another member only if `retry_safe` (a read, or a
+    /// write that may happen twice); otherwise its outcome is unknown.
+    fn call(
+        &self,
+        path: &str,
+        body: &Value,
+        retry_safe: bool,
+        deadline: Instant,
+    ) -> Result<Value, EtcdError> {
+        let body = body.to_string();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        let mut tries = 0;
+        while Instant::now() < deadline {
+            let index = (first + tries) % self.members.len();
+            tries += 1;
+            let member = &self.members[index];
+            let try_deadline = deadline.min(Instant::now() + self.try_limit);
+            match member.post(path, body.as_bytes(), try_deadline) {
+                Ok(answer) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(EtcdError::Unknown(why)) if !retry_safe => {
+                    return Err(EtcdError::Unknown(why));
+                }
+                Err(e) => last = Some(e),
+            }
+            if tries % self.members.len() == 0 {
+                // Every member tried: give the cluster a moment (a leader
+                // election takes about a second) before the next round.
+                std::thread::sleep(
+                    Duration::from_millis(50)
+                        .min(deadline.saturating_duration_since(Instant::now())),
+                );
+            }
+        }
+        Err(match last {
+            Some(EtcdError::Unknown(why)) if !retry_safe => EtcdError::Unknown(why),
+            Some(EtcdError::NotApplied(why) | EtcdError::Unknown(why)) => {
+                EtcdError::NotApplied(format!("no member answered in time; the last: {why}"))
+            }
+            None => EtcdError::NotApplied("the deadline had passed".into()),
+        })
+    }
+}
+
+impl Member {
+    /// One try: the answer's JSON, or why there is none.
+    fn post(&self, path: &str, body: &[u8], deadline: Instant) -> Result<Value, EtcdError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut connection = idle.unwrap_or_else(|| Connection::new(&self.authority));
+        let answer = connection
+            .post(path, "Grpc-Metadata-hasleader: true\r\n", body, deadline)
+            .map_err(|failure| match failure {
+                Failure::NotSent(why) => EtcdError::NotApplied(why),
+                Failure::NoAnswer(why) => EtcdError::Unknown(why),
+            })?;
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(connection);
+        let json: Value = serde_json::from_slice(&answer.body).map_err(|e| {
+            EtcdError::Unknown(format!(
+                "{}: an answer that is not JSON (HTTP {}): {e}",
+                self.authority, answer.status
+            ))
+        })?;
+        if answer.status == 200 && json.get("error").is_none() {
+            return Ok(json);
+        }
+        let message = json
+            .get("message")
+            .or_else(|| json.get("error"))
+            .and_then(Value::as_str)
+            .unwrap_or("an error without a message")
+            .to_owned();
+        let why = format!("{}: {message}", self.authority);
+        Err(if outcome_unknown(&message) {
+            EtcdError::Unknown(why)
+        } else {
+            EtcdError::NotApplied(why)
+        })
+    }
+}
+
+/// Whether etcd's error `message` leaves open whether the request was
+/// applied: it was proposed and then timed out, or its leader changed.
+/// Every other error is given before etcd acts on a request.
+fn outcome_unknown(message: &str) -> bool {
+    ["timed out", "leader changed", "connection lost"]
+        .iter()
+        .any(|m| message.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_given_before_etcd_acts_are_told_from_those_after() {
+        assert!(!outcome_unknown("etcdserver: no leader"));
+        assert!(!outcome_unknown(
+            "etcdserver: too many operations in txn request"
+        ));
+        assert!(outcome_unknown("etcdserver: request timed out"));
+        assert!(outcome_unknown(
+            "etcdserver: request timed out, possibly due to previous leader failure"
+        ));
+        assert!(outcome_unknown("etcdserver: leader changed"));
+    }
+
+    #[test]
+    fn endpoints_must_be_http_host_and_port() {
+        assert!(Etcd::new(&["http://127.0.0.1:2379".into()]).is_ok());
+        assert!(Etcd::new(&["http://127.0.0.1:2379/".into()]).is_ok());
+        assert!(Etcd::new(&["https://127.0.0.1:2379".into()]).is_err());
+        assert!(Etcd::new(&["http://h:1/x".into()]).is_err());
+        assert!(Etcd::new(&[]).is_err());
+    }
+}
