@@ -8,6 +8,7 @@ mod lease;
 mod name;
 mod rules;
 mod state;
+mod table;
 mod tokens;
 
 use std::cell::RefCell;
@@ -20,6 +21,7 @@ wit_bindgen::generate!({
 use clock::Clock;
 use exports::lockd::lockd::locks as wit;
 use lease::LockInfo;
+use rules::{Cooling, Effect, Outcome, View};
 use state::{Durability, Error, Reply, Request, Settings, State};
 
 /// The lock-delay when the host does not call `open`.
@@ -49,6 +51,60 @@ impl From<LockInfo> for wit::LockInfo {
             acquired_ms: info.acquired_ms,
             ttl_ms: info.ttl_ms,
             expires_ms: info.expires_ms,
+        }
+    }
+}
+
+impl From<wit::LockInfo> for LockInfo {
+    fn from(info: wit::LockInfo) -> Self {
+        let wit::LockInfo {
+            resource,
+            client,
+            token,
+            acquired_ms,
+            ttl_ms,
+            expires_ms,
+        } = info;
+        #[rustfmt::skip]
+        let info = LockInfo { resource, client, token, acquired_ms, ttl_ms, expires_ms };
+        info
+    }
+}
+
+impl From<wit::LockDelay> for Cooling {
+    fn from(delay: wit::LockDelay) -> Self {
+        Cooling {
+            client: delay.client,
+            until_ms: delay.until_ms,
+            forget_ms: delay.forget_ms,
+        }
+    }
+}
+
+impl From<Cooling> for wit::LockDelay {
+    fn from(delay: Cooling) -> Self {
+        wit::LockDelay {
+            client: delay.client,
+            until_ms: delay.until_ms,
+            forget_ms: delay.forget_ms,
+        }
+    }
+}
+
+impl From<Outcome> for wit::Decision {
+    fn from(outcome: Outcome) -> Self {
+        let effect = match outcome.effect {
+            Effect::None => wit::Effect::None,
+            Effect::Hold { info, fresh } => wit::Effect::Hold(wit::HeldLock {
+                lock: info.into(),
+                fresh,
+            }),
+            Effect::Release => wit::Effect::Release,
+            Effect::Break(delay) => wit::Effect::BreakLock(delay.into()),
+        };
+        wit::Decision {
+            reply: outcome.reply.into(),
+            effect,
         }
     }
 }
@@ -191,6 +247,30 @@ impl wit::Guest for Component {
                 .map(|r| r.map(Into::into).map_err(Into::into))
                 .collect(),
             Err(e) => vec![Err(e); n],
+        }
+    }
+
+    fn decide(
+        request: wit::Request,
+        view: wit::ResourceView,
+        now_ms: u64,
+        lock_delay_ms: u64,
+    ) -> Result<wit::Decision, wit::LockError> {
+        let request = Request::from(request);
+        if matches!(request, Request::List { .. } | Request::Sweep) {
+            return Err(wit::LockError::InvalidName(
+                "decide takes requests about one resource, not list or sweep".into(),
+            ));
+        }
+        let held = view.held.map(LockInfo::from);
+        let delay = view.delay.map(Cooling::from);
+        let view = View {
+            held: held.as_ref(),
+            cooling: delay.as_ref(),
+        };
+        match rules::decide(&request, view, now_ms, lock_delay_ms) {
+            Ok(outcome) => Ok(outcome.into()),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -5,6 +5,7 @@ use crate::dir::{IoError, LockDir, MAX_LOCK_FILE, TEMP_FILE};
 use crate::journal::{self, Journal, Record};
 use crate::lease::LockInfo;
 use crate::name;
+use crate::rules;
 use crate::tokens::Tokens;
 use std::collections::HashMap;
 
@@ -129,16 +130,10 @@ pub(crate) struct Held {
     pub file: String,
 }
 
-/// A resource whose lock expired or was broken: unavailable until
-/// `until_ms`, and remembered for a while after, so that its old holder
-/// learns that it lost the lock rather than that nobody holds it.
+/// A resource whose lock expired or was broken, in the table.
 #[derive(Debug, Clone)]
 pub(crate) struct Cooling {
-    /// Who held it.
-    pub client: String,
-    pub until_ms: u64,
-    /// Forgotten from then on.
-    pub forget_ms: u64,
+    pub delay: rules::Cooling,
     /// Whether a sweep has reported it available.
     pub announced: bool,
 }

@@ -23,8 +23,9 @@ mod bindings {
 }
 
 pub use bindings::exports::lockd::lockd::locks::{
-    AcquireRequest, CheckRequest, DirectoryHealth, Durability, LockError as GuestError, LockInfo,
-    LockRequest, OpenReport, Options, ReleaseRequest, RenewRequest, Reply, Request,
+    AcquireRequest, CheckRequest, Decision, DirectoryHealth, Durability, Effect, HeldLock,
+    LockDelay, LockError as GuestError, LockInfo, LockRequest, OpenReport, Options, ReleaseRequest,
+    RenewRequest, Reply, Request, ResourceView,
 };
 
 /// The component exactly as `lockd` runs it (`wasm32-wasip2`, built from
@@ -207,6 +208,18 @@ impl Instance {
         self.call(|locks, store| locks.call_apply(store, batch))
     }
 
+    /// The lock rules alone, for locks kept elsewhere; see the WIT
+    /// `decide`.
+    pub fn decide(
+        &mut self,
+        request: &Request,
+        view: &ResourceView,
+        now_ms: u64,
+        lock_delay_ms: u64,
+    ) -> wasmtime::Result<Result<Decision, GuestError>> {
+        self.call(|locks, store| locks.call_decide(store, request, view, now_ms, lock_delay_ms))
+    }
+
     /// Retries what failed and reports how the directory is kept; see the
     /// WIT `health`.
     pub fn health(&mut self) -> wasmtime::Result<DirectoryHealth> {
@@ -362,6 +375,91 @@ mod tests {
         let mut fresh = runtime.instantiate(tmp.path()).unwrap();
         fresh.open(options).unwrap().unwrap();
         assert!(fresh.lock("r", "c").unwrap().is_ok());
+    }
+
+    #[test]
+    fn the_rules_alone_decide_for_locks_kept_elsewhere_and_touch_no_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new().unwrap();
+        let mut instance = runtime.instantiate(tmp.path()).unwrap();
+        let acquire = |client: &str| {
+            Request::Acquire(AcquireRequest {
+                resource: "r".into(),
+                client: client.into(),
+                ttl_ms: Some(1000),
+                reentrant: false,
+            })
+        };
+        let mut decide = |request: &Request, view: &ResourceView, now_ms| {
+            instance.decide(request, view, now_ms, 5000).unwrap()
+        };
+        let free = ResourceView {
+            held: None,
+            delay: None,
+        };
+        let taken = decide(&acquire("a"), &free, 10_000).unwrap();
+        let Effect::Hold(HeldLock { lock, fresh: true }) = taken.effect else {
+            panic!("{taken:?}");
+        };
+        assert_eq!((lock.client.as_str(), lock.token), ("a", 0));
+        assert_eq!(lock.expires_ms, Some(11_000));
+
+        // Recorded with its token: taken while the lease runs, unavailable
+        // for the lock-delay after it ran out, free after that.
+        let held = ResourceView {
+            held: Some(LockInfo { token: 7, ..lock }),
+            delay: None,
+        };
+        let refused = |d: Result<Decision, GuestError>| d.map(|d| d.effect).unwrap_err();
+        assert!(matches!(
+            refused(decide(&acquire("b"), &held, 10_500)),
+            GuestError::AlreadyLocked(holder) if holder == "a"
+        ));
+        assert!(matches!(
+            refused(decide(&acquire("b"), &held, 12_000)),
+            GuestError::CoolingDown(4000)
+        ));
+        assert!(matches!(
+            decide(&acquire("b"), &held, 16_000).unwrap().effect,
+            Effect::Hold(HeldLock { fresh: true, .. })
+        ));
+
+        // A renewal keeps the token; a break records the lock-delay.
+        let renew = Request::Renew(RenewRequest {
+            resource: "r".into(),
+            client: "a".into(),
+            ttl_ms: 3000,
+            token: Some(7),
+        });
+        let renewed = decide(&renew, &held, 10_500).unwrap();
+        let Effect::Hold(HeldLock { lock, fresh: false }) = renewed.effect else {
+            panic!("{renewed:?}");
+        };
+        assert_eq!((lock.token, lock.expires_ms), (7, Some(13_500)));
+        let broken = decide(&Request::BreakLock("r".into()), &held, 10_500).unwrap();
+        let Effect::BreakLock(delay) = broken.effect else {
+            panic!("{broken:?}");
+        };
+        assert_eq!((delay.client.as_str(), delay.until_ms), ("a", 15_500));
+        // Its old holder learns it lost the lock.
+        let cooling = ResourceView {
+            held: None,
+            delay: Some(delay),
+        };
+        let release = Request::Release(ReleaseRequest {
+            resource: "r".into(),
+            client: "a".into(),
+            token: Some(7),
+        });
+        assert!(matches!(
+            refused(decide(&release, &cooling, 11_000)),
+            GuestError::LeaseExpired
+        ));
+        assert!(matches!(
+            refused(decide(&Request::List(String::new()), &free, 0)),
+            GuestError::InvalidName(_)
+        ));
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 
     #[test]
