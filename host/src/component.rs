@@ -158,8 +158,18 @@ impl Runtime {
 
     /// A fresh instance in the [`sandbox`] of `dir`.
     pub fn instantiate(&self, dir: &Path) -> anyhow::Result<Instance> {
+        self.instantiate_in(sandbox(Some(dir))?)
+    }
+
+    /// A fresh instance with no directory at all, for the rules alone
+    /// (the WIT `decide`).
+    pub fn instantiate_rules_only(&self) -> anyhow::Result<Instance> {
+        self.instantiate_in(sandbox(None)?)
+    }
+
+    fn instantiate_in(&self, wasi: WasiCtx) -> anyhow::Result<Instance> {
         let ctx = Ctx {
-            wasi: sandbox(dir)?,
+            wasi,
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(MEMORY_LIMIT)
@@ -176,17 +186,19 @@ impl Runtime {
 }
 
 /// What the component may touch: `dir`, read-write, as its only preopen
-/// (seen as `/`). No environment, arguments, network, name lookups or
-/// standard streams (stdin is empty; what it writes to stdout or stderr
+/// (seen as `/`), if any. No environment, arguments, network, name lookups
+/// or standard streams (stdin is empty; what it writes to stdout or stderr
 /// goes nowhere).
-fn sandbox(dir: &Path) -> anyhow::Result<WasiCtx> {
+fn sandbox(dir: Option<&Path>) -> anyhow::Result<WasiCtx> {
     let mut wasi = WasiCtxBuilder::new();
     // File work happens on the calling thread instead of a thread pool:
     // every call is synchronous and already on a thread of its own.
     wasi.allow_blocking_current_thread(true);
-    wasi.preopened_dir(dir, "/", FsPerms::ReadWrite)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("opening lock directory {}", dir.display()))?;
+    if let Some(dir) = dir {
+        wasi.preopened_dir(dir, "/", FsPerms::ReadWrite)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("opening lock directory {}", dir.display()))?;
+    }
     Ok(wasi.build())
 }
 
@@ -301,7 +313,7 @@ mod tests {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
         let ctx = Ctx {
-            wasi: sandbox(dir).unwrap(),
+            wasi: sandbox(Some(dir)).unwrap(),
             table: ResourceTable::new(),
             limits: StoreLimits::default(),
         };

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 mod commit;
 pub mod component;
 mod error;

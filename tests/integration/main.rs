@@ -3,6 +3,7 @@
 mod auth;
 mod browser;
 mod cli;
+mod cluster_core;
 mod compat;
 mod concurrency;
 mod connections;

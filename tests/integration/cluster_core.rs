@@ -1,0 +1,215 @@
+//! Cluster mode's core against a real three-member etcd cluster: two
+//! hosts' worth of `Cluster` on the same keys, the rules of the component,
+//! tokens from etcd revisions.
+
+use crate::etcd_cluster::EtcdCluster;
+use crate::support::wait_until;
+use lockd::cluster::{Cluster, ClusterError};
+use lockd::component::{
+    AcquireRequest, CheckRequest, GuestError, LockRequest, ReleaseRequest, RenewRequest, Reply,
+    Request, Runtime,
+};
+use lockd::etcd::Etcd;
+use std::time::{Duration, Instant};
+
+fn host(cluster: &EtcdCluster, runtime: &Runtime, lock_delay_ms: u64) -> Cluster {
+    let etcd = Etcd::new(&cluster.urls()).unwrap();
+    Cluster::new(
+        etcd,
+        "lockd/",
+        runtime,
+        Duration::from_millis(lock_delay_ms),
+        Duration::from_millis(0),
+    )
+    .unwrap()
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(5)
+}
+
+fn lock(resource: &str, client: &str) -> Request {
+    Request::Lock(LockRequest {
+        resource: resource.into(),
+        client: client.into(),
+    })
+}
+
+fn unlock(resource: &str, client: &str) -> Request {
+    Request::Unlock(LockRequest {
+        resource: resource.into(),
+        client: client.into(),
+    })
+}
+
+fn acquire(resource: &str, client: &str, ttl_ms: Option<u64>) -> Request {
+    Request::Acquire(AcquireRequest {
+        resource: resource.into(),
+        client: client.into(),
+        ttl_ms,
+        reentrant: false,
+    })
+}
+
+fn token_of(reply: Reply) -> u64 {
+    match reply {
+        Reply::Lock(lock) => lock.token,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn refused(result: Result<Reply, ClusterError>) -> GuestError {
+    match result {
+        Err(ClusterError::Lock(e)) => e,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn two_hosts_share_locks_with_gocept_lockd_rules_and_tokens_from_revisions() {
+    let cluster = EtcdCluster::start(3);
+    let runtime = Runtime::new().unwrap();
+    let (a, b) = (host(&cluster, &runtime, 0), host(&cluster, &runtime, 0));
+    // The doctest's moves, spread over both hosts.
+    assert!(matches!(
+        a.call(&lock("foo", "c1"), soon()),
+        Ok(Reply::Done)
+    ));
+    assert!(matches!(
+        refused(b.call(&lock("foo", "c2"), soon())),
+        GuestError::AlreadyLocked(holder) if holder == "c1"
+    ));
+    assert!(matches!(
+        refused(b.call(&unlock("foo", "c2"), soon())),
+        GuestError::NotOwner(holder) if holder == "c1"
+    ));
+    assert!(matches!(
+        b.call(&unlock("foo", "c1"), soon()),
+        Ok(Reply::Done)
+    ));
+    assert!(matches!(
+        refused(a.call(&unlock("foo", "c1"), soon())),
+        GuestError::NotLocked
+    ));
+    assert!(matches!(
+        b.call(&lock("foo", "c2"), soon()),
+        Ok(Reply::Done)
+    ));
+
+    // Tokens strictly increase whichever host grants them; a renewal keeps
+    // its token, and a check on the other host confirms it.
+    let mut last = 0;
+    for i in 0..6 {
+        let (me, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let token = token_of(me.call(&acquire("r", "c", Some(60_000)), soon()).unwrap());
+        assert!(token > last, "{token} after {last}");
+        last = token;
+        let renew = Request::Renew(RenewRequest {
+            resource: "r".into(),
+            client: "c".into(),
+            ttl_ms: 90_000,
+            token: Some(token),
+        });
+        assert_eq!(token_of(other.call(&renew, soon()).unwrap()), token);
+        let check = Request::Check(CheckRequest {
+            resource: "r".into(),
+            token,
+        });
+        assert!(matches!(me.call(&check, soon()), Ok(Reply::Valid(true))));
+        let release = Request::Release(ReleaseRequest {
+            resource: "r".into(),
+            client: "c".into(),
+            token: Some(token),
+        });
+        assert!(matches!(other.call(&release, soon()), Ok(Reply::Done)));
+        assert!(matches!(me.call(&check, soon()), Ok(Reply::Valid(false))));
+    }
+}
+
+#[test]
+fn hosts_racing_for_one_lock_grant_it_once() {
+    let cluster = EtcdCluster::start(3);
+    let runtime = Runtime::new().unwrap();
+    let hosts = [host(&cluster, &runtime, 0), host(&cluster, &runtime, 0)];
+    for round in 0..20 {
+        let resource = format!("race{round}");
+        let winners: usize = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..8)
+                .map(|i| {
+                    let host = &hosts[i % 2];
+                    let resource = &resource;
+                    s.spawn(move || host.call(&lock(resource, &format!("c{i}")), soon()))
+                })
+                .collect();
+            calls
+                .into_iter()
+                .map(|c| match c.join().unwrap() {
+                    Ok(_) => 1,
+                    Err(ClusterError::Lock(GuestError::AlreadyLocked(_))) => 0,
+                    Err(other) => panic!("{other:?}"),
+                })
+                .sum()
+        });
+        assert_eq!(winners, 1, "round {round}");
+    }
+}
+
+#[test]
+fn a_lease_that_runs_out_frees_the_lock_for_another_host_after_the_lock_delay() {
+    let cluster = EtcdCluster::start(3);
+    let runtime = Runtime::new().unwrap();
+    let (a, b) = (host(&cluster, &runtime, 300), host(&cluster, &runtime, 300));
+    let first = token_of(a.call(&acquire("r", "c1", Some(200)), soon()).unwrap());
+    // Taken until its lease and the lock-delay are over, then free.
+    let mut cooled = false;
+    let mut second = 0;
+    wait_until("the lease and the lock-delay to end", || {
+        match b.call(&acquire("r", "c2", None), soon()) {
+            Ok(reply) => {
+                second = token_of(reply);
+                true
+            }
+            Err(ClusterError::Lock(GuestError::CoolingDown(_))) => {
+                cooled = true;
+                false
+            }
+            Err(ClusterError::Lock(GuestError::AlreadyLocked(_))) => false,
+            Err(other) => panic!("{other:?}"),
+        }
+    });
+    assert!(cooled, "never refused for the lock-delay");
+    assert!(second > first);
+    // The old holder learns it lost the lock.
+    let release = Request::Release(ReleaseRequest {
+        resource: "r".into(),
+        client: "c1".into(),
+        token: Some(first),
+    });
+    assert!(matches!(
+        refused(a.call(&release, soon())),
+        GuestError::NotOwner(holder) if holder == "c2"
+    ));
+}
+
+#[test]
+fn without_a_quorum_a_change_is_refused_in_time_and_nothing_is_lost() {
+    let mut cluster = EtcdCluster::start(3);
+    let runtime = Runtime::new().unwrap();
+    let a = host(&cluster, &runtime, 0);
+    a.call(&lock("kept", "c"), soon()).unwrap();
+    cluster.kill(1);
+    cluster.kill(2);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    match a.call(&lock("new", "c"), deadline) {
+        Err(ClusterError::NotApplied(_) | ClusterError::Unknown(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(Instant::now() < deadline + Duration::from_millis(500));
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_for_leader();
+    assert!(matches!(
+        refused(a.call(&lock("kept", "d"), soon())),
+        GuestError::AlreadyLocked(holder) if holder == "c"
+    ));
+}
