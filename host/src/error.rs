@@ -1,7 +1,7 @@
 //! Why a lock operation did not happen, and the fault code each reason has
 //! on the wire.
 
-use crate::component::GuestError;
+use crate::component::{GuestError, Request};
 use crate::pyrepr::repr;
 use std::fmt;
 
@@ -37,6 +37,10 @@ pub enum LockError {
     /// The lock component failed (a trap); it has been restarted and the
     /// operation did not happen.
     Internal(String),
+    /// Cluster mode: etcd has no leader or did not answer in time. The text
+    /// says whether the change surely did not happen or its outcome is
+    /// unknown.
+    Unavailable(String),
 }
 
 /// Fault codes of SPEC §2, as sent in `faultCode`.
@@ -47,6 +51,7 @@ pub mod code {
     pub const INVALID_NAME: i32 = 4;
     pub const STALE: i32 = 5;
     pub const WAIT_TIMED_OUT: i32 = 6;
+    pub const STORE_UNAVAILABLE: i32 = 7;
     pub const NOT_WELL_FORMED: i32 = -32700;
     pub const INVALID_REQUEST: i32 = -32600;
     pub const METHOD_NOT_FOUND: i32 = -32601;
@@ -72,7 +77,20 @@ impl LockError {
             | LockError::ShuttingDown
             | LockError::CallerGone => code::WAIT_TIMED_OUT,
             LockError::Storage(_) | LockError::Internal(_) => code::INTERNAL,
+            LockError::Unavailable(_) => code::STORE_UNAVAILABLE,
         }
+    }
+
+    /// The component's refusal of `request`.
+    pub(crate) fn for_request(request: &Request, error: GuestError) -> Self {
+        let client = match request {
+            Request::Lock(r) | Request::Unlock(r) => r.client.as_str(),
+            Request::Acquire(r) => r.client.as_str(),
+            Request::Release(r) => r.client.as_str(),
+            Request::Renew(r) => r.client.as_str(),
+            _ => "",
+        };
+        Self::from_guest(error, client)
     }
 
     /// Converts the component's error; `client` is who asked.
@@ -139,6 +157,7 @@ impl fmt::Display for LockError {
             LockError::Internal(message) => {
                 write!(f, "Internal error, the operation did not happen: {message}")
             }
+            LockError::Unavailable(message) => write!(f, "Lock store unavailable: {message}"),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! serves it as XML-RPC over HTTP ([`http::serve`], [`rpc::handle`]).
 
 pub mod auth;
+mod backend;
 pub mod bench;
 pub mod cli;
 pub mod client;

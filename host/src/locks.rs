@@ -1,6 +1,7 @@
 //! [`Lockd`]: a lock directory opened for use, in-process, with concurrent
 //! callers' changes committed together (group commit).
 
+use crate::backend::Backend;
 pub use crate::commit::Presence;
 use crate::commit::{Engine, Then};
 use crate::component::{
@@ -125,13 +126,17 @@ pub struct Acquire {
 /// # }
 /// ```
 pub struct Lockd {
-    dir: PathBuf,
+    /// The lock directory, in directory mode.
+    dir: Option<PathBuf>,
+    /// Where the locks are kept, for people: the directory or the etcd
+    /// cluster.
+    location: String,
     options: Options,
     report: OpenReport,
-    engine: Arc<Engine>,
+    backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     timer: Option<JoinHandle<()>>,
-    _guard: DirGuard,
+    _guard: Option<DirGuard>,
 }
 
 impl Lockd {
@@ -174,22 +179,59 @@ impl Lockd {
                 .context("starting the timer thread")?
         };
         let lockd = Self {
-            dir,
+            location: dir.display().to_string(),
+            dir: Some(dir),
             options: options.clone(),
             report,
-            engine,
+            backend: engine,
             metrics,
             timer: Some(timer),
-            _guard: guard,
+            _guard: Some(guard),
         };
         // Leases that ran out while no daemon ran end now.
         lockd.submit(Request::Sweep, None)?;
         Ok(lockd)
     }
 
-    /// The lock directory, as an absolute path.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Locks kept in the etcd cluster at `urls` (cluster mode), under
+    /// `prefix`, judging leases with a `max_clock_skew` margin; see
+    /// [`crate::cluster`].
+    pub fn on_etcd(
+        urls: &[String],
+        prefix: &str,
+        max_clock_skew: Duration,
+        options: &Options,
+    ) -> anyhow::Result<Self> {
+        let etcd = crate::etcd::Etcd::new(urls).map_err(anyhow::Error::msg)?;
+        let runtime = Runtime::new()?;
+        let cluster = crate::cluster::Cluster::new(
+            etcd,
+            prefix,
+            &runtime,
+            options.lock_delay,
+            max_clock_skew,
+        )?;
+        let backend = Arc::new(crate::cluster::Served::new(cluster, options.max_waiters));
+        Ok(Self {
+            dir: None,
+            location: format!("etcd {} (prefix {prefix:?})", urls.join(",")),
+            options: options.clone(),
+            report: OpenReport::default(),
+            backend,
+            metrics: Arc::new(Metrics::default()),
+            timer: None,
+            _guard: None,
+        })
+    }
+
+    /// The lock directory, as an absolute path (none in cluster mode).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Where the locks are kept, for people.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// The options it was opened with.
@@ -306,8 +348,8 @@ impl Lockd {
     pub fn metrics_text(&self) -> Result<String, LockError> {
         let gauges = Gauges {
             locks_held: self.list("")?.len(),
-            waiters: self.engine.waiters(),
-            journal_bytes: self.engine.health().map_or(0, |h| h.journal_bytes),
+            waiters: self.backend.waiters(),
+            journal_bytes: self.backend.health().journal_bytes,
         };
         Ok(self.metrics.render(&gauges))
     }
@@ -315,22 +357,13 @@ impl Lockd {
     /// Ends every wait for a lock (fault 6) and refuses new ones: for a
     /// daemon that stops.
     pub fn stop_waiting(&self) {
-        self.engine.stop_waiting();
+        self.backend.stop_waiting();
     }
 
-    /// Whether changes can be stored and the lock files are up to date:
-    /// a probe file, `.lockd.health`, is written in the lock directory, and
-    /// the component reports its journal and lock files (retrying what
-    /// failed). The error says every problem found.
+    /// Whether changes can be stored (and, in directory mode, the lock
+    /// files are up to date); the error says every problem found.
     pub fn health(&self) -> Result<(), String> {
-        let mut problems = Vec::new();
-        if let Err(e) = std::fs::write(self.dir.join(".lockd.health"), b"ok\n") {
-            problems.push(format!("cannot write in {}: {e}", self.dir.display()));
-        }
-        match self.engine.health() {
-            Ok(health) => problems.extend(health.problems),
-            Err(e) => problems.push(e),
-        }
+        let problems = self.backend.health().problems;
         if problems.is_empty() {
             Ok(())
         } else {
@@ -341,13 +374,7 @@ impl Lockd {
     /// Syncs the file system holding the lock directory: with
     /// [`Durability::None`], what was written is then on disk too.
     pub fn flush(&self) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd as _;
-        let dir = std::fs::File::open(&self.dir)?;
-        // SAFETY: syncfs(2) on a descriptor we hold open.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        self.backend.flush()
     }
 
     /// [`lock`](Self::lock), calling `then` with the outcome once it is as
@@ -413,7 +440,7 @@ impl Lockd {
         request: Request,
         deadline: Option<Instant>,
     ) -> Result<Reply, LockError> {
-        self.engine.submit(request, deadline)
+        self.backend.submit(request, deadline)
     }
 
     /// Runs `request` and calls `then` with its reply, from whichever thread
@@ -437,13 +464,13 @@ impl Lockd {
         then: impl FnOnce(Result<Reply, LockError>) + Send + 'static,
     ) {
         let then: Then = Box::new(then);
-        self.engine.submit_then(request, deadline, present, then);
+        self.backend.submit_then(request, deadline, present, then);
     }
 }
 
 impl Drop for Lockd {
     fn drop(&mut self) {
-        self.engine.stop();
+        self.backend.stop();
         if let Some(timer) = self.timer.take() {
             let _ = timer.join();
         }

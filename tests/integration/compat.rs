@@ -15,15 +15,7 @@ fn the_gocept_lockd_doctest_through_python_with_sync_none() {
 fn the_gocept_lockd_doctest_through_python(sync: &str) {
     let server = TestServer::start_with(&["--sync", sync]);
     let got = python("scenario.py", &[&server.url()]);
-    let want = "\
-lock('resource1', 'client1') -> None
-lock('resource1', 'client2') -> Fault(1, \"Resource already locked by 'client1'\")
-lock('resource2', 'client2') -> None
-unlock('resource1', 'client2') -> Fault(3, \"Resource locked by 'client1' cannot be unlocked by 'client2'\")
-unlock('resource1', 'client1') -> None
-unlock('resource1', 'client1') -> Fault(2, 'Resource not locked')
-";
-    assert_eq!(got, want);
+    assert_eq!(got, crate::support::GOCEPT_DOCTEST);
     // The one lock left is a gocept.lockd lock file: the client on line one.
     let content = std::fs::read_to_string(server.dir.join("resource2.resource.lock")).unwrap();
     assert_eq!(content.lines().next(), Some("client2"));

@@ -4,6 +4,7 @@ mod auth;
 mod browser;
 mod cli;
 mod cluster_core;
+mod cluster_serve;
 mod compat;
 mod concurrency;
 mod connections;

@@ -191,6 +191,17 @@ impl Drop for TestServer {
     }
 }
 
+/// What `tests/python/scenario.py` prints: gocept.lockd's doctest, as
+/// gocept.lockd answered it.
+pub const GOCEPT_DOCTEST: &str = "\
+lock('resource1', 'client1') -> None
+lock('resource1', 'client2') -> Fault(1, \"Resource already locked by 'client1'\")
+lock('resource2', 'client2') -> None
+unlock('resource1', 'client2') -> Fault(3, \"Resource locked by 'client1' cannot be unlocked by 'client2'\")
+unlock('resource1', 'client1') -> None
+unlock('resource1', 'client1') -> Fault(2, 'Resource not locked')
+";
+
 /// The process strace runs (its only child).
 pub fn traced(strace_pid: u32) -> i32 {
     let children =

@@ -1,12 +1,14 @@
 """gocept.lockd's own doctest, played through Python's xmlrpc.client.
 
-Usage: scenario.py URL. Prints one line per call: the call, then `None` or
-`Fault(code, 'message')`. The Rust test compares the lines.
+Usage: scenario.py URL [URL...]. Prints one line per call: the call, then
+`None` or `Fault(code, 'message')`. With several URLs (lockd hosts sharing
+one cluster), the calls go to each in turn. The Rust test compares the
+lines.
 """
 import sys
 import xmlrpc.client
 
-server = xmlrpc.client.ServerProxy(sys.argv[1])
+servers = [xmlrpc.client.ServerProxy(url) for url in sys.argv[1:]]
 steps = [
     ("lock", "resource1", "client1"),
     ("lock", "resource1", "client2"),
@@ -15,7 +17,8 @@ steps = [
     ("unlock", "resource1", "client1"),
     ("unlock", "resource1", "client1"),
 ]
-for method, resource, client in steps:
+for i, (method, resource, client) in enumerate(steps):
+    server = servers[i % len(servers)]
     try:
         outcome = repr(getattr(server, method)(resource, client))
     except xmlrpc.client.Fault as fault:

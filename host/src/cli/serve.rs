@@ -59,6 +59,19 @@ pub struct ServeArgs {
     /// Without it, anyone who can connect may do anything.
     #[arg(long, env = "LOCKD_AUTH_FILE")]
     auth_file: Option<PathBuf>,
+    /// Cluster mode: keep the locks in the etcd cluster whose members'
+    /// client URLs (`http://host:port`) are given, comma-separated, instead
+    /// of in --dir. Any number of lockd hosts may serve the same cluster.
+    #[arg(long, env = "LOCKD_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Cluster mode: the prefix of lockd's keys in etcd.
+    #[arg(long, env = "LOCKD_ETCD_PREFIX", default_value = "lockd/")]
+    etcd_prefix: String,
+    /// Cluster mode: the most, in seconds, the hosts' clocks may differ; a
+    /// lock whose lease ran out goes to another client only this much
+    /// later.
+    #[arg(long, env = "LOCKD_MAX_CLOCK_SKEW", default_value_t = 1.0, value_parser = seconds)]
+    max_clock_skew: f64,
     /// Seconds new connections may go unanswered before the HTTP server is
     /// taken to be broken and the daemon exits (status 70), to be restarted.
     #[arg(long, default_value_t = 30.0, value_parser = seconds, hide = true)]
@@ -82,17 +95,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_wait: Duration::from_secs_f64(args.max_wait),
         max_waiters: args.max_waiters,
     };
-    let lockd = Arc::new(Lockd::open_with(&args.dir, &options)?);
-    let report = lockd.open_report();
-    tracing::info!(
-        "lock directory {}: {} locks held, {} changes replayed from the journal",
-        lockd.dir().display(),
-        report.held,
-        report.replayed
-    );
-    for note in &report.notes {
-        tracing::warn!("{note}");
-    }
+    let lockd = if args.etcd.is_empty() {
+        let lockd = Lockd::open_with(&args.dir, &options)?;
+        let report = lockd.open_report();
+        tracing::info!(
+            "lock directory {}: {} locks held, {} changes replayed from the journal",
+            lockd.location(),
+            report.held,
+            report.replayed
+        );
+        for note in &report.notes {
+            tracing::warn!("{note}");
+        }
+        lockd
+    } else {
+        let skew = Duration::from_secs_f64(args.max_clock_skew);
+        Lockd::on_etcd(&args.etcd, &args.etcd_prefix, skew, &options)?
+    };
+    let lockd = Arc::new(lockd);
     let auth = match &args.auth_file {
         Some(path) => Some(Arc::new(Credentials::load(path)?)),
         None => None,
@@ -113,9 +133,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     tracing::info!(
-        "lockd {} listening on http://{addr}/ with lock directory {} (sync={})",
+        "lockd {} listening on http://{addr}/ with locks in {} (sync={})",
         env!("CARGO_PKG_VERSION"),
-        lockd.dir().display(),
+        lockd.location(),
         args.sync.name()
     );
     let config = ServeConfig {

@@ -9,12 +9,14 @@
 //! increasing across every host, with no counter key to contend on.
 
 mod record;
+mod served;
 
 use crate::component::{
     Effect, GuestError, HeldLock, Instance, LockInfo, Reply, Request, ResourceView, Runtime,
 };
 use crate::etcd::{Compare, Etcd, EtcdError, KeyValue, Op, OpResult, Target};
 use record::{DelayRecord, LockRecord};
+pub use served::Served;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -93,6 +95,40 @@ impl Cluster {
             host: format!("{}-{}", std::process::id(), now_ms()),
             requests: AtomicU64::new(0),
         })
+    }
+
+    /// The running locks whose resource starts with `prefix`, by resource,
+    /// read linearizably at one revision.
+    pub fn list(&self, prefix: &str, deadline: Instant) -> Result<Vec<LockInfo>, ClusterError> {
+        let start = self.key("lock/", prefix);
+        let end = crate::etcd::wire::prefix_end(&start);
+        let (kvs, _) = self
+            .etcd
+            .range(&start, &end, deadline)
+            .map_err(not_applied)?;
+        let skip = self.key("lock/", "").len();
+        let now = now_ms();
+        let mut locks = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
+            let resource = String::from_utf8_lossy(&kv.key[skip..]).into_owned();
+            let record = LockRecord::decode(&resource, kv).map_err(|e| {
+                ClusterError::NotApplied(format!("a record lockd cannot read: {e}"))
+            })?;
+            if record.lock.expires_ms.is_none_or(|at| at > now) {
+                locks.push(record.lock);
+            }
+        }
+        Ok(locks)
+    }
+
+    /// Whether the cluster can serve: a member answers and follows a
+    /// leader.
+    pub fn health(&self, deadline: Instant) -> Result<(), String> {
+        match self.etcd.status(deadline) {
+            Ok(status) if status.leader != 0 => Ok(()),
+            Ok(_) => Err("etcd has no leader".into()),
+            Err(e) => Err(format!("etcd does not answer: {e}")),
+        }
     }
 
     fn key(&self, kind: &str, resource: &str) -> Vec<u8> {

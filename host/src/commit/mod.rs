@@ -421,7 +421,7 @@ impl Engine {
 
     /// How the lock directory is kept: the component's problems, or why
     /// there is no usable component. Retries what failed first.
-    pub fn health(&self) -> Result<DirectoryHealth, String> {
+    fn component_health(&self) -> Result<DirectoryHealth, String> {
         let mut live = lock(&self.instance);
         self.revive(&mut live)?;
         match live.instance.health() {
@@ -545,12 +545,64 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The component's error for `request`, with who asked where it matters.
 fn lock_error(request: &Request, error: GuestError) -> LockError {
-    let client = match request {
-        Request::Lock(r) | Request::Unlock(r) => r.client.as_str(),
-        Request::Acquire(r) => r.client.as_str(),
-        Request::Release(r) => r.client.as_str(),
-        Request::Renew(r) => r.client.as_str(),
-        _ => "",
-    };
-    LockError::from_guest(error, client)
+    LockError::for_request(request, error)
+}
+
+impl crate::backend::Backend for Engine {
+    fn submit(&self, request: Request, deadline: Option<Instant>) -> Result<Reply, LockError> {
+        Engine::submit(self, request, deadline)
+    }
+
+    fn submit_then(
+        &self,
+        request: Request,
+        deadline: Option<Instant>,
+        present: Option<Presence>,
+        then: Then,
+    ) {
+        Engine::submit_then(self, request, deadline, present, then);
+    }
+
+    fn waiters(&self) -> usize {
+        Engine::waiters(self)
+    }
+
+    fn stop_waiting(&self) {
+        Engine::stop_waiting(self);
+    }
+
+    fn stop(&self) {
+        Engine::stop(self);
+    }
+
+    /// Whether changes can be stored and the lock files are up to date: a
+    /// probe file, `.lockd.health`, is written in the lock directory, and
+    /// the component reports its journal and lock files.
+    fn health(&self) -> crate::backend::Health {
+        let mut health = crate::backend::Health::default();
+        if let Err(e) = std::fs::write(self.dir.join(".lockd.health"), b"ok\n") {
+            let dir = self.dir.display();
+            health.problems.push(format!("cannot write in {dir}: {e}"));
+        }
+        match self.component_health() {
+            Ok(component) => {
+                health.problems.extend(component.problems);
+                health.journal_bytes = component.journal_bytes;
+            }
+            Err(e) => health.problems.push(e),
+        }
+        health
+    }
+
+    /// Syncs the file system holding the lock directory: with
+    /// `--sync=none`, what was written is then on disk too.
+    fn flush(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let dir = std::fs::File::open(&self.dir)?;
+        // SAFETY: syncfs(2) on a descriptor we hold open.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }

@@ -378,7 +378,7 @@ fn status_page(lockd: &Lockd) -> Answer {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let dir = lockd.dir().display().to_string();
+            let dir = lockd.location().to_owned();
             Answer::new(
                 200,
                 "text/html; charset=utf-8",

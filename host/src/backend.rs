@@ -1,0 +1,48 @@
+//! Where [`Lockd`](crate::Lockd) keeps its locks: a lock directory (the
+//! commit engine and the component's files) or an etcd cluster. Both take
+//! the component's requests and give its replies.
+
+use crate::commit::{Presence, Then};
+use crate::component::{Reply, Request};
+use crate::error::LockError;
+use std::time::Instant;
+
+/// How the store is kept: what `/healthz` and `/metrics` report.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// What is wrong, for an operator; empty when all is well.
+    pub problems: Vec<String>,
+    /// Bytes of changes in the lock directory's journal (0 elsewhere).
+    pub journal_bytes: u64,
+}
+
+pub trait Backend: Send + Sync {
+    /// Runs `request`, waiting until `deadline` for its lock to be free if
+    /// given, and returns its reply.
+    fn submit(&self, request: Request, deadline: Option<Instant>) -> Result<Reply, LockError>;
+
+    /// The same; `then` gets the reply from whichever thread has it. A
+    /// waiter whose caller is no longer `present` leaves the line.
+    fn submit_then(
+        &self,
+        request: Request,
+        deadline: Option<Instant>,
+        present: Option<Presence>,
+        then: Then,
+    );
+
+    /// Clients waiting for a lock now.
+    fn waiters(&self) -> usize;
+
+    /// Ends every wait (fault 6) and refuses new ones.
+    fn stop_waiting(&self);
+
+    /// Stops for good: the last call before the backend is dropped.
+    fn stop(&self);
+
+    /// Tries again what failed, and reports.
+    fn health(&self) -> Health;
+
+    /// Hands what was written to the disk, where there is one.
+    fn flush(&self) -> std::io::Result<()>;
+}

@@ -1,0 +1,182 @@
+//! Cluster mode behind [`Lockd`](crate::Lockd): each request runs on the
+//! calling thread against etcd, with a deadline; a failure etcd leaves
+//! open is fault 7 saying so.
+//!
+//! Waiting is interim: a waiting call polls on a thread of its own (not a
+//! worker), with backoff up to 250 ms, until the lock is free, its time is
+//! up, its caller has gone or the daemon stops; waiters are not yet
+//! ordered across hosts.
+
+use super::{Cluster, ClusterError};
+use crate::backend::{Backend, Health};
+use crate::commit::{Presence, Then};
+use crate::component::{Reply, Request, Swept};
+use crate::error::LockError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long one request may take, etcd's retries between members
+/// included, before it gets fault 7.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Cluster mode as a backend.
+pub struct Served {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cluster: Cluster,
+    max_waiters: usize,
+    waiting: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+impl Served {
+    pub fn new(cluster: Cluster, max_waiters: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cluster,
+                max_waiters,
+                waiting: AtomicUsize::new(0),
+                stopping: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    /// One try of `request`.
+    fn run(&self, request: &Request) -> Result<Reply, LockError> {
+        let deadline = Instant::now() + CALL_DEADLINE;
+        let result = match request {
+            Request::List(prefix) => self.cluster.list(prefix, deadline).map(Reply::Locks),
+            Request::Sweep => {
+                // Expired leases are judged when read: nothing to sweep.
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                return Ok(Reply::Swept(Swept {
+                    expired: Vec::new(),
+                    available: Vec::new(),
+                    next_deadline_ms: None,
+                    now_ms,
+                }));
+            }
+            _ => self.cluster.call(request, deadline),
+        };
+        result.map_err(|e| match e {
+            ClusterError::Lock(refused) => LockError::for_request(request, refused),
+            ClusterError::NotApplied(why) => {
+                LockError::Unavailable(format!("the change did not happen: {why}"))
+            }
+            ClusterError::Unknown(why) => {
+                LockError::Unavailable(format!("the outcome is unknown: {why}"))
+            }
+        })
+    }
+
+    /// `request` tried until it gets the lock or a final answer, `deadline`
+    /// passes, its caller is gone or the daemon stops.
+    fn wait(
+        &self,
+        request: &Request,
+        deadline: Instant,
+        present: Option<&Presence>,
+    ) -> Result<Reply, LockError> {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let result = self.run(request);
+            let busy = matches!(
+                result,
+                Err(LockError::AlreadyLocked { .. } | LockError::CoolingDown { .. })
+            );
+            if !busy {
+                return result;
+            }
+            if self.stopping.load(Ordering::Relaxed) {
+                return Err(LockError::ShuttingDown);
+            }
+            if present.is_some_and(|present| !present()) {
+                return Err(LockError::CallerGone);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LockError::WaitTimedOut);
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Backend for Served {
+    fn submit(&self, request: Request, deadline: Option<Instant>) -> Result<Reply, LockError> {
+        match deadline {
+            None => self.inner.run(&request),
+            Some(deadline) => self.inner.wait(&request, deadline, None),
+        }
+    }
+
+    fn submit_then(
+        &self,
+        request: Request,
+        deadline: Option<Instant>,
+        present: Option<Presence>,
+        then: Then,
+    ) {
+        let Some(deadline) = deadline else {
+            return then(self.inner.run(&request));
+        };
+        let inner = &self.inner;
+        if inner.stopping.load(Ordering::Relaxed) {
+            return then(Err(LockError::ShuttingDown));
+        }
+        if inner.waiting.fetch_add(1, Ordering::Relaxed) >= inner.max_waiters {
+            inner.waiting.fetch_sub(1, Ordering::Relaxed);
+            return then(Err(LockError::TooManyWaiters {
+                limit: inner.max_waiters,
+            }));
+        }
+        let inner = inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lockd-waiter".into())
+            .spawn(move || {
+                let result = inner.wait(&request, deadline, present.as_ref());
+                inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                then(result);
+            });
+        if let Err(e) = spawned {
+            self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("starting a waiter thread: {e}");
+        }
+    }
+
+    fn waiters(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
+    }
+
+    fn stop_waiting(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn stop(&self) {
+        self.stop_waiting();
+    }
+
+    fn health(&self) -> Health {
+        let mut health = Health::default();
+        if let Err(problem) = self
+            .inner
+            .cluster
+            .health(Instant::now() + Duration::from_secs(1))
+        {
+            health.problems.push(problem);
+        }
+        health
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
