@@ -128,8 +128,8 @@ pub struct Acquire {
 pub struct Lockd {
     /// The lock directory, in directory mode.
     dir: Option<PathBuf>,
-    /// Where the locks are kept, for people: the directory or the etcd
-    /// cluster.
+    /// Where the locks are kept, for people: `lock directory <path>` or
+    /// `etcd <urls> (prefix "<prefix>")`.
     location: String,
     options: Options,
     report: OpenReport,
@@ -179,7 +179,7 @@ impl Lockd {
                 .context("starting the timer thread")?
         };
         let lockd = Self {
-            location: dir.display().to_string(),
+            location: format!("lock directory {}", dir.display()),
             dir: Some(dir),
             options: options.clone(),
             report,

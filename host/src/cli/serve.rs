@@ -99,7 +99,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let lockd = Lockd::open_with(&args.dir, &options)?;
         let report = lockd.open_report();
         tracing::info!(
-            "lock directory {}: {} locks held, {} changes replayed from the journal",
+            "{}: {} locks held, {} changes replayed from the journal",
             lockd.location(),
             report.held,
             report.replayed
@@ -133,7 +133,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     tracing::info!(
-        "lockd {} listening on http://{addr}/ with locks in {} (sync={})",
+        "lockd {} listening on http://{addr}/ with {} (sync={})",
         env!("CARGO_PKG_VERSION"),
         lockd.location(),
         args.sync.name()

@@ -378,11 +378,11 @@ fn status_page(lockd: &Lockd) -> Answer {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let dir = lockd.location().to_owned();
+            let location = lockd.location().to_owned();
             Answer::new(
                 200,
                 "text/html; charset=utf-8",
-                status_page::render(&locks, &dir, now_ms),
+                status_page::render(&locks, &location, now_ms),
             )
         }
         Err(e) => Answer::text(503, format!("{e}\n")),

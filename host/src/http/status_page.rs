@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 const REFRESH: u32 = 5;
 
 /// The page for `locks`, as of `now_ms` (milliseconds since the epoch).
-pub fn render(locks: &[Lock], dir: &str, now_ms: u64) -> String {
+pub fn render(locks: &[Lock], location: &str, now_ms: u64) -> String {
     let mut rows = String::new();
     for lock in locks {
         let expires = match lock.expires_ms {
@@ -56,7 +56,7 @@ p.empty {{ color: #666; }}
 </head>
 <body>
 <h1>lockd</h1>
-<p class=meta><span id=count>{count}</span> in {dir} · as of {now} · refreshed every {REFRESH} s</p>
+<p class=meta><span id=count>{count}</span> in {location} · as of {now} · refreshed every {REFRESH} s</p>
 <input id=filter type=search placeholder="Filter by resource or holder" autofocus>
 <table>
 <thead><tr><th>Resource</th><th>Holder</th><th>Token</th><th>Since</th><th>Expires</th></tr></thead>
@@ -86,7 +86,7 @@ setTimeout(() => location.reload(), {REFRESH} * 1000);
 </body>
 </html>
 "#,
-        dir = escape(dir),
+        location = escape(location),
         now = iso8601(now_ms as f64 / 1000.0),
         empty = if locks.is_empty() {
             "<p class=empty>No locks are held.</p>"
