@@ -3,6 +3,7 @@
 mod auth;
 mod browser;
 mod cli;
+mod cluster_chaos;
 mod cluster_core;
 mod cluster_serve;
 mod compat;
