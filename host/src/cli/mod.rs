@@ -104,6 +104,11 @@ struct BenchArgs {
     /// print how long until all were connected and each answered a call.
     #[arg(long, default_value_t = 0)]
     storm: usize,
+    /// Cluster mode: run the daemon on the etcd cluster at these client
+    /// URLs, next to etcd's own lock service on it and one guarded etcd
+    /// transaction alone, instead of on directories.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
 }
 
 /// Runs the command line.
@@ -151,6 +156,7 @@ pub fn run() -> ExitCode {
                 baseline: args.baseline,
                 server_cpus: args.server_cpus,
                 storm: args.storm,
+                etcd: args.etcd,
             };
             match crate::bench::run(&config) {
                 Ok(()) => ExitCode::SUCCESS,

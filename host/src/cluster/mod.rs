@@ -17,6 +17,7 @@ use crate::component::{
 use crate::etcd::{Compare, Etcd, EtcdError, KeyValue, Op, OpResult, Target};
 use record::{DelayRecord, LockRecord};
 pub use served::Served;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -47,6 +48,7 @@ pub struct Cluster {
     max_clock_skew_ms: u64,
     /// The rules (no directory).
     rules: Mutex<Instance>,
+    cache: Cache,
     /// Makes request ids unique: this host's, then a counter.
     host: String,
     requests: AtomicU64,
@@ -64,12 +66,77 @@ struct Written<'a> {
 }
 
 /// One resource's records as read, and the revisions that guard a write.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Records {
     lock: Option<LockRecord>,
     lock_revision: i64,
     delay: Option<DelayRecord>,
     delay_revision: i64,
+}
+
+impl Records {
+    /// The records once `effect` was written at `revision`.
+    fn after(&self, effect: &Effect, revision: i64, now: u64, id: &str) -> Self {
+        let mut after = self.clone();
+        let lock_record = |lock: &LockInfo| LockRecord {
+            lock: lock.clone(),
+            written_ms: now,
+            request: id.to_owned(),
+        };
+        match effect {
+            Effect::None => {}
+            Effect::Hold(HeldLock { lock, fresh }) => {
+                let mut record = lock_record(lock);
+                if *fresh {
+                    record.lock.token = revision as u64;
+                    after.delay = None;
+                    after.delay_revision = 0;
+                }
+                after.lock = Some(record);
+                after.lock_revision = revision;
+            }
+            Effect::Release => {
+                after.lock = None;
+                after.lock_revision = 0;
+            }
+            Effect::BreakLock(delay) => {
+                after.lock = None;
+                after.lock_revision = 0;
+                after.delay = Some(DelayRecord {
+                    delay: delay.clone(),
+                    written_ms: now,
+                    request: id.to_owned(),
+                });
+                after.delay_revision = revision;
+            }
+        }
+        after
+    }
+}
+
+/// The records this host last saw, per resource: a guess to write against,
+/// never an answer (a guarded write checks it).
+#[derive(Default)]
+struct Cache {
+    seen: Mutex<HashMap<String, Records>>,
+}
+
+/// Resources remembered at most; past it the cache starts afresh.
+const CACHE_LIMIT: usize = 100_000;
+
+impl Cache {
+    fn get(&self, resource: &str) -> Records {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(resource).cloned().unwrap_or_default()
+    }
+
+    fn put(&self, resource: &str, records: Records) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= CACHE_LIMIT {
+            seen.clear();
+        }
+        seen.insert(resource.to_owned(), records);
+    }
 }
 
 fn now_ms() -> u64 {
@@ -92,6 +159,7 @@ impl Cluster {
             lock_delay_ms: lock_delay.as_millis() as u64,
             max_clock_skew_ms: max_clock_skew.as_millis() as u64,
             rules: Mutex::new(runtime.instantiate_rules_only()?),
+            cache: Cache::default(),
             host: format!("{}-{}", std::process::id(), now_ms()),
             requests: AtomicU64::new(0),
         })
@@ -163,11 +231,23 @@ impl Cluster {
                 range_end: Vec::new(),
             },
         ];
-        let read = self
-            .etcd
-            .txn(&[], &reads, &[], deadline)
-            .map_err(not_applied)?;
-        let mut records = self.records(resource, &read.results)?;
+        let read = || -> Result<Records, ClusterError> {
+            let read = self
+                .etcd
+                .txn(&[], &reads, &[], deadline)
+                .map_err(not_applied)?;
+            self.records(resource, &read.results)
+        };
+        // A change is first decided on the records this host last saw
+        // (none known: nothing recorded) and written guarded by them, one
+        // round trip when they are still current. Only a write that
+        // succeeds confirms them: a decision on them that writes nothing,
+        // or refuses, is made again on records read now.
+        let mut optimistic = changes(request);
+        let mut records = match optimistic {
+            true => self.cache.get(resource),
+            false => read()?,
+        };
         for _ in 0..MAX_CONFLICTS {
             // Time for one resource never runs backwards.
             let written = [
@@ -175,9 +255,21 @@ impl Cluster {
                 records.delay.as_ref().map_or(0, |r| r.written_ms),
             ];
             let now = written.into_iter().fold(now_ms(), u64::max);
-            let decision = self.decide(request, &records, now)?;
+            let decision = match self.decide(request, &records, now) {
+                Err(ClusterError::Lock(_)) if optimistic => {
+                    optimistic = false;
+                    records = read()?;
+                    continue;
+                }
+                decided => decided?,
+            };
             let mut reply = decision.reply;
             let (ops, fresh) = match &decision.effect {
+                Effect::None if optimistic => {
+                    optimistic = false;
+                    records = read()?;
+                    continue;
+                }
                 Effect::None => return Ok(reply),
                 Effect::Hold(HeldLock { lock, fresh }) => {
                     let mut ops = vec![Op::Put {
@@ -230,10 +322,17 @@ impl Cluster {
                     if fresh && let Reply::Lock(lock) = &mut reply {
                         lock.token = written.revision as u64;
                     }
+                    let after = records.after(&decision.effect, written.revision, now, &id);
+                    self.cache.put(resource, after);
                     return Ok(reply);
                 }
-                // Another write came first: decide again on what it wrote.
-                Ok(lost) => records = self.records(resource, &lost.results)?,
+                // Another write came first (or the records were not this
+                // host's latest): decide again on what is there.
+                Ok(lost) => {
+                    optimistic = false;
+                    records = self.records(resource, &lost.results)?;
+                    self.cache.put(resource, records.clone());
+                }
                 Err(EtcdError::NotApplied(why)) => return Err(ClusterError::NotApplied(why)),
                 Err(EtcdError::Unknown(why)) => {
                     let written = Written {
@@ -343,6 +442,14 @@ impl Cluster {
             ))),
         }
     }
+}
+
+/// Whether `request` may change a lock.
+fn changes(request: &Request) -> bool {
+    !matches!(
+        request,
+        Request::Holder(_) | Request::Status(_) | Request::Check(_) | Request::List(_)
+    )
 }
 
 /// Whether `request` may take a lock from someone else.

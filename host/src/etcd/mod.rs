@@ -164,6 +164,21 @@ impl Etcd {
         }
     }
 
+    /// etcd's own lock service: waits until `name` is locked for `lease`;
+    /// returns the key that holds the lock.
+    pub fn lock(&self, name: &[u8], lease: i64, deadline: Instant) -> Result<Vec<u8>, EtcdError> {
+        let body = json!({ "name": wire::b64(name), "lease": lease.to_string() });
+        let answer = self.call("/v3/lock/lock", &body, false, deadline)?;
+        wire::bytes(&answer, "key").map_err(EtcdError::Unknown)
+    }
+
+    /// Releases the lock held by `key`.
+    pub fn unlock(&self, key: &[u8], deadline: Instant) -> Result<(), EtcdError> {
+        let body = json!({ "key": wire::b64(key) });
+        self.call("/v3/lock/unlock", &body, true, deadline)
+            .map(drop)
+    }
+
     /// The status of the member that answers first: its id and its
     /// leader's.
     pub fn status(&self, deadline: Instant) -> Result<Status, EtcdError> {

@@ -89,7 +89,7 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-fn b64(bytes: &[u8]) -> Value {
+pub fn b64(bytes: &[u8]) -> Value {
     Value::String(B64.encode(bytes))
 }
 
@@ -159,7 +159,7 @@ pub fn int(value: &Value, field: &str) -> Result<i64, String> {
     }
 }
 
-fn bytes(value: &Value, field: &str) -> Result<Vec<u8>, String> {
+pub fn bytes(value: &Value, field: &str) -> Result<Vec<u8>, String> {
     match value.get(field) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => B64.decode(s).map_err(|e| format!("{field}: {e}")),

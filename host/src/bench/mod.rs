@@ -3,6 +3,8 @@
 //! throughput, latency and the daemon's peak memory, optionally next to
 //! another server speaking the same protocol (the ratio is printed).
 
+mod etcd;
+
 use crate::locks::Durability;
 use anyhow::{Context as _, bail};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -29,6 +31,9 @@ pub struct BenchConfig {
     pub server_cpus: Option<String>,
     /// Connections to open back to back, once per daemon (0: none).
     pub storm: usize,
+    /// Cluster mode: the etcd cluster's client URLs. The daemon runs on
+    /// it, next to etcd's own lock service, instead of on directories.
+    pub etcd: Vec<String>,
 }
 
 /// One load run's figures.
@@ -50,6 +55,9 @@ impl Figures {
 
 /// Runs every configured measurement and prints one line each.
 pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
+    if !config.etcd.is_empty() {
+        return etcd::run(config, &config.etcd);
+    }
     let workload = match config.contended {
         Some(k) => format!("contended on {k} resources"),
         None => "distinct resources".to_owned(),
@@ -66,7 +74,9 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("locks");
         preload(&dir, config.preload)?;
-        let (mut daemon, addr, started) = Daemon::start(&dir, sync, config.server_cpus.as_deref())?;
+        let dir_arg = dir.to_string_lossy();
+        let args = ["--sync", sync, "--dir", &dir_arg];
+        let (mut daemon, addr, started) = Daemon::start(&args, config.server_cpus.as_deref())?;
         println!(
             "# lockd --sync={sync}: first request served {:.1} ms after start ({} locks held)",
             started.as_secs_f64() * 1000.0,
@@ -144,13 +154,9 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Starts one and returns its address and how long it took until a
-    /// first request was answered.
-    fn start(
-        dir: &Path,
-        sync: &str,
-        cpus: Option<&str>,
-    ) -> anyhow::Result<(Self, String, Duration)> {
+    /// Starts one with `serve` arguments `args` and returns its address
+    /// and how long it took until a first request was answered.
+    fn start(args: &[&str], cpus: Option<&str>) -> anyhow::Result<(Self, String, Duration)> {
         let start = Instant::now();
         let lockd = std::env::current_exe()?;
         let mut command = match cpus {
@@ -162,8 +168,8 @@ impl Daemon {
             None => Command::new(lockd),
         };
         let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--sync", sync, "--dir"])
-            .arg(dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             // The start-up lines, not a line per lock change.
             .env("LOCKD_LOG", "info,lockd::change=warn")
             .stdin(Stdio::null())
@@ -340,7 +346,11 @@ pub fn load(
         all.extend(latencies);
         faults += f;
     }
-    let secs = start.elapsed().as_secs_f64();
+    Ok(summarize(all, faults, start.elapsed().as_secs_f64()))
+}
+
+/// The figures of latencies (µs) measured over `secs`.
+fn summarize(mut all: Vec<u32>, faults: u64, secs: f64) -> Figures {
     all.sort_unstable();
     let pct = |p: f64| -> u64 {
         if all.is_empty() {
@@ -349,12 +359,12 @@ pub fn load(
         let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
         u64::from(all[i])
     };
-    Ok(Figures {
+    Figures {
         ops: all.len() as u64,
         faults,
         secs,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         p999_us: pct(0.999),
-    })
+    }
 }
