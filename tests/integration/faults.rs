@@ -678,11 +678,11 @@ fn try_start_up(sync: &str, inject: &str) -> bool {
     let when = format!("start-up (--sync={sync}) with {inject}");
     match TestServer::try_start_under(&wrapper, &dir, &["--sync", sync]) {
         Ok(mut server) => {
+            let daemon = crate::support::Traced::of(&server);
             model.check(&server, false, &format!("{when}, started"));
             wait_healthy(&server);
             model.check(&server, true, &format!("{when}, recovered"));
-            // SAFETY: kill(2) of the daemon strace runs for this test.
-            unsafe { libc::kill(crate::support::traced(server.pid()), libc::SIGKILL) };
+            drop(daemon);
             // strace ends once it has reaped the daemon.
             server.wait_exit(Duration::from_secs(60));
         }

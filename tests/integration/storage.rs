@@ -1,6 +1,6 @@
 //! What lockd asks of the file system, in what order, as strace sees it.
 
-use crate::support::{TestServer, temp_lock_dir, traced};
+use crate::support::{TestServer, Traced, temp_lock_dir};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -11,13 +11,11 @@ fn the_token_mark_reaches_the_disk_before_its_name_points_at_it() {
     let trace = "trace=openat,openat2,pwrite64,fdatasync,fsync,renameat,renameat2,linkat";
     let wrapper = ["strace", "-f", "-qq", "-e", trace, "-o", log_arg];
     let mut server = TestServer::try_start_under(&wrapper, &dir, &[]).unwrap();
+    let daemon = Traced::of(&server);
     // The first token reserves a range: `.lockd.tokens` is written.
     server.call("lockd.acquire", &["r", "c"]).unwrap();
     // SAFETY: kill(2) of the daemon strace runs for this test.
-    assert_eq!(
-        unsafe { libc::kill(traced(server.pid()), libc::SIGTERM) },
-        0
-    );
+    assert_eq!(unsafe { libc::kill(daemon.0, libc::SIGTERM) }, 0);
     assert!(server.wait_exit(Duration::from_secs(30)).success());
     let log = std::fs::read_to_string(&log).unwrap();
     // Each name given to the mark (a rename or a link onto it) must come

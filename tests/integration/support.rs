@@ -209,6 +209,24 @@ pub fn traced(strace_pid: u32) -> i32 {
     children.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// The daemon strace runs, killed when this is dropped: also when a check
+/// fails, since strace, killed, would leave it running on its own.
+pub struct Traced(pub i32);
+
+impl Traced {
+    /// The daemon of `server`, started under strace.
+    pub fn of(server: &TestServer) -> Self {
+        Self(traced(server.pid()))
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the daemon strace runs for a test.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
 /// A fresh temporary directory with an empty `locks` directory in it; the
 /// directory lives as long as the `TempDir`.
 pub fn temp_lock_dir() -> (TempDir, PathBuf) {
