@@ -66,6 +66,11 @@ struct Member {
 /// How long one try on one member may take unless told otherwise.
 const TRY_LIMIT: Duration = Duration::from_secs(1);
 
+/// How long members may all refuse (no leader) before a request gives up
+/// ahead of its deadline: longer than a leader election takes (etcd's
+/// default election timeout is 1 s).
+const ELECTION: Duration = Duration::from_secs(2);
+
 impl Etcd {
     /// A client for the members at `urls` (`http://host:port`).
     pub fn new(urls: &[String]) -> Result<Self, String> {
@@ -208,8 +213,13 @@ impl Etcd {
     ) -> Result<Value, EtcdError> {
         let body = body.to_string();
         let first = self.current.load(Ordering::Relaxed);
+        let started = Instant::now();
         let mut last = None;
         let mut tries = 0;
+        // Whether every member tried in this round refused at once (no
+        // leader, or not reachable): a cluster without a quorum, unless an
+        // election is under way.
+        let mut all_refused = true;
         while Instant::now() < deadline {
             let index = (first + tries) % self.members.len();
             tries += 1;
@@ -223,11 +233,20 @@ impl Etcd {
                 Err(EtcdError::Unknown(why)) if !retry_safe => {
                     return Err(EtcdError::Unknown(why));
                 }
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    all_refused &= matches!(e, EtcdError::NotApplied(_));
+                    last = Some(e);
+                }
             }
             if tries % self.members.len() == 0 {
-                // Every member tried: give the cluster a moment (a leader
-                // election takes about a second) before the next round.
+                // Every member tried. Refused by all for longer than an
+                // election takes: no quorum, fail now rather than at the
+                // deadline.
+                if all_refused && started.elapsed() >= ELECTION {
+                    break;
+                }
+                all_refused = true;
+                // Give the cluster a moment before the next round.
                 std::thread::sleep(
                     Duration::from_millis(50)
                         .min(deadline.saturating_duration_since(Instant::now())),
@@ -237,7 +256,7 @@ impl Etcd {
         Err(match last {
             Some(EtcdError::Unknown(why)) if !retry_safe => EtcdError::Unknown(why),
             Some(EtcdError::NotApplied(why) | EtcdError::Unknown(why)) => {
-                EtcdError::NotApplied(format!("no member answered in time; the last: {why}"))
+                EtcdError::NotApplied(format!("no member could act on it; the last: {why}"))
             }
             None => EtcdError::NotApplied("the deadline had passed".into()),
         })
