@@ -83,14 +83,7 @@ impl LockError {
 
     /// The component's refusal of `request`.
     pub(crate) fn for_request(request: &Request, error: GuestError) -> Self {
-        let client = match request {
-            Request::Lock(r) | Request::Unlock(r) => r.client.as_str(),
-            Request::Acquire(r) => r.client.as_str(),
-            Request::Release(r) => r.client.as_str(),
-            Request::Renew(r) => r.client.as_str(),
-            _ => "",
-        };
-        Self::from_guest(error, client)
+        Self::from_guest(error, crate::requests::client(request))
     }
 
     /// Converts the component's error; `client` is who asked.

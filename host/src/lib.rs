@@ -20,6 +20,7 @@ mod locks;
 pub mod metrics;
 mod pool_keeper;
 mod pyrepr;
+mod requests;
 pub mod rpc;
 mod socket;
 mod time;

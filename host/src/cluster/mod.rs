@@ -15,6 +15,7 @@ use crate::component::{
     Effect, GuestError, HeldLock, Instance, LockInfo, Reply, Request, ResourceView, Runtime,
 };
 use crate::etcd::{Compare, Etcd, EtcdError, KeyValue, Op, OpResult, Target};
+use crate::requests;
 use record::{DelayRecord, LockRecord};
 pub use served::Served;
 use std::collections::HashMap;
@@ -209,7 +210,7 @@ impl Cluster {
     /// Runs `request` (one about a single resource: not `list` or `sweep`)
     /// before `deadline`.
     pub fn call(&self, request: &Request, deadline: Instant) -> Result<Reply, ClusterError> {
-        let resource = resource_of(request).ok_or_else(|| {
+        let resource = requests::resource(request).ok_or_else(|| {
             ClusterError::Lock(GuestError::InvalidName(
                 "list and sweep are not single-resource requests".into(),
             ))
@@ -243,7 +244,7 @@ impl Cluster {
         // round trip when they are still current. Only a write that
         // succeeds confirms them: a decision on them that writes nothing,
         // or refuses, is made again on records read now.
-        let mut optimistic = changes(request);
+        let mut optimistic = requests::changes(request);
         let mut records = match optimistic {
             true => self.cache.get(resource),
             false => read()?,
@@ -423,7 +424,7 @@ impl Cluster {
     ) -> Result<crate::component::Decision, ClusterError> {
         let mut held: Option<LockInfo> = records.lock.as_ref().map(|r| r.lock.clone());
         if let Some(lock) = &mut held
-            && takes(request)
+            && requests::taken(request).is_some()
         {
             lock.expires_ms = lock
                 .expires_ms
@@ -444,36 +445,8 @@ impl Cluster {
     }
 }
 
-/// Whether `request` may change a lock.
-fn changes(request: &Request) -> bool {
-    !matches!(
-        request,
-        Request::Holder(_) | Request::Status(_) | Request::Check(_) | Request::List(_)
-    )
-}
-
-/// Whether `request` may take a lock from someone else.
-fn takes(request: &Request) -> bool {
-    matches!(request, Request::Lock(_) | Request::Acquire(_))
-}
-
 fn not_applied(e: EtcdError) -> ClusterError {
     match e {
         EtcdError::NotApplied(why) | EtcdError::Unknown(why) => ClusterError::NotApplied(why),
-    }
-}
-
-/// The resource a single-resource request is about.
-fn resource_of(request: &Request) -> Option<&str> {
-    match request {
-        Request::Lock(r) | Request::Unlock(r) => Some(&r.resource),
-        Request::Holder(resource) | Request::Status(resource) | Request::BreakLock(resource) => {
-            Some(resource)
-        }
-        Request::Acquire(r) => Some(&r.resource),
-        Request::Release(r) => Some(&r.resource),
-        Request::Renew(r) => Some(&r.resource),
-        Request::Check(r) => Some(&r.resource),
-        Request::List(_) | Request::Sweep => None,
     }
 }

@@ -5,11 +5,12 @@
 
 mod queue;
 
-use crate::component::{DirectoryHealth, GuestError, Instance, Reply, Request, Runtime};
+use crate::component::{DirectoryHealth, Instance, Reply, Request, Runtime};
 use crate::error::LockError;
 use crate::metrics::Metrics;
+use crate::requests::{changes, reentrant, taken};
 pub use queue::Presence;
-use queue::{Deliveries, Line, Pending, Queue, Taker, changes, reentrant, taken};
+use queue::{Deliveries, Line, Pending, Queue, Taker};
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -382,7 +383,7 @@ impl Engine {
             Ok(results) => batch
                 .iter()
                 .zip(results)
-                .map(|(request, result)| result.map_err(|e| lock_error(request, e)))
+                .map(|(request, result)| result.map_err(|e| LockError::for_request(request, e)))
                 .collect(),
             Err(trap) => {
                 let error = LockError::Internal(format!("{trap:#}"));
@@ -541,11 +542,6 @@ impl Engine {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The component's error for `request`, with who asked where it matters.
-fn lock_error(request: &Request, error: GuestError) -> LockError {
-    LockError::for_request(request, error)
 }
 
 impl crate::backend::Backend for Engine {

@@ -159,26 +159,3 @@ impl Queue {
         sooner
     }
 }
-
-/// Whether a request may change the lock directory.
-pub(super) fn changes(request: &Request) -> bool {
-    !matches!(
-        request,
-        Request::Holder(_) | Request::Status(_) | Request::Check(_) | Request::List(_)
-    )
-}
-
-/// The resource a request takes a lock on, if it takes one.
-pub(super) fn taken(request: &Request) -> Option<&str> {
-    match request {
-        Request::Lock(r) => Some(&r.resource),
-        Request::Acquire(r) => Some(&r.resource),
-        _ => None,
-    }
-}
-
-/// Whether a request takes its lock reentrantly (returning the caller's
-/// own lock if it holds it).
-pub(super) fn reentrant(request: &Request) -> bool {
-    matches!(request, Request::Acquire(r) if r.reentrant)
-}
