@@ -7,15 +7,6 @@ use crate::component::{Reply, Request};
 use crate::error::LockError;
 use std::time::Instant;
 
-/// How the store is kept: what `/healthz` and `/metrics` report.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// What is wrong, for an operator; empty when all is well.
-    pub problems: Vec<String>,
-    /// Bytes of changes in the lock directory's journal (0 elsewhere).
-    pub journal_bytes: u64,
-}
-
 pub trait Backend: Send + Sync {
     /// Runs `request`, waiting until `deadline` for its lock to be free if
     /// given, and returns its reply.
@@ -40,8 +31,14 @@ pub trait Backend: Send + Sync {
     /// Stops for good: the last call before the backend is dropped.
     fn stop(&self);
 
-    /// Tries again what failed, and reports.
-    fn health(&self) -> Health;
+    /// Tries again what failed, and says what is wrong, for an operator
+    /// (`/healthz`); empty when all is well.
+    fn problems(&self) -> Vec<String>;
+
+    /// Bytes of changes in the lock directory's journal (`/metrics`).
+    fn journal_bytes(&self) -> u64 {
+        0
+    }
 
     /// Hands what was written to the disk, where there is one.
     fn flush(&self) -> std::io::Result<()>;

@@ -349,7 +349,7 @@ impl Lockd {
         let gauges = Gauges {
             locks_held: self.list("")?.len(),
             waiters: self.backend.waiters(),
-            journal_bytes: self.backend.health().journal_bytes,
+            journal_bytes: self.backend.journal_bytes(),
         };
         Ok(self.metrics.render(&gauges))
     }
@@ -363,7 +363,7 @@ impl Lockd {
     /// Whether changes can be stored (and, in directory mode, the lock
     /// files are up to date); the error says every problem found.
     pub fn health(&self) -> Result<(), String> {
-        let problems = self.backend.health().problems;
+        let problems = self.backend.problems();
         if problems.is_empty() {
             Ok(())
         } else {

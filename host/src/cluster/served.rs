@@ -8,13 +8,13 @@
 //! ordered across hosts.
 
 use super::{Cluster, ClusterError};
-use crate::backend::{Backend, Health};
+use crate::backend::Backend;
 use crate::commit::{Presence, Then};
-use crate::component::{Reply, Request, Swept};
+use crate::component::{Reply, Request};
 use crate::error::LockError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long one request may take, etcd's retries between members
 /// included, before it gets fault 7.
@@ -49,20 +49,10 @@ impl Inner {
     /// One try of `request`.
     fn run(&self, request: &Request) -> Result<Reply, LockError> {
         let deadline = Instant::now() + CALL_DEADLINE;
+        // (No sweep is ever asked for: expired leases are judged when
+        // read. One would be refused as not about one resource.)
         let result = match request {
             Request::List(prefix) => self.cluster.list(prefix, deadline).map(Reply::Locks),
-            Request::Sweep => {
-                // Expired leases are judged when read: nothing to sweep.
-                let now_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                return Ok(Reply::Swept(Swept {
-                    expired: Vec::new(),
-                    available: Vec::new(),
-                    next_deadline_ms: None,
-                    now_ms,
-                }));
-            }
             _ => self.cluster.call(request, deadline),
         };
         result.map_err(|e| match e {
@@ -164,16 +154,14 @@ impl Backend for Served {
         self.stop_waiting();
     }
 
-    fn health(&self) -> Health {
-        let mut health = Health::default();
-        if let Err(problem) = self
-            .inner
+    fn problems(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        self.inner
             .cluster
-            .health(Instant::now() + Duration::from_secs(1))
-        {
-            health.problems.push(problem);
-        }
-        health
+            .health(deadline)
+            .err()
+            .into_iter()
+            .collect()
     }
 
     fn flush(&self) -> std::io::Result<()> {

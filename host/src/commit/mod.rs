@@ -574,20 +574,21 @@ impl crate::backend::Backend for Engine {
     /// Whether changes can be stored and the lock files are up to date: a
     /// probe file, `.lockd.health`, is written in the lock directory, and
     /// the component reports its journal and lock files.
-    fn health(&self) -> crate::backend::Health {
-        let mut health = crate::backend::Health::default();
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         if let Err(e) = std::fs::write(self.dir.join(".lockd.health"), b"ok\n") {
             let dir = self.dir.display();
-            health.problems.push(format!("cannot write in {dir}: {e}"));
+            problems.push(format!("cannot write in {dir}: {e}"));
         }
         match self.component_health() {
-            Ok(component) => {
-                health.problems.extend(component.problems);
-                health.journal_bytes = component.journal_bytes;
-            }
-            Err(e) => health.problems.push(e),
+            Ok(component) => problems.extend(component.problems),
+            Err(e) => problems.push(e),
         }
-        health
+        problems
+    }
+
+    fn journal_bytes(&self) -> u64 {
+        self.component_health().map_or(0, |h| h.journal_bytes)
     }
 
     /// Syncs the file system holding the lock directory: with

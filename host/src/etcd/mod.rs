@@ -253,8 +253,9 @@ impl Etcd {
                 );
             }
         }
+        // (An unknown outcome of a request not safe to retry returned at
+        // once, above.)
         Err(match last {
-            Some(EtcdError::Unknown(why)) if !retry_safe => EtcdError::Unknown(why),
             Some(EtcdError::NotApplied(why) | EtcdError::Unknown(why)) => {
                 EtcdError::NotApplied(format!("no member could act on it; the last: {why}"))
             }
