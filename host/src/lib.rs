@@ -22,7 +22,7 @@ mod pool_keeper;
 mod pyrepr;
 mod requests;
 pub mod rpc;
-mod socket;
+pub mod socket;
 mod time;
 pub mod xmlrpc;
 

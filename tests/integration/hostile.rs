@@ -205,43 +205,12 @@ fn forty_connections_that_never_read_their_answers_stop_nobody() {
 /// A connection to `addr` whose receive buffer is as small as the kernel
 /// allows.
 fn small_receive_buffer_connection(addr: &str) -> TcpStream {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _};
     let addr: std::net::SocketAddr = addr.parse().unwrap();
-    // SAFETY: socket(2), setsockopt(2) and connect(2) on a socket created
-    // here and owned by the TcpStream from then on; the address and the
-    // option are plain data of the sizes given.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let stream = TcpStream::from_raw_fd(fd);
-        let size: libc::c_int = 4096;
-        let rc = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&raw const size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0);
-        let std::net::SocketAddr::V4(v4) = addr else {
-            panic!("{addr} is not IPv4")
-        };
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::connect(
-            stream.as_raw_fd(),
-            (&raw const sin).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-        stream
-    }
+    let socket = lockd::socket::tcp_for(addr).unwrap();
+    let size: libc::c_int = 4096;
+    lockd::socket::set(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, &size).unwrap();
+    lockd::socket::connect(&socket, addr).unwrap();
+    TcpStream::from(socket)
 }
 
 #[test]
