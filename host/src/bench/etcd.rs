@@ -4,10 +4,10 @@
 //! `/v3/lock/lock` and `/v3/lock/unlock` on distinct names), and one
 //! guarded etcd transaction's round trip alone (the floor of a lock).
 
-use super::{BenchConfig, Daemon, Figures, load, print_line, summarize};
+use super::{BenchConfig, Daemon, Figures, drive, load, micros, print_line};
 use crate::etcd::{Compare, Etcd, Op, Target};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// How long one etcd request of the baseline may take.
@@ -39,38 +39,6 @@ pub fn run(config: &BenchConfig, urls: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `f` on `conns` threads for `duration`, each call timed.
-fn drive(
-    conns: usize,
-    duration: Duration,
-    f: impl Fn(usize, &AtomicBool, &mut Vec<u32>) -> anyhow::Result<()> + Send + Sync + 'static,
-) -> anyhow::Result<Figures> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let f = Arc::new(f);
-    let threads: Vec<_> = (0..conns)
-        .map(|t| {
-            let (stop, f) = (stop.clone(), f.clone());
-            std::thread::spawn(move || -> anyhow::Result<Vec<u32>> {
-                let mut latencies = Vec::with_capacity(1 << 14);
-                f(t, &stop, &mut latencies)?;
-                Ok(latencies)
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    std::thread::sleep(duration);
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in threads {
-        all.extend(t.join().expect("load thread panicked")?);
-    }
-    Ok(summarize(all, 0, start.elapsed().as_secs_f64()))
-}
-
-fn micros(since: Instant) -> u32 {
-    since.elapsed().as_micros().min(u32::MAX as u128) as u32
-}
-
 /// One connection's guarded transactions, back to back: a put guarded by
 /// the key's mod revision, as lockd writes a lock.
 fn guarded_txns(urls: &[String], duration: Duration) -> anyhow::Result<Figures> {
@@ -95,7 +63,7 @@ fn guarded_txns(urls: &[String], duration: Duration) -> anyhow::Result<Figures> 
             latencies.push(micros(start));
             revision = written.revision;
         }
-        Ok(())
+        Ok(0)
     })
 }
 
@@ -124,6 +92,6 @@ fn etcd_locks(urls: &[String], conns: usize, duration: Duration) -> anyhow::Resu
         }
         etcd.lease_revoke(lease, deadline())
             .map_err(anyhow::Error::msg)?;
-        Ok(())
+        Ok(0)
     })
 }

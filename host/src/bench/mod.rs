@@ -296,42 +296,58 @@ pub fn load(
     duration: Duration,
     contended: Option<usize>,
 ) -> anyhow::Result<Figures> {
-    let stop = Arc::new(AtomicBool::new(false));
     // Unique names per run, so that runs against a long-lived server never
     // meet each other's locks.
     let since_epoch = std::time::SystemTime::UNIX_EPOCH
         .elapsed()
         .unwrap_or_default();
     let run = format!("{:x}-{:x}", std::process::id(), since_epoch.as_nanos());
+    let addr = addr.to_owned();
+    drive(conns, duration, move |t, stop, latencies| {
+        let mut conn = Connection::open(&addr)?;
+        let client = format!("bench-{run}-{t}");
+        let mut faults = 0;
+        let mut step = 0usize;
+        // Stops only after an unlock, so that no lock is left held.
+        while !step.is_multiple_of(2) || !stop.load(Ordering::Relaxed) {
+            let resource = match contended {
+                Some(k) => format!("contended-{}", (step / 2) % k.max(1)),
+                None => format!("r-{run}-{t}-{}", step / 2),
+            };
+            let method = if step.is_multiple_of(2) {
+                "lock"
+            } else {
+                "unlock"
+            };
+            let body = crate::xmlrpc::encode_call(
+                method,
+                &[resource.as_str().into(), client.as_str().into()],
+            );
+            let start = Instant::now();
+            faults += u64::from(conn.call(&body)?);
+            latencies.push(micros(start));
+            step += 1;
+        }
+        Ok(faults)
+    })
+}
+
+/// Runs `f` on `conns` threads (each given its number, the stop flag and
+/// where to put the microseconds each call took) for `duration`; `f`
+/// returns how many calls got a fault.
+fn drive(
+    conns: usize,
+    duration: Duration,
+    f: impl Fn(usize, &AtomicBool, &mut Vec<u32>) -> anyhow::Result<u64> + Send + Sync + 'static,
+) -> anyhow::Result<Figures> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let f = Arc::new(f);
     let threads: Vec<_> = (0..conns)
         .map(|t| {
-            let (stop, addr, run) = (stop.clone(), addr.to_owned(), run.clone());
+            let (stop, f) = (stop.clone(), f.clone());
             std::thread::spawn(move || -> anyhow::Result<(Vec<u32>, u64)> {
-                let mut conn = Connection::open(&addr)?;
-                let client = format!("bench-{run}-{t}");
                 let mut latencies = Vec::with_capacity(1 << 16);
-                let mut faults = 0;
-                let mut step = 0usize;
-                // Stops only after an unlock, so that no lock is left held.
-                while !step.is_multiple_of(2) || !stop.load(Ordering::Relaxed) {
-                    let resource = match contended {
-                        Some(k) => format!("contended-{}", (step / 2) % k.max(1)),
-                        None => format!("r-{run}-{t}-{}", step / 2),
-                    };
-                    let method = if step.is_multiple_of(2) {
-                        "lock"
-                    } else {
-                        "unlock"
-                    };
-                    let body = crate::xmlrpc::encode_call(
-                        method,
-                        &[resource.as_str().into(), client.as_str().into()],
-                    );
-                    let start = Instant::now();
-                    faults += u64::from(conn.call(&body)?);
-                    latencies.push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    step += 1;
-                }
+                let faults = f(t, &stop, &mut latencies)?;
                 Ok((latencies, faults))
             })
         })
@@ -347,6 +363,11 @@ pub fn load(
         faults += f;
     }
     Ok(summarize(all, faults, start.elapsed().as_secs_f64()))
+}
+
+/// The microseconds since `since`.
+fn micros(since: Instant) -> u32 {
+    since.elapsed().as_micros().min(u32::MAX as u128) as u32
 }
 
 /// The figures of latencies (µs) measured over `secs`.
