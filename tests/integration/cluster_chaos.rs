@@ -6,7 +6,7 @@
 //! not survive, and calls that outlived their deadline.
 
 use crate::etcd_cluster::EtcdCluster;
-use crate::support::{TestServer, temp_lock_dir, wait_until};
+use crate::support::wait_until;
 use lockd::client::{CallError, Client};
 use lockd::xmlrpc::Value;
 use std::collections::HashMap;
@@ -234,17 +234,11 @@ fn client(me: usize, hosts: &Hosts, history: &History, register: &Register, done
     }
 }
 
-fn host(cluster: &EtcdCluster) -> TestServer {
-    let (_tmp, dir) = temp_lock_dir();
-    let urls = cluster.urls().join(",");
-    TestServer::start_in(&dir, &["--etcd", &urls, "--lock-delay", "0"])
-}
-
 #[test]
 fn locks_stay_exclusive_and_fenced_while_etcd_members_and_lockd_hosts_fail() {
     let mut cluster = EtcdCluster::start(3);
-    let a = host(&cluster);
-    let mut b = Some(host(&cluster));
+    let a = cluster.lockd_host();
+    let mut b = Some(cluster.lockd_host());
     // A lock taken before the faults must survive them.
     a.call("lock", &["kept", "keeper"]).unwrap();
     let hosts = Hosts(RwLock::new(vec![a.url(), b.as_ref().unwrap().url()]));
@@ -282,7 +276,7 @@ fn locks_stay_exclusive_and_fenced_while_etcd_members_and_lockd_hosts_fail() {
         eprintln!("chaos: kill -9 of lockd host b");
         b.take().unwrap().kill9();
         progress(200);
-        let again = host(&cluster);
+        let again = cluster.lockd_host();
         hosts.0.write().unwrap()[1] = again.url();
         b = Some(again);
         progress(200);

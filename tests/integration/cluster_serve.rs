@@ -2,24 +2,14 @@
 //! one etcd cluster, through XML-RPC as any client sees them.
 
 use crate::etcd_cluster::EtcdCluster;
-use crate::support::{TestServer, python, raw_http, temp_lock_dir};
+use crate::support::{python, raw_http};
 use lockd::xmlrpc::Value;
 use std::thread;
-
-/// A lockd host on `cluster`.
-fn host(cluster: &EtcdCluster) -> TestServer {
-    let (tmp, dir) = temp_lock_dir();
-    let urls = cluster.urls().join(",");
-    let server = TestServer::start_in(&dir, &["--etcd", &urls, "--lock-delay", "0"]);
-    // The directory is not used; it only has to outlive the start.
-    drop(tmp);
-    server
-}
 
 #[test]
 fn the_gocept_lockd_doctest_through_python_over_two_hosts() {
     let cluster = EtcdCluster::start(3);
-    let (a, b) = (host(&cluster), host(&cluster));
+    let (a, b) = (cluster.lockd_host(), cluster.lockd_host());
     let got = python("scenario.py", &[&a.url(), &b.url()]);
     assert_eq!(got, crate::support::GOCEPT_DOCTEST);
     // Both hosts list the one lock left.
@@ -39,7 +29,7 @@ fn the_gocept_lockd_doctest_through_python_over_two_hosts() {
 #[test]
 fn a_client_waiting_on_one_host_gets_the_lock_released_on_another() {
     let cluster = EtcdCluster::start(3);
-    let (a, b) = (host(&cluster), host(&cluster));
+    let (a, b) = (cluster.lockd_host(), cluster.lockd_host());
     let held = a.call("lockd.acquire", &["r", "first"]).unwrap();
     let first = held.member("token").and_then(Value::as_i64).unwrap();
     let waiting = thread::scope(|s| {
@@ -64,7 +54,7 @@ fn a_client_waiting_on_one_host_gets_the_lock_released_on_another() {
 #[test]
 fn without_a_quorum_every_method_gets_fault_7_in_time_and_healthz_says_503() {
     let mut cluster = EtcdCluster::start(3);
-    let a = host(&cluster);
+    let a = cluster.lockd_host();
     a.call("lock", &["kept", "c"]).unwrap();
     assert_eq!(raw_http(&a.addr, b"GET /healthz HTTP/1.0\r\n\r\n").0, 200);
     cluster.kill(1);

@@ -2,7 +2,7 @@
 //! directory of its own, killed, paused and restarted on demand, and all
 //! stopped when the cluster is dropped.
 
-use crate::support::wait_until;
+use crate::support::{TestServer, temp_lock_dir, wait_until};
 use lockd::etcd::{Etcd, Status};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -93,6 +93,14 @@ impl EtcdCluster {
             .spawn()
             .expect("etcd (tests/setup.sh installs it)");
         self.members[i].process = Some(process);
+    }
+
+    /// A lockd host serving from this cluster, with no lock-delay.
+    pub fn lockd_host(&self) -> TestServer {
+        // The directory is not used; it only has to outlive the start.
+        let (_tmp, dir) = temp_lock_dir();
+        let urls = self.urls().join(",");
+        TestServer::start_in(&dir, &["--etcd", &urls, "--lock-delay", "0"])
     }
 
     /// The members' client URLs.

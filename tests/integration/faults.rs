@@ -211,6 +211,22 @@ impl Model {
             }
         }
     }
+
+    /// Waits until `server` says it is healthy again, then checks it and
+    /// its lock files.
+    fn recovered(&self, server: &TestServer, when: &str) {
+        wait_healthy(server);
+        self.check(server, true, &format!("{when}, recovered"));
+    }
+
+    /// [`recovered`](Self::recovered), then `kill -9` and a restart with
+    /// `--sync=sync`, checked again.
+    fn recovered_and_restarted(&self, server: TestServer, sync: &str, when: &str) {
+        self.recovered(&server, when);
+        let dir = server.kill9();
+        let server = TestServer::start_in(&dir, &["--sync", sync]);
+        self.check(&server, true, &format!("{when}, then kill -9 and restart"));
+    }
 }
 
 /// A call's outcome with a fault's text as the error; a fault must be
@@ -273,11 +289,7 @@ fn a_full_disk_loses_no_acknowledged_change_and_the_daemon_recovers_by_itself() 
 
     // Space comes back: the running daemon brings its files up to date.
     fs.unfill();
-    wait_healthy(&server);
-    model.check(&server, true, "after space came back");
-    let dir = server.kill9();
-    let server = TestServer::start_in(&dir, &["--sync", "always"]);
-    model.check(&server, true, "after kill -9 and restart");
+    model.recovered_and_restarted(server, "always", "after space came back");
 }
 
 #[test]
@@ -303,11 +315,7 @@ fn a_daemon_restarted_on_a_disk_too_small_for_its_lock_files_starts_and_serves_t
     assert!(reason.contains("lock files"), "{reason}");
 
     fs.resize("64m");
-    wait_healthy(&server);
-    model.check(&server, true, "after the disk grew");
-    let dir = server.kill9();
-    let server = TestServer::start_in(&dir, &["--sync", "always"]);
-    model.check(&server, true, "restarted again");
+    model.recovered_and_restarted(server, "always", "after the disk grew");
 }
 
 #[test]
@@ -602,11 +610,7 @@ fn try_case(case: &Case, inject: &str) -> bool {
     let injected = injector.detach().contains("(INJECTED)");
     let when = format!("{} (--sync={}) with {inject}", case.name, case.sync);
     model.check(&server, false, &format!("{when}, running"));
-    wait_healthy(&server);
-    model.check(&server, true, &format!("{when}, recovered"));
-    let dir = server.kill9();
-    let server = TestServer::start_in(&dir, &["--sync", case.sync]);
-    model.check(&server, true, &format!("{when}, restarted"));
+    model.recovered_and_restarted(server, case.sync, &when);
     injected
 }
 
@@ -680,8 +684,7 @@ fn try_start_up(sync: &str, inject: &str) -> bool {
         Ok(mut server) => {
             let daemon = crate::support::Traced::of(&server);
             model.check(&server, false, &format!("{when}, started"));
-            wait_healthy(&server);
-            model.check(&server, true, &format!("{when}, recovered"));
+            model.recovered(&server, &when);
             drop(daemon);
             // strace ends once it has reaped the daemon.
             server.wait_exit(Duration::from_secs(60));
