@@ -5,6 +5,7 @@
 use crate::commit::{Presence, Then};
 use crate::component::{Reply, Request};
 use crate::error::LockError;
+use crate::metrics::Sample;
 use std::time::Instant;
 
 pub trait Backend: Send + Sync {
@@ -38,6 +39,11 @@ pub trait Backend: Send + Sync {
     /// Bytes of changes in the lock directory's journal (`/metrics`).
     fn journal_bytes(&self) -> u64 {
         0
+    }
+
+    /// What the store counts of itself, for `/metrics`.
+    fn samples(&self) -> Vec<Sample> {
+        Vec::new()
     }
 
     /// Hands what was written to the disk, where there is one.

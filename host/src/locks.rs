@@ -350,6 +350,7 @@ impl Lockd {
             locks_held: self.list("")?.len(),
             waiters: self.backend.waiters(),
             journal_bytes: self.backend.journal_bytes(),
+            store: self.backend.samples(),
         };
         Ok(self.metrics.render(&gauges))
     }

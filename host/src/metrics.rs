@@ -88,6 +88,18 @@ pub struct Gauges {
     pub locks_held: usize,
     pub waiters: usize,
     pub journal_bytes: u64,
+    /// What the lock store counts of itself (cluster mode: etcd).
+    pub store: Vec<Sample>,
+}
+
+/// One counter or gauge kept outside [`Metrics`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
+    pub value: u64,
 }
 
 impl Metrics {
@@ -171,6 +183,18 @@ impl Metrics {
             "Locks broken by an operator.",
             self.breaks.load(Ordering::Relaxed),
         );
+        for sample in &gauges.store {
+            let Sample {
+                name,
+                help,
+                kind,
+                value,
+            } = sample;
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
         self.request_seconds.write(
             &mut out,
             "lockd_request_duration_seconds",
@@ -206,6 +230,12 @@ mod tests {
             locks_held: 7,
             waiters: 2,
             journal_bytes: 512,
+            store: vec![Sample {
+                name: "lockd_etcd_conflicts_total",
+                help: "Guarded writes that lost to another.",
+                kind: "counter",
+                value: 3,
+            }],
         });
         for line in [
             "lockd_batch_size_bucket{le=\"1\"} 1\n",
@@ -217,6 +247,7 @@ mod tests {
             "lockd_locks_held 7\n",
             "lockd_waiters 2\n",
             "lockd_journal_bytes 512\n",
+            "# TYPE lockd_etcd_conflicts_total counter\nlockd_etcd_conflicts_total 3\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

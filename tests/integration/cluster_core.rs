@@ -213,3 +213,45 @@ fn without_a_quorum_a_change_is_refused_in_time_and_nothing_is_lost() {
         GuestError::AlreadyLocked(holder) if holder == "c"
     ));
 }
+
+#[test]
+fn concurrent_changes_on_different_resources_share_transactions() {
+    let cluster = EtcdCluster::start(3);
+    let runtime = Runtime::new().unwrap();
+    let a = host(&cluster, &runtime, 0);
+    std::thread::scope(|s| {
+        for t in 0..16 {
+            let a = &a;
+            s.spawn(move || {
+                let resource = format!("batched-{t}");
+                let mut last = 0;
+                for _ in 0..40 {
+                    let token = token_of(a.call(&acquire(&resource, "c", None), soon()).unwrap());
+                    assert!(token > last, "{resource}: {token} after {last}");
+                    last = token;
+                    assert!(matches!(
+                        a.call(&unlock(&resource, "c"), soon()),
+                        Ok(Reply::Done)
+                    ));
+                }
+            });
+        }
+    });
+    let sample = |name: &str| {
+        a.samples()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .value
+    };
+    let (transactions, writes) = (
+        sample("lockd_etcd_transactions_total"),
+        sample("lockd_etcd_batched_writes_total"),
+    );
+    assert_eq!(writes, 16 * 40 * 2);
+    assert!(
+        transactions < writes / 2,
+        "{transactions} transactions for {writes} writes"
+    );
+    assert_eq!(sample("lockd_etcd_conflicts_total"), 0);
+}

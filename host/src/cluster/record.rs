@@ -1,27 +1,23 @@
-//! Locks and lock-delays as cluster mode keeps them in etcd: one JSON
-//! value per key, with when it was written (by its writer's clock) and the
-//! id of the request that wrote it.
+//! A resource as cluster mode keeps it in etcd: one JSON value under
+//! `<prefix>lock/<resource>` holding its lock and its lock-delay (either
+//! may be absent; with neither the key is deleted), when it was last
+//! written (by its writer's clock) and the id of the request that wrote it.
+//! One key per resource keeps every change one guarded write of one key.
 //!
-//! A lock's fencing token is the etcd revision of the write that granted
-//! it: a fresh lock is written with token 0, read back as its key's
-//! `mod_revision`; a renewal writes the token it keeps.
+//! A lock's fencing token is the token base plus the etcd revision of the
+//! write that granted it: a fresh lock is written with token 0 and the
+//! base its write was guarded by, read back as that base plus the key's
+//! `mod_revision`; a later write of the same lock keeps its token.
 
 use crate::component::{LockDelay, LockInfo};
 use crate::etcd::KeyValue;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-/// A recorded lock.
-#[derive(Debug, Clone)]
-pub struct LockRecord {
-    pub lock: LockInfo,
-    pub written_ms: u64,
-    pub request: String,
-}
-
-/// A recorded lock-delay.
-#[derive(Debug, Clone)]
-pub struct DelayRecord {
-    pub delay: LockDelay,
+/// What is recorded of one resource.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub lock: Option<LockInfo>,
+    pub delay: Option<LockDelay>,
     pub written_ms: u64,
     pub request: String,
 }
@@ -41,68 +37,150 @@ fn str_of(value: &Value, field: &str) -> Result<String, String> {
         .ok_or_else(|| format!("a record without {field}: {value}"))
 }
 
-impl LockRecord {
-    /// The value to write; `fresh` leaves the token to the write's
-    /// revision.
-    pub fn encode(lock: &LockInfo, fresh: bool, written_ms: u64, request: &str) -> Vec<u8> {
-        json!({
-            "client": lock.client,
-            "token": if fresh { 0 } else { lock.token },
-            "acquired_ms": lock.acquired_ms,
-            "ttl_ms": lock.ttl_ms,
-            "expires_ms": lock.expires_ms,
-            "written_ms": written_ms,
-            "request": request,
-        })
-        .to_string()
-        .into_bytes()
+impl Record {
+    /// Whether there is nothing to keep: the key is deleted.
+    pub fn is_empty(&self) -> bool {
+        self.lock.is_none() && self.delay.is_none()
+    }
+
+    /// The value to write; with `fresh_base` (the token base) the lock is
+    /// a fresh one whose token is left to the write's revision.
+    pub fn encode(&self, fresh_base: Option<u64>) -> Vec<u8> {
+        let mut value = Map::new();
+        if let Some(lock) = &self.lock {
+            value.insert(
+                "lock".into(),
+                json!({
+                    "client": lock.client,
+                    "token": if fresh_base.is_some() { 0 } else { lock.token },
+                    "base": fresh_base.unwrap_or(0),
+                    "acquired_ms": lock.acquired_ms,
+                    "ttl_ms": lock.ttl_ms,
+                    "expires_ms": lock.expires_ms,
+                }),
+            );
+        }
+        if let Some(delay) = &self.delay {
+            value.insert(
+                "delay".into(),
+                json!({
+                    "client": delay.client,
+                    "until_ms": delay.until_ms,
+                    "forget_ms": delay.forget_ms,
+                }),
+            );
+        }
+        value.insert("written_ms".into(), self.written_ms.into());
+        value.insert("request".into(), self.request.clone().into());
+        Value::Object(value).to_string().into_bytes()
     }
 
     /// The record of `resource` read as `kv`.
     pub fn decode(resource: &str, kv: &KeyValue) -> Result<Self, String> {
         let value: Value = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
-        let token = match u64_of(&value, "token")? {
-            0 => u64::try_from(kv.mod_revision).map_err(|e| e.to_string())?,
-            token => token,
+        let lock = match value.get("lock") {
+            None => None,
+            Some(lock) => Some(LockInfo {
+                resource: resource.to_owned(),
+                client: str_of(lock, "client")?,
+                token: match u64_of(lock, "token")? {
+                    0 => {
+                        let base = lock.get("base").and_then(Value::as_u64).unwrap_or(0);
+                        let revision = u64::try_from(kv.mod_revision).map_err(|e| e.to_string())?;
+                        base.checked_add(revision)
+                            .ok_or_else(|| format!("a token past 2^64: {value}"))?
+                    }
+                    token => token,
+                },
+                acquired_ms: u64_of(lock, "acquired_ms")?,
+                ttl_ms: lock.get("ttl_ms").and_then(Value::as_u64),
+                expires_ms: lock.get("expires_ms").and_then(Value::as_u64),
+            }),
+        };
+        let delay = match value.get("delay") {
+            None => None,
+            Some(delay) => Some(LockDelay {
+                client: str_of(delay, "client")?,
+                until_ms: u64_of(delay, "until_ms")?,
+                forget_ms: u64_of(delay, "forget_ms")?,
+            }),
         };
         Ok(Self {
-            lock: LockInfo {
-                resource: resource.to_owned(),
-                client: str_of(&value, "client")?,
-                token,
-                acquired_ms: u64_of(&value, "acquired_ms")?,
-                ttl_ms: value.get("ttl_ms").and_then(Value::as_u64),
-                expires_ms: value.get("expires_ms").and_then(Value::as_u64),
-            },
+            lock,
+            delay,
             written_ms: u64_of(&value, "written_ms")?,
             request: str_of(&value, "request")?,
         })
     }
 }
 
-impl DelayRecord {
-    pub fn encode(delay: &LockDelay, written_ms: u64, request: &str) -> Vec<u8> {
-        json!({
-            "client": delay.client,
-            "until_ms": delay.until_ms,
-            "forget_ms": delay.forget_ms,
-            "written_ms": written_ms,
-            "request": request,
+/// The token base recorded in `kv`: a decimal number.
+pub fn decode_base(kv: &KeyValue) -> Result<u64, String> {
+    std::str::from_utf8(&kv.value)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "a token base that is not a number: {:?}",
+                String::from_utf8_lossy(&kv.value)
+            )
         })
-        .to_string()
-        .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(value: Vec<u8>, mod_revision: i64) -> KeyValue {
+        KeyValue {
+            key: b"lockd/lock/r".to_vec(),
+            value,
+            create_revision: mod_revision,
+            mod_revision,
+            version: 1,
+            lease: 0,
+        }
     }
 
-    pub fn decode(kv: &KeyValue) -> Result<Self, String> {
-        let value: Value = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
-        Ok(Self {
-            delay: LockDelay {
-                client: str_of(&value, "client")?,
-                until_ms: u64_of(&value, "until_ms")?,
-                forget_ms: u64_of(&value, "forget_ms")?,
-            },
-            written_ms: u64_of(&value, "written_ms")?,
-            request: str_of(&value, "request")?,
-        })
+    #[test]
+    fn a_fresh_lock_reads_back_with_the_base_plus_its_revision_and_keeps_it() {
+        let record = Record {
+            lock: Some(LockInfo {
+                resource: "r".into(),
+                client: "c".into(),
+                token: 0,
+                acquired_ms: 5,
+                ttl_ms: Some(1000),
+                expires_ms: Some(1005),
+            }),
+            delay: None,
+            written_ms: 5,
+            request: "h-1".into(),
+        };
+        let read = Record::decode("r", &kv(record.encode(Some(1000)), 42)).unwrap();
+        assert_eq!(read.lock.as_ref().unwrap().token, 1042);
+        // Written again (a renewal) at a later revision: the same token.
+        let again = Record::decode("r", &kv(read.encode(None), 50)).unwrap();
+        assert_eq!(format!("{:?}", again.lock), format!("{:?}", read.lock));
+        assert_eq!(again.request, "h-1");
+        assert!(again.delay.is_none());
+    }
+
+    #[test]
+    fn a_record_of_a_delay_alone_has_no_lock() {
+        let record = Record {
+            lock: None,
+            delay: Some(LockDelay {
+                client: "c".into(),
+                until_ms: 10,
+                forget_ms: 20,
+            }),
+            written_ms: 1,
+            request: "h-2".into(),
+        };
+        let read = Record::decode("r", &kv(record.encode(None), 3)).unwrap();
+        assert!(read.lock.is_none());
+        assert_eq!(format!("{:?}", read.delay), format!("{:?}", record.delay));
+        assert!(Record::decode("r", &kv(b"{}".to_vec(), 3)).is_err());
     }
 }

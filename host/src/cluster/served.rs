@@ -12,6 +12,7 @@ use crate::backend::Backend;
 use crate::commit::{Presence, Then};
 use crate::component::{Reply, Request};
 use crate::error::LockError;
+use crate::metrics::Sample;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -162,6 +163,10 @@ impl Backend for Served {
             .err()
             .into_iter()
             .collect()
+    }
+
+    fn samples(&self) -> Vec<Sample> {
+        self.inner.cluster.samples()
     }
 
     fn flush(&self) -> std::io::Result<()> {

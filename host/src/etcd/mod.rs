@@ -13,7 +13,7 @@ pub mod wire;
 use http::{Connection, Failure};
 use serde_json::{Value, json};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 pub use wire::{Compare, KeyValue, Op, OpResult, Target, TxnResult};
 
@@ -55,6 +55,10 @@ pub struct Etcd {
     current: AtomicUsize,
     /// How long one try on one member may take.
     try_limit: Duration,
+    /// Requests sent to a member (tries), and those that got no answer
+    /// or an error.
+    pub tries: AtomicU64,
+    pub failed_tries: AtomicU64,
 }
 
 struct Member {
@@ -97,6 +101,8 @@ impl Etcd {
             members,
             current: AtomicUsize::new(0),
             try_limit: TRY_LIMIT,
+            tries: AtomicU64::new(0),
+            failed_tries: AtomicU64::new(0),
         })
     }
 
@@ -133,10 +139,7 @@ impl Etcd {
         deadline: Instant,
     ) -> Result<TxnResult, EtcdError> {
         let body = wire::txn_json(compares, success, failure);
-        let read_only = success
-            .iter()
-            .chain(failure)
-            .all(|op| matches!(op, Op::Range { .. }));
+        let read_only = !success.iter().chain(failure).any(Op::writes);
         let answer = self.call("/v3/kv/txn", &body, read_only, deadline)?;
         wire::txn_result(&answer).map_err(EtcdError::Unknown)
     }
@@ -225,7 +228,12 @@ impl Etcd {
             tries += 1;
             let member = &self.members[index];
             let try_deadline = deadline.min(Instant::now() + self.try_limit);
-            match member.post(path, body.as_bytes(), try_deadline) {
+            self.tries.fetch_add(1, Ordering::Relaxed);
+            let answer = member.post(path, body.as_bytes(), try_deadline);
+            if answer.is_err() {
+                self.failed_tries.fetch_add(1, Ordering::Relaxed);
+            }
+            match answer {
                 Ok(answer) => {
                     self.current.store(index, Ordering::Relaxed);
                     return Ok(answer);

@@ -55,6 +55,26 @@ pub enum Op {
     },
     /// Deletes the keys from `key` up to `range_end` (empty: `key` alone).
     Delete { key: Vec<u8>, range_end: Vec<u8> },
+    /// A transaction of its own: its guard is judged by itself, and its
+    /// writes take the revision of the transaction it is part of.
+    Txn {
+        compares: Vec<Compare>,
+        success: Vec<Op>,
+        failure: Vec<Op>,
+    },
+}
+
+impl Op {
+    /// Whether it may change the store.
+    pub fn writes(&self) -> bool {
+        match self {
+            Op::Range { .. } => false,
+            Op::Put { .. } | Op::Delete { .. } => true,
+            Op::Txn {
+                success, failure, ..
+            } => success.iter().chain(failure).any(Op::writes),
+        }
+    }
 }
 
 /// The answer to one operation of a transaction.
@@ -64,6 +84,8 @@ pub enum OpResult {
     Put,
     /// How many keys were deleted.
     Delete(i64),
+    /// A nested transaction's answer (its revision is the enclosing one's).
+    Txn(TxnResult),
 }
 
 /// A transaction's answer.
@@ -119,6 +141,11 @@ pub fn op_json(op: &Op) -> Value {
         Op::Delete { key, range_end } => {
             json!({ "request_delete_range": key_range(key, range_end) })
         }
+        Op::Txn {
+            compares,
+            success,
+            failure,
+        } => json!({ "request_txn": txn_json(compares, success, failure) }),
     }
 }
 
@@ -207,6 +234,8 @@ pub fn txn_result(answer: &Value) -> Result<TxnResult, String> {
                     Ok(OpResult::Put)
                 } else if let Some(delete) = r.get("response_delete_range") {
                     Ok(OpResult::Delete(int(delete, "deleted")?))
+                } else if let Some(txn) = r.get("response_txn") {
+                    Ok(OpResult::Txn(txn_result(txn)?))
                 } else {
                     Err(format!("an answer of no known kind: {r}"))
                 }
@@ -214,6 +243,8 @@ pub fn txn_result(answer: &Value) -> Result<TxnResult, String> {
             .collect::<Result<_, String>>()?,
     };
     Ok(TxnResult {
+        // (A nested transaction's answer has a header of its own only in
+        // some etcd versions: 0 when absent.)
         revision: header_revision(answer)?,
         succeeded: answer.get("succeeded").and_then(Value::as_bool) == Some(true),
         results,

@@ -1,0 +1,161 @@
+//! A resource as a host last saw it in etcd: its record, the revisions a
+//! write on it is guarded by, and the token base; and the cache of what
+//! this host saw last, per resource.
+
+use super::record::{self, Record};
+use crate::component::{Effect, HeldLock};
+use crate::etcd::{KeyValue, OpResult};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// One resource as read.
+#[derive(Default, Clone)]
+pub struct Seen {
+    /// Empty (no lock, no delay) when the key does not exist.
+    pub record: Record,
+    /// The record key's mod revision, 0 when it does not exist.
+    pub revision: i64,
+    /// The token base, and its key's mod revision (0: none).
+    pub base: u64,
+    pub base_revision: i64,
+}
+
+/// What to write, once the rules have decided.
+pub struct Change {
+    /// The resource's record after it (empty: delete the key).
+    pub record: Record,
+    /// Whether it grants a fresh lock, whose token is the base plus the
+    /// write's revision.
+    pub fresh: bool,
+}
+
+fn bad(e: String) -> String {
+    format!("a record lockd cannot read: {e}")
+}
+
+/// The key-value of range result `i`, if any.
+fn one(results: &[OpResult], i: usize) -> Option<&KeyValue> {
+    match results.get(i) {
+        Some(OpResult::Range(kvs)) => kvs.first(),
+        _ => None,
+    }
+}
+
+impl Seen {
+    /// The resource as read by ranges of its record key and the base key,
+    /// in that order.
+    pub fn read(resource: &str, results: &[OpResult]) -> Result<Self, String> {
+        let mut seen = Self::default();
+        seen.take_record(resource, results)?;
+        if let Some(kv) = one(results, 1) {
+            seen.base = record::decode_base(kv).map_err(bad)?;
+            seen.base_revision = kv.mod_revision;
+        }
+        Ok(seen)
+    }
+
+    /// Takes the record of a range of its key (the first of `results`),
+    /// keeping the base.
+    pub fn take_record(&mut self, resource: &str, results: &[OpResult]) -> Result<(), String> {
+        match one(results, 0) {
+            Some(kv) => {
+                self.record = Record::decode(resource, kv).map_err(bad)?;
+                self.revision = kv.mod_revision;
+            }
+            None => {
+                self.record = Record::default();
+                self.revision = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// What `effect` makes of the record at `now`, written by request
+    /// `id`; `None` when it changes nothing. A lock-delay past its time
+    /// to be forgotten is dropped on the way.
+    pub fn change(&self, effect: &Effect, now: u64, id: &str) -> Option<Change> {
+        let kept_delay = || {
+            self.record
+                .delay
+                .clone()
+                .filter(|delay| delay.forget_ms > now)
+        };
+        let (lock, delay, fresh) = match effect {
+            Effect::None => return None,
+            Effect::Hold(HeldLock { lock, fresh: true }) => (Some(lock.clone()), None, true),
+            Effect::Hold(HeldLock { lock, fresh: false }) => {
+                (Some(lock.clone()), kept_delay(), false)
+            }
+            Effect::Release => (None, kept_delay(), false),
+            Effect::BreakLock(delay) => (None, Some(delay.clone()), false),
+        };
+        Some(Change {
+            record: Record {
+                lock,
+                delay,
+                written_ms: now,
+                request: id.to_owned(),
+            },
+            fresh,
+        })
+    }
+
+    /// The resource once `change` was written at `revision`.
+    pub fn after(&self, mut change: Change, revision: i64) -> Self {
+        if change.fresh
+            && let Some(lock) = &mut change.record.lock
+        {
+            lock.token = self.base + revision as u64;
+        }
+        Self {
+            revision: if change.record.is_empty() {
+                0
+            } else {
+                revision
+            },
+            record: change.record,
+            ..self.clone()
+        }
+    }
+}
+
+/// The resources this host last saw: a guess to write against, never an
+/// answer (a guarded write checks it).
+#[derive(Default)]
+pub struct Cache {
+    seen: Mutex<HashMap<String, Seen>>,
+    /// The newest token base seen: a resource not seen yet is guessed
+    /// free under it.
+    base: Mutex<(u64, i64)>,
+}
+
+/// Resources remembered at most; past it the cache starts afresh.
+const CACHE_LIMIT: usize = 100_000;
+
+impl Cache {
+    pub fn get(&self, resource: &str) -> Seen {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(resource).cloned().unwrap_or_else(|| {
+            let (base, base_revision) = *self.base.lock().unwrap_or_else(|p| p.into_inner());
+            Seen {
+                base,
+                base_revision,
+                ..Seen::default()
+            }
+        })
+    }
+
+    pub fn put(&self, resource: &str, seen: Seen) {
+        {
+            let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.base_revision > base.1 {
+                *base = (seen.base, seen.base_revision);
+            }
+        }
+        let mut all = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() >= CACHE_LIMIT {
+            all.clear();
+        }
+        all.insert(resource.to_owned(), seen);
+    }
+}
