@@ -1,7 +1,7 @@
 //! [`Lockd`]: a lock directory opened for use, in-process, with concurrent
 //! callers' changes committed together (group commit).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Terms};
 pub use crate::commit::Presence;
 use crate::commit::{Engine, Then};
 use crate::component::{
@@ -92,6 +92,10 @@ pub struct Acquire {
     /// If the client holds the lock already, return it (same token)
     /// instead of failing.
     pub reentrant: bool,
+    /// The caller's id of this acquire, the same for every retry of it:
+    /// in cluster mode a retry, on any host, of an acquire that took the
+    /// lock gets that lock (see [`Terms::request_id`]).
+    pub request_id: Option<String>,
 }
 
 /// A lock directory served by the lock component, as gocept.lockd's `Lockd`
@@ -189,7 +193,7 @@ impl Lockd {
             _guard: Some(guard),
         };
         // Leases that ran out while no daemon ran end now.
-        lockd.submit(Request::Sweep, None)?;
+        lockd.submit(Request::Sweep, Terms::once())?;
         Ok(lockd)
     }
 
@@ -247,19 +251,22 @@ impl Lockd {
     /// Locks `resource` for `client`. Refused while anyone holds it,
     /// `client` included, as gocept.lockd did.
     pub fn lock(&self, resource: &str, client: &str) -> Result<(), LockError> {
-        self.submit(Request::Lock(lock_request(resource, client)), None)
+        self.submit(Request::Lock(lock_request(resource, client)), Terms::once())
             .map(drop)
     }
 
     /// Releases `client`'s lock on `resource`.
     pub fn unlock(&self, resource: &str, client: &str) -> Result<(), LockError> {
-        self.submit(Request::Unlock(lock_request(resource, client)), None)
-            .map(drop)
+        self.submit(
+            Request::Unlock(lock_request(resource, client)),
+            Terms::once(),
+        )
+        .map(drop)
     }
 
     /// Who holds `resource`, if anyone.
     pub fn holder(&self, resource: &str) -> Result<Option<String>, LockError> {
-        match self.submit(Request::Holder(resource.to_owned()), None)? {
+        match self.submit(Request::Holder(resource.to_owned()), Terms::once())? {
             Reply::Holder(holder) => Ok(holder),
             other => Err(unexpected(&other)),
         }
@@ -268,8 +275,8 @@ impl Lockd {
     /// Takes `resource` for `client` as `how` says, waiting in line if
     /// asked. Fails with [`LockError::WaitTimedOut`] if the wait ends first.
     pub fn acquire(&self, resource: &str, client: &str, how: &Acquire) -> Result<Lock, LockError> {
-        let (request, deadline) = self.acquire_request(resource, client, how);
-        lock_reply(self.submit(request, deadline)?)
+        let (request, terms) = self.acquire_request(resource, client, how);
+        lock_reply(self.submit(request, terms)?)
     }
 
     /// Releases `client`'s lock on `resource`; with `token`, only if it is
@@ -280,7 +287,7 @@ impl Lockd {
         client: &str,
         token: Option<u64>,
     ) -> Result<(), LockError> {
-        self.submit(release_request(resource, client, token), None)
+        self.submit(release_request(resource, client, token), Terms::once())
             .map(drop)
     }
 
@@ -292,12 +299,12 @@ impl Lockd {
         ttl: Duration,
         token: Option<u64>,
     ) -> Result<Lock, LockError> {
-        lock_reply(self.submit(renew_request(resource, client, ttl, token), None)?)
+        lock_reply(self.submit(renew_request(resource, client, ttl, token), Terms::once())?)
     }
 
     /// The lock on `resource`, if it is held.
     pub fn status(&self, resource: &str) -> Result<Option<Lock>, LockError> {
-        match self.submit(Request::Status(resource.to_owned()), None)? {
+        match self.submit(Request::Status(resource.to_owned()), Terms::once())? {
             Reply::Status(info) => Ok(info),
             other => Err(unexpected(&other)),
         }
@@ -305,7 +312,7 @@ impl Lockd {
 
     /// The held locks whose resource starts with `prefix`, by resource.
     pub fn list(&self, prefix: &str) -> Result<Vec<Lock>, LockError> {
-        match self.submit(Request::List(prefix.to_owned()), None)? {
+        match self.submit(Request::List(prefix.to_owned()), Terms::once())? {
             Reply::Locks(locks) => Ok(locks),
             other => Err(unexpected(&other)),
         }
@@ -318,7 +325,7 @@ impl Lockd {
             resource: resource.to_owned(),
             token,
         });
-        match self.submit(request, None)? {
+        match self.submit(request, Terms::once())? {
             Reply::Valid(valid) => Ok(valid),
             other => Err(unexpected(&other)),
         }
@@ -328,7 +335,8 @@ impl Lockd {
     /// action, logged with `reason`); the old holder's token stops being
     /// valid and the resource stays unavailable for the lock-delay.
     pub fn break_lock(&self, resource: &str, reason: &str) -> Result<Lock, LockError> {
-        let lock = lock_reply(self.submit(Request::BreakLock(resource.to_owned()), None)?)?;
+        let lock =
+            lock_reply(self.submit(Request::BreakLock(resource.to_owned()), Terms::once())?)?;
         audit_break(&lock, reason);
         Ok(lock)
     }
@@ -389,7 +397,7 @@ impl Lockd {
         then: impl FnOnce(Result<(), LockError>) + Send + 'static,
     ) {
         let request = Request::Lock(lock_request(resource, client));
-        self.submit_then(request, None, move |r| then(r.map(drop)));
+        self.submit_then(request, Terms::once(), move |r| then(r.map(drop)));
     }
 
     /// [`unlock`](Self::unlock), calling `then` as [`lock_then`](Self::lock_then) does.
@@ -400,7 +408,7 @@ impl Lockd {
         then: impl FnOnce(Result<(), LockError>) + Send + 'static,
     ) {
         let request = Request::Unlock(lock_request(resource, client));
-        self.submit_then(request, None, move |r| then(r.map(drop)));
+        self.submit_then(request, Terms::once(), move |r| then(r.map(drop)));
     }
 
     /// [`acquire`](Self::acquire), calling `then` as
@@ -412,17 +420,17 @@ impl Lockd {
         how: &Acquire,
         then: impl FnOnce(Result<Lock, LockError>) + Send + 'static,
     ) {
-        let (request, deadline) = self.acquire_request(resource, client, how);
-        self.submit_then(request, deadline, move |r| then(r.and_then(lock_reply)));
+        let (request, terms) = self.acquire_request(resource, client, how);
+        self.submit_then(request, terms, move |r| then(r.and_then(lock_reply)));
     }
 
-    /// The request and wait deadline of an acquire.
+    /// The request, and how to run it, of an acquire.
     pub(crate) fn acquire_request(
         &self,
         resource: &str,
         client: &str,
         how: &Acquire,
-    ) -> (Request, Option<Instant>) {
+    ) -> (Request, Terms) {
         let request = Request::Acquire(AcquireRequest {
             resource: resource.to_owned(),
             client: client.to_owned(),
@@ -431,17 +439,16 @@ impl Lockd {
         });
         let wait = how.wait.min(self.options.max_wait);
         let deadline = (!wait.is_zero()).then(|| Instant::now() + wait);
-        (request, deadline)
+        let terms = Terms {
+            deadline,
+            request_id: how.request_id.clone(),
+        };
+        (request, terms)
     }
 
-    /// Runs `request` (waiting for its lock until `deadline`) and returns
-    /// its reply.
-    pub(crate) fn submit(
-        &self,
-        request: Request,
-        deadline: Option<Instant>,
-    ) -> Result<Reply, LockError> {
-        self.backend.submit(request, deadline)
+    /// Runs `request` on `terms` and returns its reply.
+    pub(crate) fn submit(&self, request: Request, terms: Terms) -> Result<Reply, LockError> {
+        self.backend.submit(request, terms)
     }
 
     /// Runs `request` and calls `then` with its reply, from whichever thread
@@ -449,10 +456,10 @@ impl Lockd {
     pub(crate) fn submit_then(
         &self,
         request: Request,
-        deadline: Option<Instant>,
+        terms: Terms,
         then: impl FnOnce(Result<Reply, LockError>) + Send + 'static,
     ) {
-        self.submit_waiting(request, deadline, None, then);
+        self.submit_waiting(request, terms, None, then);
     }
 
     /// [`submit_then`](Self::submit_then) for a caller that may hang up
@@ -460,12 +467,12 @@ impl Lockd {
     pub(crate) fn submit_waiting(
         &self,
         request: Request,
-        deadline: Option<Instant>,
+        terms: Terms,
         present: Option<Presence>,
         then: impl FnOnce(Result<Reply, LockError>) + Send + 'static,
     ) {
         let then: Then = Box::new(then);
-        self.backend.submit_then(request, deadline, present, then);
+        self.backend.submit_then(request, terms, present, then);
     }
 }
 

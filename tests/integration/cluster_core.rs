@@ -72,27 +72,27 @@ fn two_hosts_share_locks_with_gocept_lockd_rules_and_tokens_from_revisions() {
     let (a, b) = (host(&cluster, &runtime, 0), host(&cluster, &runtime, 0));
     // The doctest's moves, spread over both hosts.
     assert!(matches!(
-        a.call(&lock("foo", "c1"), soon()),
+        a.call(&lock("foo", "c1"), None, soon()),
         Ok(Reply::Done)
     ));
     assert!(matches!(
-        refused(b.call(&lock("foo", "c2"), soon())),
+        refused(b.call(&lock("foo", "c2"), None, soon())),
         GuestError::AlreadyLocked(holder) if holder == "c1"
     ));
     assert!(matches!(
-        refused(b.call(&unlock("foo", "c2"), soon())),
+        refused(b.call(&unlock("foo", "c2"), None, soon())),
         GuestError::NotOwner(holder) if holder == "c1"
     ));
     assert!(matches!(
-        b.call(&unlock("foo", "c1"), soon()),
+        b.call(&unlock("foo", "c1"), None, soon()),
         Ok(Reply::Done)
     ));
     assert!(matches!(
-        refused(a.call(&unlock("foo", "c1"), soon())),
+        refused(a.call(&unlock("foo", "c1"), None, soon())),
         GuestError::NotLocked
     ));
     assert!(matches!(
-        b.call(&lock("foo", "c2"), soon()),
+        b.call(&lock("foo", "c2"), None, soon()),
         Ok(Reply::Done)
     ));
 
@@ -101,7 +101,10 @@ fn two_hosts_share_locks_with_gocept_lockd_rules_and_tokens_from_revisions() {
     let mut last = 0;
     for i in 0..6 {
         let (me, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        let token = token_of(me.call(&acquire("r", "c", Some(60_000)), soon()).unwrap());
+        let token = token_of(
+            me.call(&acquire("r", "c", Some(60_000)), None, soon())
+                .unwrap(),
+        );
         assert!(token > last, "{token} after {last}");
         last = token;
         let renew = Request::Renew(RenewRequest {
@@ -110,19 +113,28 @@ fn two_hosts_share_locks_with_gocept_lockd_rules_and_tokens_from_revisions() {
             ttl_ms: 90_000,
             token: Some(token),
         });
-        assert_eq!(token_of(other.call(&renew, soon()).unwrap()), token);
+        assert_eq!(token_of(other.call(&renew, None, soon()).unwrap()), token);
         let check = Request::Check(CheckRequest {
             resource: "r".into(),
             token,
         });
-        assert!(matches!(me.call(&check, soon()), Ok(Reply::Valid(true))));
+        assert!(matches!(
+            me.call(&check, None, soon()),
+            Ok(Reply::Valid(true))
+        ));
         let release = Request::Release(ReleaseRequest {
             resource: "r".into(),
             client: "c".into(),
             token: Some(token),
         });
-        assert!(matches!(other.call(&release, soon()), Ok(Reply::Done)));
-        assert!(matches!(me.call(&check, soon()), Ok(Reply::Valid(false))));
+        assert!(matches!(
+            other.call(&release, None, soon()),
+            Ok(Reply::Done)
+        ));
+        assert!(matches!(
+            me.call(&check, None, soon()),
+            Ok(Reply::Valid(false))
+        ));
     }
 }
 
@@ -138,7 +150,7 @@ fn hosts_racing_for_one_lock_grant_it_once() {
                 .map(|i| {
                     let host = &hosts[i % 2];
                     let resource = &resource;
-                    s.spawn(move || host.call(&lock(resource, &format!("c{i}")), soon()))
+                    s.spawn(move || host.call(&lock(resource, &format!("c{i}")), None, soon()))
                 })
                 .collect();
             calls
@@ -159,12 +171,15 @@ fn a_lease_that_runs_out_frees_the_lock_for_another_host_after_the_lock_delay() 
     let cluster = EtcdCluster::start(3);
     let runtime = Runtime::new().unwrap();
     let (a, b) = (host(&cluster, &runtime, 300), host(&cluster, &runtime, 300));
-    let first = token_of(a.call(&acquire("r", "c1", Some(200)), soon()).unwrap());
+    let first = token_of(
+        a.call(&acquire("r", "c1", Some(200)), None, soon())
+            .unwrap(),
+    );
     // Taken until its lease and the lock-delay are over, then free.
     let mut cooled = false;
     let mut second = 0;
     wait_until("the lease and the lock-delay to end", || {
-        match b.call(&acquire("r", "c2", None), soon()) {
+        match b.call(&acquire("r", "c2", None), None, soon()) {
             Ok(reply) => {
                 second = token_of(reply);
                 true
@@ -186,7 +201,7 @@ fn a_lease_that_runs_out_frees_the_lock_for_another_host_after_the_lock_delay() 
         token: Some(first),
     });
     assert!(matches!(
-        refused(a.call(&release, soon())),
+        refused(a.call(&release, None, soon())),
         GuestError::NotOwner(holder) if holder == "c2"
     ));
 }
@@ -196,11 +211,11 @@ fn without_a_quorum_a_change_is_refused_in_time_and_nothing_is_lost() {
     let mut cluster = EtcdCluster::start(3);
     let runtime = Runtime::new().unwrap();
     let a = host(&cluster, &runtime, 0);
-    a.call(&lock("kept", "c"), soon()).unwrap();
+    a.call(&lock("kept", "c"), None, soon()).unwrap();
     cluster.kill(1);
     cluster.kill(2);
     let deadline = Instant::now() + Duration::from_secs(3);
-    match a.call(&lock("new", "c"), deadline) {
+    match a.call(&lock("new", "c"), None, deadline) {
         Err(ClusterError::NotApplied(_) | ClusterError::Unknown(_)) => {}
         other => panic!("{other:?}"),
     }
@@ -209,7 +224,7 @@ fn without_a_quorum_a_change_is_refused_in_time_and_nothing_is_lost() {
     cluster.restart(2);
     cluster.wait_for_leader();
     assert!(matches!(
-        refused(a.call(&lock("kept", "d"), soon())),
+        refused(a.call(&lock("kept", "d"), None, soon())),
         GuestError::AlreadyLocked(holder) if holder == "c"
     ));
 }
@@ -226,11 +241,14 @@ fn concurrent_changes_on_different_resources_share_transactions() {
                 let resource = format!("batched-{t}");
                 let mut last = 0;
                 for _ in 0..40 {
-                    let token = token_of(a.call(&acquire(&resource, "c", None), soon()).unwrap());
+                    let token = token_of(
+                        a.call(&acquire(&resource, "c", None), None, soon())
+                            .unwrap(),
+                    );
                     assert!(token > last, "{resource}: {token} after {last}");
                     last = token;
                     assert!(matches!(
-                        a.call(&unlock(&resource, "c"), soon()),
+                        a.call(&unlock(&resource, "c"), None, soon()),
                         Ok(Reply::Done)
                     ));
                 }

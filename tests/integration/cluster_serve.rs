@@ -3,7 +3,8 @@
 
 use crate::etcd_cluster::EtcdCluster;
 use crate::support::{python, raw_http};
-use lockd::xmlrpc::Value;
+use lockd::client::CallError;
+use lockd::xmlrpc::{Fault, Value};
 use std::thread;
 
 #[test]
@@ -49,6 +50,40 @@ fn a_client_waiting_on_one_host_gets_the_lock_released_on_another() {
     );
     let second = waiting.member("token").and_then(Value::as_i64).unwrap();
     assert!(second > first, "{second} after {first}");
+}
+
+#[test]
+fn an_acquire_retried_on_another_host_with_its_request_id_gets_the_lock_it_took() {
+    let cluster = EtcdCluster::start(3);
+    let (a, b) = (cluster.lockd_host(), cluster.lockd_host());
+    let acquire = |host: &crate::support::TestServer, client: &str, id: Option<&str>| {
+        let options = id
+            .map(|id| vec![("request_id".into(), Value::from(id))])
+            .unwrap_or_default();
+        host.client().call(
+            "lockd.acquire",
+            &["job".into(), client.into(), Value::Struct(options)],
+        )
+    };
+    // The first try took the lock (its answer, say, never arrived); the
+    // retry on the other host is answered with that lock, same token.
+    let took = acquire(&a, "w1", Some("w1-job-1")).unwrap();
+    let retried = acquire(&b, "w1", Some("w1-job-1")).unwrap();
+    assert_eq!(retried, took);
+    // Without the id, or for another client, it is held.
+    for (client, id) in [
+        ("w1", None),
+        ("w2", Some("w1-job-1")),
+        ("w1", Some("w1-job-2")),
+    ] {
+        let fault = fault_of(acquire(&b, client, id));
+        assert_eq!(fault.code, 1, "{client} {id:?}: {fault}");
+    }
+    // Ids a record cannot keep are refused before anything happens.
+    for bad in ["", "a\nb", &"x".repeat(129)] {
+        let fault = fault_of(acquire(&a, "w3", Some(bad)));
+        assert!(fault.message.contains("request_id"), "{bad:?}: {fault}");
+    }
 }
 
 #[test]
@@ -102,4 +137,11 @@ fn without_a_quorum_every_method_gets_fault_7_in_time_and_healthz_says_503() {
     cluster.wait_for_leader();
     let fault = a.call("lock", &["kept", "d"]).unwrap_err();
     assert_eq!(fault.message, "Resource already locked by 'c'");
+}
+
+fn fault_of(result: Result<Value, CallError>) -> Fault {
+    match result {
+        Err(CallError::Fault(fault)) => fault,
+        other => panic!("not a fault: {other:?}"),
+    }
 }

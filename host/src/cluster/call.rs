@@ -7,7 +7,7 @@
 use super::batch::Write;
 use super::seen::Seen;
 use super::{Cluster, ClusterError, not_applied, now_ms};
-use crate::component::{Decision, Effect, GuestError, Reply, Request, ResourceView};
+use crate::component::{Decision, Effect, GuestError, LockInfo, Reply, Request, ResourceView};
 use crate::etcd::{Compare, EtcdError, Op, Target};
 use crate::requests;
 use std::sync::atomic::Ordering;
@@ -35,10 +35,27 @@ fn range(key: &[u8]) -> Op {
     }
 }
 
+/// The lock a take with the caller's `request_id` already took, if `seen`
+/// records it (as the last change of the resource, by `id`, for the same
+/// client): its retry is answered with it.
+fn retried(request: &Request, request_id: Option<&str>, seen: &Seen, id: &str) -> Option<LockInfo> {
+    request_id?;
+    requests::taken(request)?;
+    let lock = seen.record.lock.as_ref()?;
+    (seen.record.request == id && lock.client == requests::client(request)).then(|| lock.clone())
+}
+
 impl Cluster {
     /// Runs `request` (one about a single resource: not `list` or `sweep`)
-    /// before `deadline`.
-    pub fn call(&self, request: &Request, deadline: Instant) -> Result<Reply, ClusterError> {
+    /// before `deadline`. `request_id`, the caller's id of the request,
+    /// makes a retry safe: a take whose lock is recorded as taken by the
+    /// same id (and client) is answered with that lock.
+    pub fn call(
+        &self,
+        request: &Request,
+        request_id: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Reply, ClusterError> {
         let resource = requests::resource(request).ok_or_else(|| {
             ClusterError::Lock(GuestError::InvalidName(
                 "list and sweep are not single-resource requests".into(),
@@ -46,11 +63,16 @@ impl Cluster {
         })?;
         let key = self.key("lock/", resource);
         let base_key = self.key("token-base", "");
-        let id = format!(
-            "{}-{}",
-            self.host,
-            self.requests.fetch_add(1, Ordering::Relaxed)
-        );
+        // A host's own ids are `<pid>-<start>-<n>`; a caller's are marked
+        // so that no caller can name one of a host's.
+        let id = match request_id {
+            Some(id) => format!("client:{id}"),
+            None => format!(
+                "{}-{}",
+                self.host,
+                self.requests.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
         let reads = [range(&key), range(&base_key)];
         let read = || -> Result<Seen, ClusterError> {
             let read = self
@@ -70,6 +92,9 @@ impl Cluster {
             false => read()?,
         };
         for _ in 0..MAX_CONFLICTS {
+            if !optimistic && let Some(lock) = retried(request, request_id, &seen, &id) {
+                return Ok(Reply::Lock(lock));
+            }
             // Time for one resource never runs backwards.
             let now = now_ms().max(seen.record.written_ms);
             let decision = match self.decide(request, &seen, now) {

@@ -8,7 +8,7 @@
 //! ordered across hosts.
 
 use super::{Cluster, ClusterError};
-use crate::backend::Backend;
+use crate::backend::{Backend, Terms};
 use crate::commit::{Presence, Then};
 use crate::component::{Reply, Request};
 use crate::error::LockError;
@@ -48,13 +48,13 @@ impl Served {
 
 impl Inner {
     /// One try of `request`.
-    fn run(&self, request: &Request) -> Result<Reply, LockError> {
+    fn run(&self, request: &Request, request_id: Option<&str>) -> Result<Reply, LockError> {
         let deadline = Instant::now() + CALL_DEADLINE;
         // (No sweep is ever asked for: expired leases are judged when
         // read. One would be refused as not about one resource.)
         let result = match request {
             Request::List(prefix) => self.cluster.list(prefix, deadline).map(Reply::Locks),
-            _ => self.cluster.call(request, deadline),
+            _ => self.cluster.call(request, request_id, deadline),
         };
         result.map_err(|e| match e {
             ClusterError::Lock(refused) => LockError::for_request(request, refused),
@@ -72,12 +72,13 @@ impl Inner {
     fn wait(
         &self,
         request: &Request,
+        request_id: Option<&str>,
         deadline: Instant,
         present: Option<&Presence>,
     ) -> Result<Reply, LockError> {
         let mut pause = Duration::from_millis(10);
         loop {
-            let result = self.run(request);
+            let result = self.run(request, request_id);
             let busy = matches!(
                 result,
                 Err(LockError::AlreadyLocked { .. } | LockError::CoolingDown { .. })
@@ -102,22 +103,17 @@ impl Inner {
 }
 
 impl Backend for Served {
-    fn submit(&self, request: Request, deadline: Option<Instant>) -> Result<Reply, LockError> {
-        match deadline {
-            None => self.inner.run(&request),
-            Some(deadline) => self.inner.wait(&request, deadline, None),
+    fn submit(&self, request: Request, terms: Terms) -> Result<Reply, LockError> {
+        let id = terms.request_id.as_deref();
+        match terms.deadline {
+            None => self.inner.run(&request, id),
+            Some(deadline) => self.inner.wait(&request, id, deadline, None),
         }
     }
 
-    fn submit_then(
-        &self,
-        request: Request,
-        deadline: Option<Instant>,
-        present: Option<Presence>,
-        then: Then,
-    ) {
-        let Some(deadline) = deadline else {
-            return then(self.inner.run(&request));
+    fn submit_then(&self, request: Request, terms: Terms, present: Option<Presence>, then: Then) {
+        let Some(deadline) = terms.deadline else {
+            return then(self.inner.run(&request, terms.request_id.as_deref()));
         };
         let inner = &self.inner;
         if inner.stopping.load(Ordering::Relaxed) {
@@ -133,7 +129,8 @@ impl Backend for Served {
         let spawned = std::thread::Builder::new()
             .name("lockd-waiter".into())
             .spawn(move || {
-                let result = inner.wait(&request, deadline, present.as_ref());
+                let id = terms.request_id.as_deref();
+                let result = inner.wait(&request, id, deadline, present.as_ref());
                 inner.waiting.fetch_sub(1, Ordering::Relaxed);
                 then(result);
             });

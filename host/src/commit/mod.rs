@@ -5,6 +5,7 @@
 
 mod queue;
 
+use crate::backend::Terms;
 use crate::component::{DirectoryHealth, Instance, Reply, Request, Runtime};
 use crate::error::LockError;
 use crate::metrics::Metrics;
@@ -544,19 +545,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+// (A request id is for a client that cannot tell whether its call
+// happened; here every call's answer is sure.)
 impl crate::backend::Backend for Engine {
-    fn submit(&self, request: Request, deadline: Option<Instant>) -> Result<Reply, LockError> {
-        Engine::submit(self, request, deadline)
+    fn submit(&self, request: Request, terms: Terms) -> Result<Reply, LockError> {
+        Engine::submit(self, request, terms.deadline)
     }
 
-    fn submit_then(
-        &self,
-        request: Request,
-        deadline: Option<Instant>,
-        present: Option<Presence>,
-        then: Then,
-    ) {
-        Engine::submit_then(self, request, deadline, present, then);
+    fn submit_then(&self, request: Request, terms: Terms, present: Option<Presence>, then: Then) {
+        Engine::submit_then(self, request, terms.deadline, present, then);
     }
 
     fn waiters(&self) -> usize {

@@ -28,8 +28,10 @@ pub const METHODS: &[Method] = &[
         help: "lockd.acquire(resource, client[, options]): take the lock and return it as \
                {resource, client, token, acquired, expires, ttl}. options: ttl (seconds; a \
                lease, renewed with lockd.renew), wait (seconds to wait in line for it; 0 tries \
-               once), reentrant (true: if client holds it, return that lock). Fault 1 if held \
-               (or unavailable for the lock-delay), 6 if the wait ran out.",
+               once), reentrant (true: if client holds it, return that lock), request_id (a \
+               string the same for every retry: in cluster mode a retry of an acquire that took \
+               the lock gets that lock). Fault 1 if held (or unavailable for the lock-delay), 6 \
+               if the wait ran out, 7 if the lock store is unavailable.",
     },
     Method {
         name: "lockd.break_lock",

@@ -67,7 +67,7 @@ fn encode(result: Result<Value, Fault>) -> String {
 /// by [`entry_call`]).
 fn dispatch(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Value, Fault> {
     if let Some(op) = ops::op(lockd, call, role)? {
-        let reply = lockd.submit(op.request, op.deadline).map_err(fault)?;
+        let reply = lockd.submit(op.request, op.terms).map_err(fault)?;
         return (op.answer)(reply).map_err(fault);
     }
     match call.name.as_str() {

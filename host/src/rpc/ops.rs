@@ -4,11 +4,11 @@
 
 use super::params::{Params, seconds};
 use crate::auth::Role;
+use crate::backend::Terms;
 use crate::component::{CheckRequest, Reply, Request};
 use crate::error::{LockError, code};
 use crate::locks::{self, Acquire, Lock, Lockd};
 use crate::xmlrpc::{Fault, MethodCall, Value};
-use std::time::Instant;
 
 /// Turns the component's reply into the method's return value.
 pub type Answer = Box<dyn FnOnce(Reply) -> Result<Value, LockError> + Send>;
@@ -16,8 +16,9 @@ pub type Answer = Box<dyn FnOnce(Reply) -> Result<Value, LockError> + Send>;
 /// One call, ready for the lock directory.
 pub struct Op {
     pub request: Request,
-    /// Until when to wait for the lock to be free.
-    pub deadline: Option<Instant>,
+    /// How to run it: until when to wait for the lock to be free, and
+    /// the caller's request id.
+    pub terms: Terms,
     pub answer: Answer,
 }
 
@@ -27,7 +28,7 @@ pub fn op(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Option<Op>, Fa
     let op = |request, answer: Answer| {
         Ok(Some(Op {
             request,
-            deadline: None,
+            terms: Terms::once(),
             answer,
         }))
     };
@@ -46,10 +47,10 @@ pub fn op(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Option<Op>, Fa
             let p = Params::new(call, "(resource, client[, options])", 2, 3)?;
             let (resource, client) = (p.string(0, "resource")?, p.string(1, "client")?);
             let how = acquire_options(&p)?;
-            let (request, deadline) = lockd.acquire_request(resource, client, &how);
+            let (request, terms) = lockd.acquire_request(resource, client, &how);
             Ok(Some(Op {
                 request,
-                deadline,
+                terms,
                 answer: Box::new(lock_struct),
             }))
         }
@@ -135,7 +136,7 @@ pub fn op(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Option<Op>, Fa
 fn acquire_options(p: &Params) -> Result<Acquire, Fault> {
     let mut how = Acquire::default();
     for (name, value) in p
-        .options(2, &["ttl", "wait", "reentrant"])?
+        .options(2, &["ttl", "wait", "reentrant", "request_id"])?
         .unwrap_or_default()
     {
         match (name.as_str(), value) {
@@ -146,6 +147,9 @@ fn acquire_options(p: &Params) -> Result<Acquire, Fault> {
             }
             ("wait", value) => how.wait = seconds(value, "wait").map_err(|e| p.wrong(e))?,
             ("reentrant", Value::Bool(b)) => how.reentrant = *b,
+            ("request_id", Value::String(id)) => {
+                how.request_id = Some(request_id(id).map_err(|e| p.wrong(e))?)
+            }
             (name, other) => {
                 return Err(p.wrong(format!(
                     "{name} must be a boolean, got {}",
@@ -155,6 +159,20 @@ fn acquire_options(p: &Params) -> Result<Acquire, Fault> {
         }
     }
     Ok(how)
+}
+
+/// The longest request id taken, in bytes.
+const MAX_REQUEST_ID: usize = 128;
+
+/// `id` if it is a request id lockd keeps: 1 to 128 bytes, no control
+/// characters.
+fn request_id(id: &str) -> Result<String, String> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID || id.chars().any(char::is_control) {
+        return Err(format!(
+            "request_id must be 1 to {MAX_REQUEST_ID} bytes without control characters"
+        ));
+    }
+    Ok(id.to_owned())
 }
 
 fn nil(_: Reply) -> Result<Value, LockError> {

@@ -12,6 +12,7 @@ use super::{
     counted, dispatch, encode, entry_call, label, multicall_entries, multicall_result, ops, parse,
 };
 use crate::auth::Role;
+use crate::backend::Terms;
 use crate::component::Reply;
 use crate::error::LockError;
 use crate::locks::{self, Lockd, Presence};
@@ -106,12 +107,12 @@ fn submit(lockd: &Arc<Lockd>, op: ops::Op, present: Option<Presence>) -> impl Fn
             Ok(Reply::Lock(lock)) if asked.as_ref().is_some_and(|present| !present()) => {
                 let release =
                     locks::release_request(&lock.resource, &lock.client, Some(lock.token));
-                releaser.submit_then(release, None, drop);
+                releaser.submit_then(release, Terms::once(), drop);
                 then(Err(LockError::CallerGone));
             }
             result => then(result.and_then(answer)),
         };
-        lockd.submit_waiting(op.request, op.deadline, present, then);
+        lockd.submit_waiting(op.request, op.terms, present, then);
     }
 }
 
@@ -128,10 +129,10 @@ enum Step {
 
 fn step(lockd: &Lockd, call: &MethodCall, role: Role) -> Step {
     match ops::op(lockd, call, role) {
-        Ok(Some(op)) if op.deadline.is_some() => Step::Wait(op),
+        Ok(Some(op)) if op.terms.deadline.is_some() => Step::Wait(op),
         Ok(Some(op)) => Step::Done(
             lockd
-                .submit(op.request, None)
+                .submit(op.request, op.terms)
                 .and_then(op.answer)
                 .map_err(super::fault),
         ),
