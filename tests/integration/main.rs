@@ -5,6 +5,7 @@ mod browser;
 mod cli;
 mod cluster_chaos;
 mod cluster_core;
+mod cluster_import;
 mod cluster_serve;
 mod compat;
 mod concurrency;

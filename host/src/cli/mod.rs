@@ -2,6 +2,7 @@
 //! scripts, and `lockd run`.
 
 mod calls;
+mod import;
 mod run;
 mod serve;
 mod tools;
@@ -58,6 +59,9 @@ enum Command {
     List(calls::ListArgs),
     /// Remove a lock whoever holds it, as an operator (lockd.break_lock).
     BreakLock(calls::BreakArgs),
+    /// Move a lock directory's locks into an etcd cluster (cluster mode),
+    /// with every token from then on above the directory's.
+    Import(import::ImportArgs),
     /// Run a command while holding a lock, like flock(1): the lease is
     /// renewed while it runs, and the command is stopped if the lock is lost.
     Run(run::RunArgs),
@@ -141,6 +145,7 @@ pub fn run() -> ExitCode {
         Command::List(args) => calls::list(&args),
         Command::BreakLock(args) => calls::break_lock(&args),
         Command::Run(args) => run::run(args),
+        Command::Import(args) => import::import(&args),
         Command::Component(args) => tools::component(&args),
         Command::Completions(args) => tools::completions(&args),
         Command::Man(args) => tools::man(&args),

@@ -14,6 +14,7 @@
 
 mod batch;
 mod call;
+pub mod import;
 mod record;
 mod seen;
 mod served;
@@ -22,6 +23,7 @@ use crate::component::{GuestError, Instance, LockInfo, Runtime};
 use crate::etcd::{Etcd, EtcdError};
 use crate::metrics::Sample;
 use batch::Batcher;
+pub use import::Imported;
 use record::Record;
 use seen::Cache;
 pub use served::Served;

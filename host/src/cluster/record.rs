@@ -5,7 +5,7 @@
 //! One key per resource keeps every change one guarded write of one key.
 //!
 //! A lock's fencing token is the token base plus the etcd revision of the
-//! write that granted it: a fresh lock is written with token 0 and the
+//! write that granted it: a fresh lock is written with no token but the
 //! base its write was guarded by, read back as that base plus the key's
 //! `mod_revision`; a later write of the same lock keeps its token.
 
@@ -52,13 +52,18 @@ impl Record {
                 "lock".into(),
                 json!({
                     "client": lock.client,
-                    "token": if fresh_base.is_some() { 0 } else { lock.token },
-                    "base": fresh_base.unwrap_or(0),
                     "acquired_ms": lock.acquired_ms,
                     "ttl_ms": lock.ttl_ms,
                     "expires_ms": lock.expires_ms,
                 }),
             );
+            let lock = value.get_mut("lock").and_then(Value::as_object_mut);
+            if let Some(lock) = lock {
+                match fresh_base {
+                    Some(base) => lock.insert("base".into(), base.into()),
+                    None => lock.insert("token".into(), lock_token(&self.lock).into()),
+                };
+            }
         }
         if let Some(delay) = &self.delay {
             value.insert(
@@ -83,14 +88,16 @@ impl Record {
             Some(lock) => Some(LockInfo {
                 resource: resource.to_owned(),
                 client: str_of(lock, "client")?,
-                token: match u64_of(lock, "token")? {
-                    0 => {
-                        let base = lock.get("base").and_then(Value::as_u64).unwrap_or(0);
+                // A token of its own (0 for a lock gocept.lockd took,
+                // imported), or a fresh lock's base plus its revision.
+                token: match lock.get("token") {
+                    Some(_) => u64_of(lock, "token")?,
+                    None => {
+                        let base = u64_of(lock, "base")?;
                         let revision = u64::try_from(kv.mod_revision).map_err(|e| e.to_string())?;
                         base.checked_add(revision)
                             .ok_or_else(|| format!("a token past 2^64: {value}"))?
                     }
-                    token => token,
                 },
                 acquired_ms: u64_of(lock, "acquired_ms")?,
                 ttl_ms: lock.get("ttl_ms").and_then(Value::as_u64),
@@ -112,6 +119,10 @@ impl Record {
             request: str_of(&value, "request")?,
         })
     }
+}
+
+fn lock_token(lock: &Option<LockInfo>) -> u64 {
+    lock.as_ref().map_or(0, |lock| lock.token)
 }
 
 /// The token base recorded in `kv`: a decimal number.
@@ -182,5 +193,24 @@ mod tests {
         assert!(read.lock.is_none());
         assert_eq!(format!("{:?}", read.delay), format!("{:?}", record.delay));
         assert!(Record::decode("r", &kv(b"{}".to_vec(), 3)).is_err());
+    }
+
+    #[test]
+    fn an_imported_lock_of_gocept_lockd_keeps_token_0() {
+        let record = Record {
+            lock: Some(LockInfo {
+                resource: "r".into(),
+                client: "c".into(),
+                token: 0,
+                acquired_ms: 5,
+                ttl_ms: None,
+                expires_ms: None,
+            }),
+            delay: None,
+            written_ms: 5,
+            request: "import".into(),
+        };
+        let read = Record::decode("r", &kv(record.encode(None), 42)).unwrap();
+        assert_eq!(read.lock.unwrap().token, 0);
     }
 }
