@@ -133,7 +133,7 @@ pub struct Lockd {
     /// The lock directory, in directory mode.
     dir: Option<PathBuf>,
     /// Where the locks are kept, for people: `lock directory <path>` or
-    /// `etcd <urls> (prefix "<prefix>")`.
+    /// `cluster mode on etcd <urls> (prefix "<prefix>")`.
     location: String,
     options: Options,
     report: OpenReport,
@@ -218,7 +218,10 @@ impl Lockd {
         let backend = Arc::new(crate::cluster::Served::new(cluster, options.max_waiters));
         Ok(Self {
             dir: None,
-            location: format!("etcd {} (prefix {prefix:?})", urls.join(",")),
+            location: format!(
+                "cluster mode on etcd {} (prefix {prefix:?})",
+                urls.join(", ")
+            ),
             options: options.clone(),
             report: OpenReport::default(),
             backend,

@@ -13,6 +13,14 @@ fn the_gocept_lockd_doctest_through_python_over_two_hosts() {
     let (a, b) = (cluster.lockd_host(), cluster.lockd_host());
     let got = python("scenario.py", &[&a.url(), &b.url()]);
     assert_eq!(got, crate::support::GOCEPT_DOCTEST);
+    // The status page says where the locks are.
+    let (status, page) = raw_http(&a.addr, b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 200);
+    let endpoints = cluster.urls().join(", ");
+    assert!(
+        page.contains(&format!("cluster mode on etcd {endpoints}")),
+        "{page}"
+    );
     // Both hosts list the one lock left.
     for host in [&a, &b] {
         let locks = host.call("lockd.list", &[]).unwrap();

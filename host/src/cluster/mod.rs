@@ -43,6 +43,9 @@ pub enum ClusterError {
     Unknown(String),
 }
 
+/// Keys read per request by `list`.
+const LIST_PAGE: usize = 1000;
+
 /// Locks kept in one etcd cluster, under one prefix.
 pub struct Cluster {
     etcd: Etcd,
@@ -93,19 +96,44 @@ impl Cluster {
         })
     }
 
-    /// The running locks whose resource starts with `prefix`, by resource,
-    /// read linearizably at one revision.
+    /// The running locks whose resource starts with `prefix`, by resource:
+    /// read in pages of [`LIST_PAGE`] keys, all at the revision of the
+    /// first (read linearizably), so the list is one moment's.
     pub fn list(&self, prefix: &str, deadline: Instant) -> Result<Vec<LockInfo>, ClusterError> {
-        let start = self.key("lock/", prefix);
-        let end = crate::etcd::wire::prefix_end(&start);
-        let (kvs, _) = self
-            .etcd
-            .range(&start, &end, deadline)
-            .map_err(not_applied)?;
+        let mut from = self.key("lock/", prefix);
+        let end = crate::etcd::wire::prefix_end(&from);
         let skip = self.key("lock/", "").len();
         let now = now_ms();
-        let mut locks = Vec::with_capacity(kvs.len());
-        for kv in &kvs {
+        let mut locks = Vec::new();
+        let mut revision = 0;
+        loop {
+            let (kvs, read, more) = self
+                .etcd
+                .range_page(&from, &end, revision, LIST_PAGE, deadline)
+                .map_err(not_applied)?;
+            revision = read;
+            self.take_locks(&kvs, skip, now, &mut locks)?;
+            match kvs.last() {
+                Some(last) if more => {
+                    // The next page: the keys after the last one.
+                    from = last.key.clone();
+                    from.push(0);
+                }
+                _ => return Ok(locks),
+            }
+        }
+    }
+
+    /// The running locks of the records `kvs` (keys `skip` bytes longer
+    /// than their resource's name).
+    fn take_locks(
+        &self,
+        kvs: &[crate::etcd::KeyValue],
+        skip: usize,
+        now: u64,
+        locks: &mut Vec<LockInfo>,
+    ) -> Result<(), ClusterError> {
+        for kv in kvs {
             let resource = String::from_utf8_lossy(&kv.key[skip..]).into_owned();
             let record = Record::decode(&resource, kv).map_err(|e| {
                 ClusterError::NotApplied(format!("a record lockd cannot read: {e}"))
@@ -116,7 +144,7 @@ impl Cluster {
                 locks.push(lock);
             }
         }
-        Ok(locks)
+        Ok(())
     }
 
     /// Whether the cluster can serve: a member answers and follows a

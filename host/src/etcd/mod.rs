@@ -129,6 +129,32 @@ impl Etcd {
         Ok((kvs, revision))
     }
 
+    /// At most `limit` keys from `key` up to `range_end`, as they were at
+    /// `revision` (0: now, read linearizably); returns them, the revision
+    /// read, and whether more keys follow.
+    pub fn range_page(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        revision: i64,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<(Vec<KeyValue>, i64, bool), EtcdError> {
+        let mut body = wire::key_range(key, range_end);
+        body["limit"] = Value::String(limit.to_string());
+        if revision != 0 {
+            body["revision"] = Value::String(revision.to_string());
+        }
+        let answer = self.call("/v3/kv/range", &body, true, deadline)?;
+        let kvs = wire::kvs(&answer).map_err(EtcdError::Unknown)?;
+        let read = match revision {
+            0 => wire::header_revision(&answer).map_err(EtcdError::Unknown)?,
+            revision => revision,
+        };
+        let more = answer.get("more").and_then(Value::as_bool) == Some(true);
+        Ok((kvs, read, more))
+    }
+
     /// Runs `success` if every comparison holds, `failure` otherwise, as
     /// one atomic step.
     pub fn txn(
