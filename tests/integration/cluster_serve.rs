@@ -35,6 +35,40 @@ fn the_gocept_lockd_doctest_through_python_over_two_hosts() {
     }
 }
 
+/// `fencing.py`'s `scenario` against two hosts with `lock_delay`, each
+/// new client on the next host. (No clock-skew margin: the scenarios time
+/// leases as one daemon does.)
+fn fencing_over_two_hosts(scenario: &str, lock_delay: &str) -> String {
+    let cluster = EtcdCluster::start(3);
+    let args = ["--lock-delay", lock_delay, "--max-clock-skew", "0"];
+    let (a, b) = (
+        cluster.lockd_host_with(&args),
+        cluster.lockd_host_with(&args),
+    );
+    let urls = format!("{},{}", a.url(), b.url());
+    python("fencing.py", &[&urls, scenario])
+}
+
+#[test]
+fn each_method_and_option_over_two_hosts() {
+    fencing_over_two_hosts("methods", "0");
+}
+
+#[test]
+fn leases_and_the_lock_delay_over_two_hosts() {
+    fencing_over_two_hosts("leases", "0.5");
+}
+
+#[test]
+fn waiters_over_two_hosts_are_served_in_arrival_order() {
+    eprint!("{}", fencing_over_two_hosts("waiting", "0"));
+}
+
+#[test]
+fn break_lock_over_two_hosts() {
+    fencing_over_two_hosts("breaking", "0.5");
+}
+
 #[test]
 fn a_client_waiting_on_one_host_gets_the_lock_released_on_another() {
     let cluster = EtcdCluster::start(3);

@@ -97,10 +97,17 @@ impl EtcdCluster {
 
     /// A lockd host serving from this cluster, with no lock-delay.
     pub fn lockd_host(&self) -> TestServer {
+        self.lockd_host_with(&["--lock-delay", "0"])
+    }
+
+    /// A lockd host serving from this cluster, with `args` besides.
+    pub fn lockd_host_with(&self, args: &[&str]) -> TestServer {
         // The directory is not used; it only has to outlive the start.
         let (_tmp, dir) = temp_lock_dir();
         let urls = self.urls().join(",");
-        TestServer::start_in(&dir, &["--etcd", &urls, "--lock-delay", "0"])
+        let mut all = vec!["--etcd", &urls];
+        all.extend_from_slice(args);
+        TestServer::start_in(&dir, &all)
     }
 
     /// The members' client URLs.

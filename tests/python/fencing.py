@@ -1,20 +1,24 @@
 """lockd's own methods (lockd.*) through Python's xmlrpc.client.
 
-Usage: fencing.py URL SCENARIO. Each scenario asserts what the daemon
-answers and exits non-zero on the first mismatch. The daemon is expected to
-run with the lock-delay the scenario names (see tests/integration/fencing.rs).
+Usage: fencing.py URL[,URL...] SCENARIO. Each scenario asserts what the
+daemon answers and exits non-zero on the first mismatch. The daemon is
+expected to run with the lock-delay the scenario names (see
+tests/integration/fencing.rs). With several URLs (lockd hosts sharing one
+cluster), each new proxy talks to the next host in turn.
 """
+import itertools
 import sys
 import threading
 import time
 import urllib.request
 import xmlrpc.client
 
-URL = sys.argv[1]
+URLS = sys.argv[1].split(",")
+NEXT = itertools.cycle(URLS)
 
 
 def proxy():
-    return xmlrpc.client.ServerProxy(URL, allow_none=True)
+    return xmlrpc.client.ServerProxy(next(NEXT), allow_none=True)
 
 
 def wait_until(what, event):
@@ -27,8 +31,13 @@ def wait_until(what, event):
 
 
 def waiters():
-    """How many clients wait in line for locks now (lockd_waiters)."""
-    with urllib.request.urlopen(URL.rstrip("/") + "/metrics") as answer:
+    """How many clients wait in line for locks now (lockd_waiters, summed
+    over the hosts)."""
+    return sum(waiters_on(url) for url in URLS)
+
+
+def waiters_on(url):
+    with urllib.request.urlopen(url.rstrip("/") + "/metrics") as answer:
         for line in answer.read().decode().splitlines():
             if line.startswith("lockd_waiters "):
                 return int(float(line.split()[1]))

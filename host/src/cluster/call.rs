@@ -1,14 +1,20 @@
-//! One request about one resource, against etcd: read (or take the record
-//! this host last saw), decide, write guarded by the revisions decided on;
-//! on a conflict decide again on the record the write's failure branch
-//! returns. A write whose outcome etcd leaves open is settled by reading
-//! again: its record carries the request's id.
+//! One request about one resource, against etcd: read (or take what this
+//! host last saw), decide, write guarded by the revisions decided on; on a
+//! conflict decide again on what the write's failure branch returns. A
+//! write whose outcome etcd leaves open is settled by reading again: its
+//! record carries the request's id.
+//!
+//! Waiters (`wait.rs`) come first: a fresh lock for anyone else is refused
+//! while someone waits, and a change that frees the lock hands it to the
+//! first in line in the same transaction.
 
 use super::batch::Write;
-use super::seen::Seen;
+use super::seen::{Change, Head, Seen};
 use super::{Cluster, ClusterError, not_applied, now_ms};
-use crate::component::{Decision, Effect, GuestError, LockInfo, Reply, Request, ResourceView};
-use crate::etcd::{Compare, EtcdError, Op, Target};
+use crate::component::{
+    AcquireRequest, Decision, Effect, GuestError, HeldLock, LockInfo, Reply, Request, ResourceView,
+};
+use crate::etcd::{Compare, EtcdError, Op, Target, wire};
 use crate::requests;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -17,18 +23,65 @@ use std::time::Instant;
 /// to another's before it gives up.
 const MAX_CONFLICTS: usize = 64;
 
+/// One resource's keys.
+pub struct Keys {
+    /// The record.
+    pub record: Vec<u8>,
+    pub base: Vec<u8>,
+    /// The line of waiters: keys from `line` up to `line_end`.
+    pub line: Vec<u8>,
+    pub line_end: Vec<u8>,
+}
+
+impl Keys {
+    /// What a read of the resource reads: the record, the token base, the
+    /// first in line.
+    pub fn reads(&self) -> Vec<Op> {
+        vec![range(&self.record), range(&self.base), self.head()]
+    }
+
+    /// The guard of a write decided on `seen`: the record and the token
+    /// base as seen.
+    pub fn guard(&self, seen: &Seen) -> Vec<Compare> {
+        vec![
+            Compare {
+                key: self.record.clone(),
+                target: Target::Mod(seen.revision),
+            },
+            Compare {
+                key: self.base.clone(),
+                target: Target::Mod(seen.base_revision),
+            },
+        ]
+    }
+
+    /// The first in line.
+    pub fn head(&self) -> Op {
+        Op::Oldest {
+            key: self.line.clone(),
+            range_end: self.line_end.clone(),
+        }
+    }
+}
+
+/// A write planned on what was seen.
+pub struct Planned {
+    pub change: Change,
+    pub write: Write,
+}
+
 /// A write whose outcome is to be settled.
 struct Unsettled<'a> {
     /// The request id its record carries.
     id: &'a str,
-    /// Whether it granted a fresh lock (whose token is its revision).
-    fresh: bool,
-    /// For a release: the token of the lock it released (`None` inside if
-    /// none was recorded).
-    released: Option<Option<u64>>,
+    /// Whether it granted its caller a fresh lock.
+    granted: bool,
+    /// For a change that freed the lock: the token of the lock it freed
+    /// (`None` inside if none was recorded).
+    freed: Option<Option<u64>>,
 }
 
-fn range(key: &[u8]) -> Op {
+pub fn range(key: &[u8]) -> Op {
     Op::Range {
         key: key.to_vec(),
         range_end: Vec::new(),
@@ -46,6 +99,39 @@ fn retried(request: &Request, request_id: Option<&str>, seen: &Seen, id: &str) -
 }
 
 impl Cluster {
+    pub fn keys(&self, resource: &str) -> Keys {
+        let mut line = self.key("wait/", resource);
+        line.push(b'/');
+        Keys {
+            record: self.key("lock/", resource),
+            base: self.key("token-base", ""),
+            line_end: wire::prefix_end(&line),
+            line,
+        }
+    }
+
+    /// The resource as it is now.
+    pub fn read(&self, resource: &str, deadline: Instant) -> Result<Seen, ClusterError> {
+        let read = self
+            .etcd
+            .txn(&[], &self.keys(resource).reads(), &[], deadline)
+            .map_err(not_applied)?;
+        Seen::read(resource, &read.results).map_err(ClusterError::NotApplied)
+    }
+
+    /// A new id for a request: a host's own are `<pid>-<start>-<n>`; a
+    /// caller's are marked so that no caller can name one of a host's.
+    pub fn request_id(&self, request_id: Option<&str>) -> String {
+        match request_id {
+            Some(id) => format!("client:{id}"),
+            None => format!(
+                "{}-{}",
+                self.host,
+                self.requests.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
+    }
+
     /// Runs `request` (one about a single resource: not `list` or `sweep`)
     /// before `deadline`. `request_id`, the caller's id of the request,
     /// makes a retry safe: a take whose lock is recorded as taken by the
@@ -61,35 +147,17 @@ impl Cluster {
                 "list and sweep are not single-resource requests".into(),
             ))
         })?;
-        let key = self.key("lock/", resource);
-        let base_key = self.key("token-base", "");
-        // A host's own ids are `<pid>-<start>-<n>`; a caller's are marked
-        // so that no caller can name one of a host's.
-        let id = match request_id {
-            Some(id) => format!("client:{id}"),
-            None => format!(
-                "{}-{}",
-                self.host,
-                self.requests.fetch_add(1, Ordering::Relaxed)
-            ),
-        };
-        let reads = [range(&key), range(&base_key)];
-        let read = || -> Result<Seen, ClusterError> {
-            let read = self
-                .etcd
-                .txn(&[], &reads, &[], deadline)
-                .map_err(not_applied)?;
-            Seen::read(resource, &read.results).map_err(ClusterError::NotApplied)
-        };
-        // A change is first decided on the record this host last saw (none
-        // known: nothing recorded) and written guarded by it, one round
-        // trip when it is still current. Only a write that succeeds
-        // confirms it: a decision on it that writes nothing, or refuses, is
-        // made again on the record read now.
+        let keys = self.keys(resource);
+        let id = self.request_id(request_id);
+        // A change is first decided on what this host last saw (nothing
+        // known: nothing recorded, nobody waiting) and written guarded by
+        // it, one round trip when it is still current. Only a write that
+        // succeeds confirms it: a decision on it that writes nothing, or
+        // refuses, is made again on what is read now.
         let mut optimistic = requests::changes(request);
         let mut seen = match optimistic {
             true => self.cache.get(resource),
-            false => read()?,
+            false => self.read(resource, deadline)?,
         };
         for _ in 0..MAX_CONFLICTS {
             if !optimistic && let Some(lock) = retried(request, request_id, &seen, &id) {
@@ -97,72 +165,52 @@ impl Cluster {
             }
             // Time for one resource never runs backwards.
             let now = now_ms().max(seen.record.written_ms);
-            let decision = match self.decide(request, &seen, now) {
-                Err(ClusterError::Lock(_)) if optimistic => {
+            let decided = self.decide(request, &seen, now).and_then(|decision| {
+                let change = seen.change(&decision.effect, now, &id);
+                // Nobody overtakes a waiter: the lock is the first in
+                // line's.
+                match (&change, &seen.head) {
+                    (Some(change), Some(head)) if change.fresh => Err(ClusterError::Lock(
+                        GuestError::AlreadyLocked(head.waiting.client.clone()),
+                    )),
+                    _ => Ok((decision, change)),
+                }
+            });
+            let (decision, change) = match decided {
+                Err(ClusterError::Lock(_)) | Ok((_, None)) if optimistic => {
                     optimistic = false;
-                    seen = read()?;
+                    seen = self.read(resource, deadline)?;
                     continue;
                 }
-                decided => decided?,
+                Ok((decision, None)) => return Ok(decision.reply),
+                Ok((decision, Some(change))) => (decision, change),
+                Err(e) => return Err(e),
             };
             let mut reply = decision.reply;
-            let Some(change) = seen.change(&decision.effect, now, &id) else {
-                if optimistic {
-                    optimistic = false;
-                    seen = read()?;
-                    continue;
-                }
-                return Ok(reply);
-            };
-            let op = match change.record.is_empty() {
-                true => Op::Delete {
-                    key: key.clone(),
-                    range_end: Vec::new(),
-                },
-                false => Op::Put {
-                    key: key.clone(),
-                    value: change.record.encode(change.fresh.then_some(seen.base)),
-                    lease: 0,
-                },
-            };
-            let write = Write {
-                resource: resource.to_owned(),
-                guard: vec![
-                    Compare {
-                        key: key.clone(),
-                        target: Target::Mod(seen.revision),
-                    },
-                    Compare {
-                        key: base_key.clone(),
-                        target: Target::Mod(seen.base_revision),
-                    },
-                ],
-                ops: vec![op],
-                reads: vec![range(&key)],
-                deadline,
-            };
-            match self.batch.write(&self.etcd, write) {
+            let freed = seen.record.lock.is_some() && change.record.lock.is_none();
+            let planned = self.plan(&keys, &seen, change, now, deadline)?;
+            let granted = planned.change.fresh && !planned.change.handed_over;
+            match self.batch.write(&self.etcd, planned.write) {
                 Ok(written) if written.succeeded => {
-                    if change.fresh
-                        && let Reply::Lock(lock) = &mut reply
-                    {
+                    if granted && let Reply::Lock(lock) = &mut reply {
                         lock.token = seen.base + written.revision as u64;
                     }
-                    self.cache
-                        .put(resource, seen.after(change, written.revision));
+                    let after = seen.after(planned.change, written.revision);
+                    self.cache.put(resource, after);
                     return Ok(reply);
                 }
-                // Another write came first (or the record was not this
-                // host's latest): decide again on what is there.
+                // Another write came first (or what was seen was not
+                // current): decide again on what is there.
                 Ok(lost) => {
                     self.conflicts.fetch_add(1, Ordering::Relaxed);
                     optimistic = false;
-                    let guarded = seen.revision;
+                    let (revision, head) = (seen.revision, seen.head.clone());
                     seen.take_record(resource, &lost.results)
+                        .and_then(|()| seen.take_head(&lost.results, 1))
                         .map_err(ClusterError::NotApplied)?;
-                    if seen.revision == guarded {
-                        // The record held: the token base moved.
-                        seen = read()?;
+                    if seen.revision == revision && seen.head == head {
+                        // Neither moved: the token base did.
+                        seen = self.read(resource, deadline)?;
                     }
                     self.cache.put(resource, seen.clone());
                 }
@@ -171,13 +219,12 @@ impl Cluster {
                     self.unknown.fetch_add(1, Ordering::Relaxed);
                     let unsettled = Unsettled {
                         id: &id,
-                        fresh: change.fresh,
-                        // A release may leave no record: it happened if
-                        // the lock it released is gone.
-                        released: matches!(decision.effect, Effect::Release)
-                            .then(|| seen.record.lock.as_ref().map(|l| l.token)),
+                        granted,
+                        // A change that freed the lock (and perhaps handed
+                        // it on) happened if the lock it freed is gone.
+                        freed: freed.then(|| seen.record.lock.as_ref().map(|l| l.token)),
                     };
-                    return self.settle(resource, &reads, &unsettled, reply, &why, deadline);
+                    return self.settle(resource, &unsettled, reply, &why, deadline);
                 }
             }
         }
@@ -186,33 +233,116 @@ impl Cluster {
         )))
     }
 
+    /// The guarded write of `change`, decided on `seen`. A fresh lock is
+    /// guarded by nobody waiting; a change that frees the lock hands it to
+    /// the first in line if the rules give it to them, and is guarded by
+    /// the line as seen.
+    fn plan(
+        &self,
+        keys: &Keys,
+        seen: &Seen,
+        mut change: Change,
+        now: u64,
+        deadline: Instant,
+    ) -> Result<Planned, ClusterError> {
+        let mut guard = keys.guard(seen);
+        let mut also = Vec::new();
+        let freed = seen.record.lock.is_some() && change.record.lock.is_none();
+        match &seen.head {
+            None if change.fresh || freed => guard.push(Compare {
+                key: keys.line.clone(),
+                target: Target::NoneUpTo(keys.line_end.clone()),
+            }),
+            Some(head) if freed => {
+                guard.push(Compare {
+                    key: head.key.clone(),
+                    target: Target::Create(head.create_revision),
+                });
+                if let Some(handed) = self.hand_over(seen, &change, head, now)? {
+                    change = handed;
+                    also.push(Op::Delete {
+                        key: head.key.clone(),
+                        range_end: Vec::new(),
+                    });
+                }
+            }
+            _ => {}
+        }
+        let mut ops = vec![record_op(keys, seen, &change)];
+        ops.extend(also);
+        let write = Write {
+            resource: String::from_utf8_lossy(&keys.record).into_owned(),
+            guard,
+            ops,
+            reads: vec![range(&keys.record), keys.head()],
+            deadline,
+        };
+        Ok(Planned { change, write })
+    }
+
+    /// What becomes of `change` (one that frees the lock) if the lock goes
+    /// on to `head`, the first in line: the rules decide its take on the
+    /// resource as `change` leaves it. `None` if they refuse it (the
+    /// lock-delay): `head` then takes it itself when it can.
+    fn hand_over(
+        &self,
+        seen: &Seen,
+        change: &Change,
+        head: &Head,
+        now: u64,
+    ) -> Result<Option<Change>, ClusterError> {
+        let Some(resource) = seen.record.lock.as_ref().map(|l| l.resource.clone()) else {
+            return Ok(None);
+        };
+        let take = Request::Acquire(AcquireRequest {
+            resource,
+            client: head.waiting.client.clone(),
+            ttl_ms: head.waiting.ttl_ms,
+            reentrant: false,
+        });
+        let left = Seen {
+            record: change.record.clone(),
+            head: None,
+            ..seen.clone()
+        };
+        let decision = match self.decide(&take, &left, now) {
+            Ok(decision) => decision,
+            Err(ClusterError::Lock(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if !matches!(decision.effect, Effect::Hold(HeldLock { fresh: true, .. })) {
+            return Ok(None);
+        }
+        Ok(left
+            .change(&decision.effect, now, &head.waiting.request)
+            .map(|change| Change {
+                handed_over: true,
+                ..change
+            }))
+    }
+
     /// After a write whose outcome etcd left unknown: reads again, and
     /// answers as written if the write is there (the record carries its
-    /// id, or the lock it released is gone).
+    /// id, or the lock it freed is gone).
     fn settle(
         &self,
         resource: &str,
-        reads: &[Op],
         unsettled: &Unsettled,
         mut reply: Reply,
         why: &str,
         deadline: Instant,
     ) -> Result<Reply, ClusterError> {
         let unknown = || ClusterError::Unknown(format!("outcome unknown: {why}"));
-        let read = self
-            .etcd
-            .txn(&[], reads, &[], deadline)
-            .map_err(|_| unknown())?;
-        let seen = Seen::read(resource, &read.results).map_err(ClusterError::NotApplied)?;
+        let seen = self.read(resource, deadline).map_err(|_| unknown())?;
         let held = seen.record.lock.as_ref();
         let recorded = seen.revision != 0 && seen.record.request == unsettled.id;
-        let released = unsettled
-            .released
+        let freed = unsettled
+            .freed
             .is_some_and(|token| held.map(|l| l.token) != token);
-        if !recorded && !released {
+        if !recorded && !freed {
             return Err(unknown());
         }
-        if unsettled.fresh
+        if unsettled.granted
             && let (Reply::Lock(lock), Some(held)) = (&mut reply, held)
         {
             lock.token = held.token;
@@ -223,7 +353,12 @@ impl Cluster {
     /// The rules' decision on `seen` at `now`, the lease of a lock
     /// lengthened by the clock-skew margin for everyone but its holder's
     /// renewals and releases (which the rules judge by the lease itself).
-    fn decide(&self, request: &Request, seen: &Seen, now: u64) -> Result<Decision, ClusterError> {
+    pub fn decide(
+        &self,
+        request: &Request,
+        seen: &Seen,
+        now: u64,
+    ) -> Result<Decision, ClusterError> {
         let mut held = seen.record.lock.clone();
         if let Some(lock) = &mut held
             && requests::taken(request).is_some()
@@ -244,5 +379,20 @@ impl Cluster {
                 "the lock rules trapped: {trap:#}"
             ))),
         }
+    }
+}
+
+/// Writing the record as `change` leaves it (deleting it if empty).
+pub fn record_op(keys: &Keys, seen: &Seen, change: &Change) -> Op {
+    match change.record.is_empty() {
+        true => Op::Delete {
+            key: keys.record.clone(),
+            range_end: Vec::new(),
+        },
+        false => Op::Put {
+            key: keys.record.clone(),
+            value: change.record.encode(change.fresh.then_some(seen.base)),
+            lease: 0,
+        },
     }
 }

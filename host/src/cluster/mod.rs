@@ -15,18 +15,23 @@
 mod batch;
 mod call;
 pub mod import;
+mod lines;
 mod record;
 mod seen;
 mod served;
+mod wait;
 
 use crate::component::{GuestError, Instance, LockInfo, Runtime};
+use crate::error::LockError;
 use crate::etcd::{Etcd, EtcdError};
 use crate::metrics::Sample;
 use batch::Batcher;
 pub use import::Imported;
+use lines::Lines;
 use record::Record;
 use seen::Cache;
 pub use served::Served;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,14 +46,21 @@ pub enum ClusterError {
     /// It may have happened: etcd did not say, and reading again did not
     /// find its write.
     Unknown(String),
+    /// A wait for the lock ended without it (its time ran out, its caller
+    /// left, the host stops).
+    Ended(LockError),
 }
+
+/// How long one request may take, etcd's retries between members
+/// included, before it gets fault 7.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Keys read per request by `list`.
 const LIST_PAGE: usize = 1000;
 
 /// Locks kept in one etcd cluster, under one prefix.
 pub struct Cluster {
-    etcd: Etcd,
+    etcd: Arc<Etcd>,
     prefix: Vec<u8>,
     lock_delay_ms: u64,
     /// Added to every lease before a lock whose lease ran out may go to
@@ -58,6 +70,8 @@ pub struct Cluster {
     rules: Mutex<Instance>,
     cache: Cache,
     batch: Batcher,
+    /// This host's waiters' session and watch.
+    lines: Arc<Lines>,
     /// Makes request ids unique: this host's, then a counter.
     host: String,
     requests: AtomicU64,
@@ -81,9 +95,12 @@ impl Cluster {
         lock_delay: Duration,
         max_clock_skew: Duration,
     ) -> anyhow::Result<Self> {
+        let mut lines = prefix.as_bytes().to_vec();
+        lines.extend_from_slice(b"wait/");
         Ok(Self {
-            etcd,
+            etcd: Arc::new(etcd),
             prefix: prefix.as_bytes().to_vec(),
+            lines: Arc::new(Lines::new(lines)),
             lock_delay_ms: lock_delay.as_millis() as u64,
             max_clock_skew_ms: max_clock_skew.as_millis() as u64,
             rules: Mutex::new(runtime.instantiate_rules_only()?),
@@ -145,6 +162,12 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Ends this host's session (its waiters leave every line) and stops
+    /// watching the lines.
+    pub fn stop(&self) {
+        self.lines.stop(&self.etcd);
     }
 
     /// Whether the cluster can serve: a member answers and follows a

@@ -214,3 +214,34 @@ mod tests {
         assert_eq!(read.lock.unwrap().token, 0);
     }
 }
+
+/// A client waiting in a resource's line, as its waiter key holds it: what
+/// a host handing it the lock needs to take it in its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub client: String,
+    pub ttl_ms: Option<u64>,
+    /// The request id its lock's record is to carry.
+    pub request: String,
+}
+
+impl Waiting {
+    pub fn encode(&self) -> Vec<u8> {
+        json!({
+            "client": self.client,
+            "ttl_ms": self.ttl_ms,
+            "request": self.request,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    pub fn decode(kv: &KeyValue) -> Result<Self, String> {
+        let value: Value = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
+        Ok(Self {
+            client: str_of(&value, "client")?,
+            ttl_ms: value.get("ttl_ms").and_then(Value::as_u64),
+            request: str_of(&value, "request")?,
+        })
+    }
+}

@@ -2,7 +2,7 @@
 //! write on it is guarded by, and the token base; and the cache of what
 //! this host saw last, per resource.
 
-use super::record::{self, Record};
+use super::record::{self, Record, Waiting};
 use crate::component::{Effect, HeldLock};
 use crate::etcd::{KeyValue, OpResult};
 use std::collections::HashMap;
@@ -18,6 +18,16 @@ pub struct Seen {
     /// The token base, and its key's mod revision (0: none).
     pub base: u64,
     pub base_revision: i64,
+    /// The first in the resource's line of waiters, if anyone waits.
+    pub head: Option<Head>,
+}
+
+/// The first waiter in a line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub key: Vec<u8>,
+    pub create_revision: i64,
+    pub waiting: Waiting,
 }
 
 /// What to write, once the rules have decided.
@@ -27,6 +37,9 @@ pub struct Change {
     /// Whether it grants a fresh lock, whose token is the base plus the
     /// write's revision.
     pub fresh: bool,
+    /// Whether it hands the lock to the head of the line (and removes its
+    /// waiter key).
+    pub handed_over: bool,
 }
 
 fn bad(e: String) -> String {
@@ -42,8 +55,8 @@ fn one(results: &[OpResult], i: usize) -> Option<&KeyValue> {
 }
 
 impl Seen {
-    /// The resource as read by ranges of its record key and the base key,
-    /// in that order.
+    /// The resource as read by ranges of its record key, the base key and
+    /// the oldest of its line, in that order.
     pub fn read(resource: &str, results: &[OpResult]) -> Result<Self, String> {
         let mut seen = Self::default();
         seen.take_record(resource, results)?;
@@ -51,7 +64,21 @@ impl Seen {
             seen.base = record::decode_base(kv).map_err(bad)?;
             seen.base_revision = kv.mod_revision;
         }
+        seen.take_head(results, 2)?;
         Ok(seen)
+    }
+
+    /// Takes the head of the line from range result `i`.
+    pub fn take_head(&mut self, results: &[OpResult], i: usize) -> Result<(), String> {
+        self.head = match one(results, i) {
+            None => None,
+            Some(kv) => Some(Head {
+                key: kv.key.clone(),
+                create_revision: kv.create_revision,
+                waiting: Waiting::decode(kv).map_err(bad)?,
+            }),
+        };
+        Ok(())
     }
 
     /// Takes the record of a range of its key (the first of `results`),
@@ -97,10 +124,12 @@ impl Seen {
                 request: id.to_owned(),
             },
             fresh,
+            handed_over: false,
         })
     }
 
-    /// The resource once `change` was written at `revision`.
+    /// The resource once `change` was written at `revision` (the line
+    /// as it was, unless the change handed the lock to its head).
     pub fn after(&self, mut change: Change, revision: i64) -> Self {
         if change.fresh
             && let Some(lock) = &mut change.record.lock
@@ -112,6 +141,11 @@ impl Seen {
                 0
             } else {
                 revision
+            },
+            head: if change.handed_over {
+                None
+            } else {
+                self.head.clone()
             },
             record: change.record,
             ..self.clone()

@@ -2,12 +2,10 @@
 //! calling thread against etcd, with a deadline; a failure etcd leaves
 //! open is fault 7 saying so.
 //!
-//! Waiting is interim: a waiting call polls on a thread of its own (not a
-//! worker), with backoff up to 250 ms, until the lock is free, its time is
-//! up, its caller has gone or the daemon stops; waiters are not yet
-//! ordered across hosts.
+//! A waiting call waits in its lock's line (see `wait.rs`) on a thread of
+//! its own, not a worker's.
 
-use super::{Cluster, ClusterError};
+use super::{CALL_DEADLINE, Cluster, ClusterError};
 use crate::backend::{Backend, Terms};
 use crate::commit::{Presence, Then};
 use crate::component::{Reply, Request};
@@ -16,10 +14,6 @@ use crate::metrics::Sample;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// How long one request may take, etcd's retries between members
-/// included, before it gets fault 7.
-const CALL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Cluster mode as a backend.
 pub struct Served {
@@ -56,19 +50,12 @@ impl Inner {
             Request::List(prefix) => self.cluster.list(prefix, deadline).map(Reply::Locks),
             _ => self.cluster.call(request, request_id, deadline),
         };
-        result.map_err(|e| match e {
-            ClusterError::Lock(refused) => LockError::for_request(request, refused),
-            ClusterError::NotApplied(why) => {
-                LockError::Unavailable(format!("the change did not happen: {why}"))
-            }
-            ClusterError::Unknown(why) => {
-                LockError::Unavailable(format!("the outcome is unknown: {why}"))
-            }
-        })
+        result.map_err(|e| lock_error(request, e))
     }
 
-    /// `request` tried until it gets the lock or a final answer, `deadline`
-    /// passes, its caller is gone or the daemon stops.
+    /// `request` waiting in its lock's line until it gets the lock or a
+    /// final answer, `deadline` passes, its caller is gone or the daemon
+    /// stops.
     fn wait(
         &self,
         request: &Request,
@@ -76,29 +63,35 @@ impl Inner {
         deadline: Instant,
         present: Option<&Presence>,
     ) -> Result<Reply, LockError> {
-        let mut pause = Duration::from_millis(10);
-        loop {
-            let result = self.run(request, request_id);
-            let busy = matches!(
-                result,
-                Err(LockError::AlreadyLocked { .. } | LockError::CoolingDown { .. })
-            );
-            if !busy {
-                return result;
-            }
-            if self.stopping.load(Ordering::Relaxed) {
-                return Err(LockError::ShuttingDown);
-            }
-            if present.is_some_and(|present| !present()) {
-                return Err(LockError::CallerGone);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(LockError::WaitTimedOut);
-            }
-            std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(250));
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(LockError::ShuttingDown);
         }
+        let leave = || {
+            if self.stopping.load(Ordering::Relaxed) {
+                Some(LockError::ShuttingDown)
+            } else if present.is_some_and(|present| !present()) {
+                Some(LockError::CallerGone)
+            } else {
+                None
+            }
+        };
+        self.cluster
+            .wait(request, request_id, deadline, &leave)
+            .map_err(|e| lock_error(request, e))
+    }
+}
+
+/// What a client is told of `e`.
+fn lock_error(request: &Request, e: ClusterError) -> LockError {
+    match e {
+        ClusterError::Lock(refused) => LockError::for_request(request, refused),
+        ClusterError::NotApplied(why) => {
+            LockError::Unavailable(format!("the change did not happen: {why}"))
+        }
+        ClusterError::Unknown(why) => {
+            LockError::Unavailable(format!("the outcome is unknown: {why}"))
+        }
+        ClusterError::Ended(why) => why,
     }
 }
 
@@ -150,6 +143,7 @@ impl Backend for Served {
 
     fn stop(&self) {
         self.stop_waiting();
+        self.inner.cluster.stop();
     }
 
     fn problems(&self) -> Vec<String> {

@@ -8,6 +8,7 @@
 //! refuses at once instead of waiting for a leader.
 
 mod http;
+mod watch;
 pub mod wire;
 
 use http::{Connection, Failure};
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+pub use watch::{Changes, Watch};
 pub use wire::{Compare, KeyValue, Op, OpResult, Target, TxnResult};
 
 /// Why a request failed.
@@ -59,6 +61,8 @@ pub struct Etcd {
     /// or an error.
     pub tries: AtomicU64,
     pub failed_tries: AtomicU64,
+    /// Watches made, to choose the member of the next.
+    watched: AtomicUsize,
 }
 
 struct Member {
@@ -103,6 +107,7 @@ impl Etcd {
             try_limit: TRY_LIMIT,
             tries: AtomicU64::new(0),
             failed_tries: AtomicU64::new(0),
+            watched: AtomicUsize::new(0),
         })
     }
 
@@ -227,6 +232,12 @@ impl Etcd {
             member: id(answer.get("header").and_then(|h| h.get("member_id")))?,
             leader: id(answer.get("leader"))?,
         })
+    }
+
+    /// The next member for a long-lived request (a watch): each in turn.
+    fn next_member(&self) -> &Member {
+        let next = self.watched.fetch_add(1, Ordering::Relaxed);
+        &self.members[next % self.members.len()]
     }
 
     /// Posts `body` to `path`, trying members in turn from the current

@@ -31,10 +31,15 @@ pub enum Target {
     Mod(i64),
     /// The key's value.
     Value(Vec<u8>),
+    /// No key from `key` up to this end exists.
+    NoneUpTo(Vec<u8>),
+    /// Every key from `key` up to `end` was created after `revision`
+    /// (holds too when there is none).
+    AllCreatedAfter { end: Vec<u8>, revision: i64 },
 }
 
 /// One comparison of a transaction's guard: the key's target equals the
-/// value given.
+/// value given (or, for a range of keys, as the target says).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compare {
     pub key: Vec<u8>,
@@ -47,6 +52,9 @@ pub enum Op {
     /// The keys from `key` up to `range_end` (exclusive; empty: `key`
     /// alone).
     Range { key: Vec<u8>, range_end: Vec<u8> },
+    /// The oldest key (lowest create revision) from `key` up to
+    /// `range_end`, if any: a range of at most one.
+    Oldest { key: Vec<u8>, range_end: Vec<u8> },
     /// Writes `value` under `key`, attached to `lease` (0: none).
     Put {
         key: Vec<u8>,
@@ -68,7 +76,7 @@ impl Op {
     /// Whether it may change the store.
     pub fn writes(&self) -> bool {
         match self {
-            Op::Range { .. } => false,
+            Op::Range { .. } | Op::Oldest { .. } => false,
             Op::Put { .. } | Op::Delete { .. } => true,
             Op::Txn {
                 success, failure, ..
@@ -129,6 +137,13 @@ pub fn key_range(key: &[u8], range_end: &[u8]) -> Value {
 pub fn op_json(op: &Op) -> Value {
     match op {
         Op::Range { key, range_end } => json!({ "request_range": key_range(key, range_end) }),
+        Op::Oldest { key, range_end } => {
+            let mut range = key_range(key, range_end);
+            range["sort_order"] = "ASCEND".into();
+            range["sort_target"] = "CREATE".into();
+            range["limit"] = "1".into();
+            json!({ "request_range": range })
+        }
         Op::Put { key, value, lease } => {
             let mut put = Map::new();
             put.insert("key".into(), b64(key));
@@ -153,10 +168,22 @@ pub fn compare_json(compare: &Compare) -> Value {
     let mut c = Map::new();
     c.insert("key".into(), b64(&compare.key));
     c.insert("result".into(), "EQUAL".into());
+    let revision = |r: &i64| Value::String(r.to_string());
     let (target, field, value) = match &compare.target {
-        Target::Create(r) => ("CREATE", "create_revision", Value::String(r.to_string())),
-        Target::Mod(r) => ("MOD", "mod_revision", Value::String(r.to_string())),
+        Target::Create(r) => ("CREATE", "create_revision", revision(r)),
+        Target::Mod(r) => ("MOD", "mod_revision", revision(r)),
         Target::Value(v) => ("VALUE", "value", b64(v)),
+        // An empty range compares as one key that does not exist (every
+        // revision 0).
+        Target::NoneUpTo(end) => {
+            c.insert("range_end".into(), b64(end));
+            ("CREATE", "create_revision", revision(&0))
+        }
+        Target::AllCreatedAfter { end, revision: r } => {
+            c.insert("range_end".into(), b64(end));
+            c.insert("result".into(), "GREATER".into());
+            ("CREATE", "create_revision", revision(r))
+        }
     };
     c.insert("target".into(), target.into());
     c.insert(field.into(), value);

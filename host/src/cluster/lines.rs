@@ -1,0 +1,235 @@
+//! This host's part in the lines of waiters, which live in etcd: its
+//! session (a lease every waiter key of this host is attached to, kept
+//! alive while the host runs and revoked when it stops, so a dead host's
+//! waiters leave every line when the lease runs out) and one watch on all
+//! lines, which wakes this host's waiters when theirs changes.
+
+use crate::etcd::{Etcd, EtcdError, wire};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The session lease's time to live, in seconds: how long a dead host's
+/// waiters stay in line.
+pub const SESSION_TTL_S: i64 = 5;
+
+/// How often the session is kept alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+pub struct Lines {
+    /// `<prefix>wait/`: every line.
+    prefix: Vec<u8>,
+    session: Mutex<Option<i64>>,
+    changed: Mutex<Changed>,
+    wake: Condvar,
+    started: AtomicBool,
+    stopping: AtomicBool,
+}
+
+/// How often each line changed, as the watch saw it.
+#[derive(Default)]
+struct Changed {
+    lines: HashMap<String, u64>,
+    /// Counted up when changes may have been missed (a new watch).
+    all: u64,
+}
+
+/// Where a line stood when its waiter looked.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Mark {
+    line: u64,
+    all: u64,
+}
+
+impl Lines {
+    pub fn new(prefix: Vec<u8>) -> Self {
+        Self {
+            prefix,
+            session: Mutex::new(None),
+            changed: Mutex::new(Changed::default()),
+            wake: Condvar::new(),
+            started: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// This host's session lease, granted on first use (which starts the
+    /// threads that keep it alive and watch the lines).
+    pub fn session(
+        self: &Arc<Self>,
+        etcd: &Arc<Etcd>,
+        deadline: Instant,
+    ) -> Result<i64, EtcdError> {
+        if !self.started.swap(true, Ordering::SeqCst) {
+            self.start(etcd);
+        }
+        let mut session = lock(&self.session);
+        if let Some(lease) = *session {
+            return Ok(lease);
+        }
+        let (lease, _) = etcd.lease_grant(SESSION_TTL_S, deadline)?;
+        *session = Some(lease);
+        Ok(lease)
+    }
+
+    /// Drops session `lease`, which etcd no longer has: the next wait
+    /// gets a new one.
+    pub fn forget(&self, lease: i64) {
+        let mut session = lock(&self.session);
+        if *session == Some(lease) {
+            *session = None;
+        }
+    }
+
+    fn start(self: &Arc<Self>, etcd: &Arc<Etcd>) {
+        let (lines, etcd_) = (self.clone(), etcd.clone());
+        let kept = std::thread::Builder::new()
+            .name("lockd-session".into())
+            .spawn(move || lines.keep_alive(&etcd_));
+        let (lines, etcd) = (self.clone(), etcd.clone());
+        let watched = std::thread::Builder::new()
+            .name("lockd-watch".into())
+            .spawn(move || lines.watch(&etcd));
+        if let Err(e) = kept.and(watched) {
+            tracing::error!("starting the threads of waiting in line: {e}");
+        }
+    }
+
+    /// Keeps the session alive until the host stops; a lease etcd no
+    /// longer has (this host was cut off longer than its time to live) is
+    /// replaced at the next wait.
+    fn keep_alive(&self, etcd: &Etcd) {
+        while !self.pause(KEEP_ALIVE) {
+            let Some(lease) = *lock(&self.session) else {
+                continue;
+            };
+            match etcd.lease_keep_alive(lease, Instant::now() + KEEP_ALIVE) {
+                Ok(0) => {
+                    tracing::warn!("etcd ended this host's session: its waiters left their lines");
+                    self.forget(lease);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("keeping the session alive: {e}"),
+            }
+        }
+    }
+
+    /// Watches every line until the host stops, waking the waiters of a
+    /// line that changed; a new watch (after one broke) wakes them all.
+    fn watch(&self, etcd: &Etcd) {
+        let end = wire::prefix_end(&self.prefix);
+        let mut from = 0;
+        while !self.stopping.load(Ordering::Relaxed) {
+            let made = etcd.watch(&self.prefix, &end, from, Instant::now() + KEEP_ALIVE);
+            let mut watch = match made {
+                Ok(watch) => watch,
+                Err(e) => {
+                    tracing::debug!("watching the lines: {e}");
+                    self.pause(Duration::from_millis(200));
+                    continue;
+                }
+            };
+            self.changed_all();
+            loop {
+                if self.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                match watch.next(Instant::now() + Duration::from_millis(250)) {
+                    Ok(None) => {}
+                    Ok(Some(changes)) => {
+                        from = changes.revision + 1;
+                        for key in &changes.keys {
+                            self.changed(key);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("the watch of the lines ended: {e}");
+                        // A start revision etcd no longer has: from now
+                        // on (every waiter looks again).
+                        if e.contains("compact") {
+                            from = 0;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The line of waiter key `key` changed.
+    fn changed(&self, key: &[u8]) {
+        let Some(line) = key
+            .strip_prefix(self.prefix.as_slice())
+            .and_then(|rest| rest.iter().rposition(|&b| b == b'/').map(|at| &rest[..at]))
+        else {
+            return;
+        };
+        let line = String::from_utf8_lossy(line).into_owned();
+        let mut changed = lock(&self.changed);
+        *changed.lines.entry(line).or_default() += 1;
+        self.wake.notify_all();
+    }
+
+    fn changed_all(&self) {
+        lock(&self.changed).all += 1;
+        self.wake.notify_all();
+    }
+
+    /// Where `resource`'s line stands now.
+    pub fn mark(&self, resource: &str) -> Mark {
+        self.mark_of(&lock(&self.changed), resource)
+    }
+
+    /// Waits until `resource`'s line changed since `mark`, or `until`;
+    /// whether it changed.
+    pub fn wait_change(&self, resource: &str, mark: Mark, until: Instant) -> bool {
+        let mut changed = lock(&self.changed);
+        loop {
+            if self.mark_of(&changed, resource) != mark {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stopping.load(Ordering::Relaxed) {
+                return false;
+            }
+            changed = self
+                .wake
+                .wait_timeout(changed, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn mark_of(&self, changed: &Changed, resource: &str) -> Mark {
+        Mark {
+            line: changed.lines.get(resource).copied().unwrap_or(0),
+            all: changed.all,
+        }
+    }
+
+    /// Sleeps `how_long` unless the host stops; whether it stops.
+    fn pause(&self, how_long: Duration) -> bool {
+        let changed = lock(&self.changed);
+        let _ = self.wake.wait_timeout_while(changed, how_long, |_| {
+            !self.stopping.load(Ordering::Relaxed)
+        });
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Stops the threads, and ends the session: this host's waiters leave
+    /// every line at once.
+    pub fn stop(&self, etcd: &Etcd) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
+        if let Some(lease) = lock(&self.session).take()
+            && let Err(e) = etcd.lease_revoke(lease, Instant::now() + KEEP_ALIVE)
+        {
+            tracing::warn!("ending this host's etcd session: {e}");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
