@@ -4,9 +4,10 @@
 # (checks contrib/lockd.service), Node.js and the jco packages (the
 # component in a second host), Chromium (the status page), strace (the
 # order of writes and syncs; faults injected into them), chattr (an
-# unwritable lock directory) and etcd (clusters for the etcd client). Safe
-# to run again: installed packages are left as they are (npm ci reinstalls
-# the jco packages each time, in seconds).
+# unwritable lock directory), etcd (clusters for cluster mode) and openssl
+# (certificates for TLS to etcd). Safe to run again: installed packages are
+# left as they are (npm ci reinstalls the jco packages each time, in
+# seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,7 @@ need chromium chromium
 need strace strace
 need chattr e2fsprogs
 need etcd etcd-server
+need openssl openssl
 if ((${#missing[@]})); then
     as_root=()
     if [[ $(id -u) -ne 0 ]]; then

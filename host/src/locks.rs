@@ -197,16 +197,16 @@ impl Lockd {
         Ok(lockd)
     }
 
-    /// Locks kept in the etcd cluster at `urls` (cluster mode), under
+    /// Locks kept in the etcd cluster `etcd` (cluster mode), under
     /// `prefix`, judging leases with a `max_clock_skew` margin; see
     /// [`crate::cluster`].
     pub fn on_etcd(
-        urls: &[String],
+        etcd: crate::etcd::Etcd,
         prefix: &str,
         max_clock_skew: Duration,
         options: &Options,
     ) -> anyhow::Result<Self> {
-        let etcd = crate::etcd::Etcd::new(urls).map_err(anyhow::Error::msg)?;
+        let endpoints = etcd.endpoints();
         let runtime = Runtime::new()?;
         let cluster = crate::cluster::Cluster::new(
             etcd,
@@ -218,10 +218,7 @@ impl Lockd {
         let backend = Arc::new(crate::cluster::Served::new(cluster, options.max_waiters));
         Ok(Self {
             dir: None,
-            location: format!(
-                "cluster mode on etcd {} (prefix {prefix:?})",
-                urls.join(", ")
-            ),
+            location: format!("cluster mode on etcd {endpoints} (prefix {prefix:?})"),
             options: options.clone(),
             report: OpenReport::default(),
             backend,

@@ -2,8 +2,9 @@
 //! directory of its own, killed, paused and restarted on demand, and all
 //! stopped when the cluster is dropped.
 
+use crate::pki::Pki;
 use crate::support::{TestServer, temp_lock_dir, wait_until};
-use lockd::etcd::{Etcd, Status};
+use lockd::etcd::{Etcd, Status, TlsFiles};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -14,6 +15,8 @@ pub struct EtcdCluster {
     tmp: TempDir,
     members: Vec<Member>,
     initial_cluster: String,
+    /// With TLS on the client ports (and client certificates required).
+    tls: Option<Pki>,
 }
 
 struct Member {
@@ -35,29 +38,86 @@ fn free_port() -> u16 {
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster has a leader.
     pub fn start(n: usize) -> Self {
-        let members: Vec<Member> = (0..n)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                process: None,
-            })
-            .collect();
-        let initial_cluster = members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
-            .collect::<Vec<_>>()
-            .join(",");
+        Self::start_with(n, None)
+    }
+
+    /// The same, serving clients over TLS with certificates of `pki`'s
+    /// CA, and asking for theirs.
+    pub fn start_tls(n: usize) -> Self {
+        Self::start_with(n, Some(Pki::new()))
+    }
+
+    fn start_with(n: usize, tls: Option<Pki>) -> Self {
         let mut cluster = Self {
             tmp: TempDir::new().unwrap(),
-            members,
-            initial_cluster,
+            members: Vec::new(),
+            initial_cluster: String::new(),
+            tls,
         };
-        for i in 0..n {
-            cluster.launch(i, "new");
+        // A port the kernel gave another test meanwhile makes a member
+        // exit at start: then again on other ports.
+        for _ in 0..3 {
+            cluster.members = (0..n)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    process: None,
+                })
+                .collect();
+            cluster.initial_cluster = cluster
+                .members
+                .iter()
+                .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+                .collect::<Vec<_>>()
+                .join(",");
+            for i in 0..n {
+                let _ = std::fs::remove_dir_all(cluster.data_dir(i));
+                cluster.launch(i, "new");
+            }
+            if cluster.came_up() {
+                return cluster;
+            }
+            for i in 0..n {
+                cluster.kill(i);
+            }
         }
-        cluster.wait_for_leader();
-        cluster
+        panic!("etcd did not start: {}", cluster.logs());
+    }
+
+    /// Waits until the members agree on a leader; false if one exited.
+    fn came_up(&mut self) -> bool {
+        let start = Instant::now();
+        while self.leader().is_none() {
+            let exited = self.members.iter_mut().any(|m| {
+                m.process
+                    .as_mut()
+                    .is_some_and(|p| p.try_wait().ok().flatten().is_some())
+            });
+            if exited {
+                return false;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "waited a minute for an etcd leader: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// What the members logged.
+    fn logs(&self) -> String {
+        let logs: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| {
+                let log = self.tmp.path().join(format!("{}.log", m.name));
+                std::fs::read_to_string(log).unwrap_or_default()
+            })
+            .collect();
+        logs.join("\n")
     }
 
     fn data_dir(&self, i: usize) -> PathBuf {
@@ -67,9 +127,21 @@ impl EtcdCluster {
     fn launch(&mut self, i: usize, state: &str) {
         let data_dir = self.data_dir(i);
         let member = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let client = self.url(i);
         let peer = format!("http://127.0.0.1:{}", member.peer_port);
-        let process = Command::new("etcd")
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join(format!("{}.log", member.name)))
+            .unwrap();
+        let mut etcd = Command::new("etcd");
+        if let Some(pki) = &self.tls {
+            etcd.args(["--cert-file", &pki.arg("server")])
+                .args(["--key-file", &pki.arg("server-key")])
+                .args(["--trusted-ca-file", &pki.arg("ca")])
+                .arg("--client-cert-auth");
+        }
+        let process = etcd
             .args(["--name", &member.name, "--data-dir"])
             .arg(&data_dir)
             .args([
@@ -89,7 +161,7 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", "lockd-test"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("etcd (tests/setup.sh installs it)");
         self.members[i].process = Some(process);
@@ -105,8 +177,18 @@ impl EtcdCluster {
         // The directory is not used; it only has to outlive the start.
         let (_tmp, dir) = temp_lock_dir();
         let urls = self.urls().join(",");
-        let mut all = vec!["--etcd", &urls];
-        all.extend_from_slice(args);
+        let mut all = vec!["--etcd".to_owned(), urls];
+        if let Some(pki) = &self.tls {
+            for (flag, file) in [
+                ("--etcd-ca", "ca"),
+                ("--etcd-cert", "client"),
+                ("--etcd-key", "client-key"),
+            ] {
+                all.extend([flag.to_owned(), pki.arg(file)]);
+            }
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
         TestServer::start_in(&dir, &all)
     }
 
@@ -116,7 +198,28 @@ impl EtcdCluster {
     }
 
     pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// The certificates of a cluster started with TLS.
+    pub fn pki(&self) -> &Pki {
+        self.tls.as_ref().expect("a cluster with TLS")
+    }
+
+    /// A client for members `urls` of this cluster.
+    pub fn client(&self, urls: &[String]) -> Etcd {
+        let tls = self.tls.as_ref().map(|pki| {
+            TlsFiles {
+                ca: Some(pki.file("ca")),
+                cert: Some(pki.file("client")),
+                key: Some(pki.file("client-key")),
+            }
+            .load()
+            .unwrap()
+            .unwrap()
+        });
+        Etcd::with_tls(urls, tls).unwrap()
     }
 
     /// `kill -9` of member `i`.
@@ -143,7 +246,7 @@ impl EtcdCluster {
 
     /// Member `i`'s status, if it answers within a second.
     fn status(&self, i: usize) -> Option<Status> {
-        let client = Etcd::new(&[self.url(i)]).ok()?;
+        let client = self.client(&[self.url(i)]);
         client.status(Instant::now() + Duration::from_secs(1)).ok()
     }
 

@@ -1,6 +1,7 @@
 //! `lockd import`: a lock directory's locks into an etcd cluster, for a
 //! move from one daemon to cluster mode.
 
+use super::etcd_args::EtcdArgs;
 use super::exit;
 use clap::Args;
 use std::path::PathBuf;
@@ -11,12 +12,9 @@ use std::time::{Duration, Instant};
 pub struct ImportArgs {
     /// The lock directory (stop the daemon serving it first).
     dir: PathBuf,
-    /// The etcd members' client URLs (`http://host:port`), comma-separated.
-    #[arg(long, env = "LOCKD_ETCD", value_delimiter = ',', required = true)]
-    etcd: Vec<String>,
-    /// The prefix of lockd's keys in etcd, as the hosts are given.
-    #[arg(long, env = "LOCKD_ETCD_PREFIX", default_value = "lockd/")]
-    etcd_prefix: String,
+    /// Where to: the etcd cluster and prefix the hosts are given.
+    #[command(flatten)]
+    etcd: EtcdArgs,
 }
 
 /// How long an import may take.
@@ -24,12 +22,14 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 pub fn import(args: &ImportArgs) -> ExitCode {
     let deadline = Instant::now() + DEADLINE;
-    let imported = match crate::cluster::import::from_dir(
-        &args.dir,
-        &args.etcd,
-        &args.etcd_prefix,
-        deadline,
-    ) {
+    if !args.etcd.given() {
+        eprintln!("lockd import: --etcd is missing: the etcd cluster to import into");
+        return ExitCode::from(exit::USAGE);
+    }
+    let imported = args.etcd.client().and_then(|etcd| {
+        crate::cluster::import::from_dir(&args.dir, etcd, &args.etcd.etcd_prefix, deadline)
+    });
+    let imported = match imported {
         Ok(imported) => imported,
         Err(e) => {
             eprintln!("lockd import: {e:#}");

@@ -2,6 +2,7 @@
 //! scripts, and `lockd run`.
 
 mod calls;
+mod etcd_args;
 mod import;
 mod run;
 mod serve;

@@ -1,5 +1,6 @@
 //! `lockd serve`: the daemon.
 
+use super::etcd_args::EtcdArgs;
 use crate::auth::Credentials;
 use crate::http::{self, ServeConfig};
 use crate::locks::{Durability, Lockd, Options};
@@ -59,14 +60,8 @@ pub struct ServeArgs {
     /// Without it, anyone who can connect may do anything.
     #[arg(long, env = "LOCKD_AUTH_FILE")]
     auth_file: Option<PathBuf>,
-    /// Cluster mode: keep the locks in the etcd cluster whose members'
-    /// client URLs (`http://host:port`) are given, comma-separated, instead
-    /// of in --dir. Any number of lockd hosts may serve the same cluster.
-    #[arg(long, env = "LOCKD_ETCD", value_delimiter = ',')]
-    etcd: Vec<String>,
-    /// Cluster mode: the prefix of lockd's keys in etcd.
-    #[arg(long, env = "LOCKD_ETCD_PREFIX", default_value = "lockd/")]
-    etcd_prefix: String,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Cluster mode: the most, in seconds, the hosts' clocks may differ; a
     /// lock whose lease ran out goes to another client only this much
     /// later.
@@ -95,7 +90,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_wait: Duration::from_secs_f64(args.max_wait),
         max_waiters: args.max_waiters,
     };
-    let lockd = if args.etcd.is_empty() {
+    let lockd = if !args.etcd.given() {
         let lockd = Lockd::open_with(&args.dir, &options)?;
         let report = lockd.open_report();
         tracing::info!(
@@ -110,7 +105,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         lockd
     } else {
         let skew = Duration::from_secs_f64(args.max_clock_skew);
-        Lockd::on_etcd(&args.etcd, &args.etcd_prefix, skew, &options)?
+        let etcd = args.etcd.client()?;
+        Lockd::on_etcd(etcd, &args.etcd.etcd_prefix, skew, &options)?
     };
     let lockd = Arc::new(lockd);
     let auth = match &args.auth_file {

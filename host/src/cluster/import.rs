@@ -135,13 +135,13 @@ impl Cluster {
 }
 
 /// Imports the lock directory `dir` (which no daemon may be serving) into
-/// the etcd cluster at `urls`, under `prefix`. The directory is read as
+/// the etcd cluster `etcd`, under `prefix`. The directory is read as
 /// `lockd serve` would open it (its journal replayed), and asked for one
 /// more token, larger than every token it issued: the token base. The
 /// directory is otherwise left as it was.
 pub fn from_dir(
     dir: &std::path::Path,
-    urls: &[String],
+    etcd: crate::etcd::Etcd,
     prefix: &str,
     deadline: Instant,
 ) -> anyhow::Result<Imported> {
@@ -160,7 +160,6 @@ pub fn from_dir(
         .context("taking a token from the directory")?;
     lockd.release(&probe, client, Some(above.token))?;
     drop(lockd);
-    let etcd = crate::etcd::Etcd::new(urls).map_err(anyhow::Error::msg)?;
     let runtime = crate::component::Runtime::new()?;
     let cluster = Cluster::new(
         etcd,

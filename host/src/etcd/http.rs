@@ -2,8 +2,11 @@
 //! to one etcd member's client port, within a deadline. Nothing here knows
 //! etcd's API.
 
+use super::tls::Transport;
+use rustls::ClientConfig;
 use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How far an exchange got before it failed: the caller must know whether
@@ -27,14 +30,18 @@ pub struct Answer {
 /// failure.
 pub struct Connection {
     authority: String,
-    stream: Option<BufReader<TcpStream>>,
+    /// TLS to the member, if its endpoint is `https://`.
+    tls: Option<Arc<ClientConfig>>,
+    stream: Option<BufReader<Transport>>,
 }
 
 impl Connection {
-    /// A connection to `authority` (`host:port`), not yet made.
-    pub fn new(authority: &str) -> Self {
+    /// A connection to `authority` (`host:port`), with `tls` if given,
+    /// not yet made.
+    pub fn new(authority: &str, tls: Option<Arc<ClientConfig>>) -> Self {
         Self {
             authority: authority.to_owned(),
+            tls,
             stream: None,
         }
     }
@@ -70,8 +77,11 @@ impl Connection {
             }
             other => other,
         };
+        // A write that failed left the request incomplete (bytes it could
+        // not hand to the kernel never left), and a member acts only on a
+        // whole request.
         if let Err(e) = sent {
-            return Err(Failure::NoAnswer(format!(
+            return Err(Failure::NotSent(format!(
                 "sending to {}: {e}",
                 self.authority
             )));
@@ -83,6 +93,10 @@ impl Connection {
                 }
                 Ok(answer)
             }
+            Err(e) if super::tls::handshake_refused(&e) => Err(Failure::NotSent(format!(
+                "{} refused the TLS handshake: {e}",
+                self.authority
+            ))),
             Err(e) => Err(Failure::NoAnswer(format!(
                 "reading {}'s answer: {e}",
                 self.authority
@@ -90,7 +104,7 @@ impl Connection {
         }
     }
 
-    fn connect(&self, deadline: Instant) -> Result<BufReader<TcpStream>, Failure> {
+    fn connect(&self, deadline: Instant) -> Result<BufReader<Transport>, Failure> {
         let not_sent =
             |e: String| Failure::NotSent(format!("connecting to {}: {e}", self.authority));
         let addr: SocketAddr = self
@@ -99,20 +113,30 @@ impl Connection {
             .map_err(|e| not_sent(e.to_string()))?
             .next()
             .ok_or_else(|| not_sent("no address".into()))?;
-        let left = left(deadline).map_err(not_sent)?;
+        let time = left(deadline).map_err(not_sent)?;
         let stream =
-            TcpStream::connect_timeout(&addr, left).map_err(|e| not_sent(e.to_string()))?;
+            TcpStream::connect_timeout(&addr, time).map_err(|e| not_sent(e.to_string()))?;
+        let left = left(deadline).map_err(not_sent)?;
         stream
             .set_nodelay(true)
+            .and_then(|()| stream.set_read_timeout(Some(left)))
+            .and_then(|()| stream.set_write_timeout(Some(left)))
             .map_err(|e| not_sent(e.to_string()))?;
-        Ok(BufReader::new(stream))
+        // A handshake that fails has sent nothing of a request.
+        let (host, _) = self
+            .authority
+            .rsplit_once(':')
+            .unwrap_or((&self.authority, ""));
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let transport = Transport::new(stream, self.tls.as_ref(), host).map_err(not_sent)?;
+        Ok(BufReader::new(transport))
     }
 }
 
 /// A streamed answer (chunked), read a line at a time as it comes: etcd's
 /// watch.
 pub struct Stream {
-    stream: TcpStream,
+    stream: Transport,
     /// Bytes read and not yet decoded.
     raw: Vec<u8>,
     /// Decoded body bytes not yet handed out as lines.
@@ -139,12 +163,13 @@ impl Stream {
     /// chunks.
     pub fn open(
         authority: &str,
+        tls: Option<Arc<ClientConfig>>,
         path: &str,
         headers: &str,
         body: &[u8],
         deadline: Instant,
     ) -> Result<Self, String> {
-        let connection = Connection::new(authority);
+        let connection = Connection::new(authority, tls);
         let stream = connection.connect(deadline).map_err(|f| match f {
             Failure::NotSent(why) | Failure::NoAnswer(why) => why,
         })?;
@@ -209,6 +234,7 @@ impl Stream {
             return Ok(false);
         };
         self.stream
+            .tcp()
             .set_read_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
         let mut buf = [0; 16 * 1024];
@@ -280,13 +306,13 @@ fn left(deadline: Instant) -> Result<Duration, String> {
 }
 
 fn send(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     head: &[u8],
     body: &[u8],
     deadline: Instant,
 ) -> std::io::Result<()> {
     let timeout = left(deadline).map_err(std::io::Error::other)?;
-    stream.set_write_timeout(Some(timeout))?;
+    stream.tcp().set_write_timeout(Some(timeout))?;
     stream.write_all(head)?;
     stream.write_all(body)?;
     stream.flush()
@@ -295,14 +321,14 @@ fn send(
 /// Reads one answer; returns it and whether the connection may be used
 /// again.
 fn read_answer(
-    stream: &mut BufReader<TcpStream>,
+    stream: &mut BufReader<Transport>,
     deadline: Instant,
 ) -> std::io::Result<(Answer, bool)> {
     let mut line = String::new();
-    let next_line = |stream: &mut BufReader<TcpStream>, line: &mut String| {
+    let next_line = |stream: &mut BufReader<Transport>, line: &mut String| {
         line.clear();
         let timeout = left(deadline).map_err(std::io::Error::other)?;
-        stream.get_mut().set_read_timeout(Some(timeout))?;
+        stream.get_ref().tcp().set_read_timeout(Some(timeout))?;
         if stream.read_line(line)? == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -339,7 +365,7 @@ fn read_answer(
     }
     let mut body = Vec::new();
     let timeout = left(deadline).map_err(std::io::Error::other)?;
-    stream.get_mut().set_read_timeout(Some(timeout))?;
+    stream.get_ref().tcp().set_read_timeout(Some(timeout))?;
     if chunked {
         loop {
             next_line(stream, &mut line)?;
@@ -421,7 +447,7 @@ mod tests {
                 .unwrap();
         });
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut stream = Stream::open(&addr, "/w", "", b"{}", deadline).unwrap();
+        let mut stream = Stream::open(&addr, None, "/w", "", b"{}", deadline).unwrap();
         // Half a line so far: nothing yet.
         let soon = Instant::now() + Duration::from_millis(50);
         assert_eq!(stream.next_line(soon), Ok(None));
@@ -441,7 +467,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3\r\n1}\n\r\n0\r\nGrpc-Trailer-X: y\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
         ]);
-        let mut connection = Connection::new(&addr);
+        let mut connection = Connection::new(&addr, None);
         let deadline = Instant::now() + Duration::from_secs(5);
         let first = connection.post("/x", "", b"{}", deadline).unwrap();
         assert_eq!(

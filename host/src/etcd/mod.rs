@@ -8,14 +8,18 @@
 //! refuses at once instead of waiting for a leader.
 
 mod http;
+mod tls;
 mod watch;
 pub mod wire;
 
 use http::{Connection, Failure};
+use rustls::ClientConfig;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+pub use tls::TlsFiles;
 pub use watch::{Changes, Watch};
 pub use wire::{Compare, KeyValue, Op, OpResult, Target, TxnResult};
 
@@ -67,6 +71,7 @@ pub struct Etcd {
 
 struct Member {
     authority: String,
+    tls: Option<Arc<ClientConfig>>,
     /// Idle kept-alive connections.
     idle: Mutex<Vec<Connection>>,
 }
@@ -82,21 +87,35 @@ const ELECTION: Duration = Duration::from_secs(2);
 impl Etcd {
     /// A client for the members at `urls` (`http://host:port`).
     pub fn new(urls: &[String]) -> Result<Self, String> {
+        Self::with_tls(urls, None)
+    }
+
+    /// A client for the members at `urls`: `https://host:port` with `tls`,
+    /// `http://host:port` without.
+    pub fn with_tls(urls: &[String], tls: Option<Arc<ClientConfig>>) -> Result<Self, String> {
         if urls.is_empty() {
             return Err("no etcd endpoint given".into());
         }
+        let scheme = if tls.is_some() { "https://" } else { "http://" };
         let members = urls
             .iter()
             .map(|url| {
                 let authority = url
-                    .strip_prefix("http://")
-                    .ok_or_else(|| format!("{url:?}: only http:// etcd endpoints are supported"))?
+                    .strip_prefix(scheme)
+                    .ok_or_else(|| match &tls {
+                        Some(_) => format!("{url:?}: with TLS to etcd, endpoints are https://"),
+                        None if url.starts_with("https://") => {
+                            format!("{url:?}: https:// endpoints need --etcd-ca")
+                        }
+                        None => format!("{url:?} is not http://host:port"),
+                    })?
                     .trim_end_matches('/');
                 if authority.is_empty() || authority.contains('/') {
-                    return Err(format!("{url:?} is not http://host:port"));
+                    return Err(format!("{url:?} is not {scheme}host:port"));
                 }
                 Ok(Member {
                     authority: authority.to_owned(),
+                    tls: tls.clone(),
                     idle: Mutex::new(Vec::new()),
                 })
             })
@@ -109,6 +128,20 @@ impl Etcd {
             failed_tries: AtomicU64::new(0),
             watched: AtomicUsize::new(0),
         })
+    }
+
+    /// The members' URLs, comma-separated, for people.
+    pub fn endpoints(&self) -> String {
+        let scheme = match self.members.first().is_some_and(|m| m.tls.is_some()) {
+            true => "https",
+            false => "http",
+        };
+        let urls: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{scheme}://{}", m.authority))
+            .collect();
+        urls.join(", ")
     }
 
     /// The same client, giving each member `limit` per try.
@@ -313,7 +346,8 @@ impl Member {
     /// One try: the answer's JSON, or why there is none.
     fn post(&self, path: &str, body: &[u8], deadline: Instant) -> Result<Value, EtcdError> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut connection = idle.unwrap_or_else(|| Connection::new(&self.authority));
+        let mut connection =
+            idle.unwrap_or_else(|| Connection::new(&self.authority, self.tls.clone()));
         let answer = connection
             .post(path, "Grpc-Metadata-hasleader: true\r\n", body, deadline)
             .map_err(|failure| match failure {

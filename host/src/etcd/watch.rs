@@ -40,6 +40,7 @@ impl Etcd {
         let member = self.next_member();
         let stream = Stream::open(
             &member.authority,
+            member.tls.clone(),
             "/v3/watch",
             "Grpc-Metadata-hasleader: true\r\n",
             body.as_bytes(),
