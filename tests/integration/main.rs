@@ -27,6 +27,7 @@ mod names;
 mod observability;
 mod pki;
 mod protocol;
+mod python;
 mod restart;
 mod run;
 mod shutdown;

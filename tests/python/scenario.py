@@ -8,16 +8,10 @@ lines.
 import sys
 import xmlrpc.client
 
+from gocept_doctest import STEPS
+
 servers = [xmlrpc.client.ServerProxy(url) for url in sys.argv[1:]]
-steps = [
-    ("lock", "resource1", "client1"),
-    ("lock", "resource1", "client2"),
-    ("lock", "resource2", "client2"),
-    ("unlock", "resource1", "client2"),
-    ("unlock", "resource1", "client1"),
-    ("unlock", "resource1", "client1"),
-]
-for i, (method, resource, client) in enumerate(steps):
+for i, (method, resource, client) in enumerate(STEPS):
     server = servers[i % len(servers)]
     try:
         outcome = repr(getattr(server, method)(resource, client))
