@@ -38,7 +38,7 @@ __all__ = [
     "StorageError",
 ]
 
-INTERFACE = "lockd:lockd/locks@0.2.0"
+INTERFACE = "lockd:lockd/locks@0.3.0"
 
 
 class LockError(Exception):

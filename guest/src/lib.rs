@@ -144,7 +144,17 @@ impl From<wit::Request> for Request {
                 token: r.token,
             },
             wit::Request::BreakLock(resource) => Request::Break { resource },
-            wit::Request::List(prefix) => Request::List { prefix },
+            wit::Request::List(prefix) => Request::List {
+                prefix,
+                after: None,
+                limit: None,
+            },
+            wit::Request::ListPage(page) => Request::List {
+                prefix: page.prefix,
+                after: page.after,
+                limit: page.limit,
+            },
+            wit::Request::Count(prefix) => Request::Count { prefix },
             wit::Request::Sweep => Request::Sweep,
         }
     }
@@ -159,6 +169,7 @@ impl From<Reply> for wit::Reply {
             Reply::Status(info) => wit::Reply::Status(info.map(Into::into)),
             Reply::Valid(valid) => wit::Reply::Valid(valid),
             Reply::Locks(locks) => wit::Reply::Locks(locks.into_iter().map(Into::into).collect()),
+            Reply::Count(n) => wit::Reply::Count(n),
             Reply::Swept(swept) => wit::Reply::Swept(wit::Swept {
                 expired: swept.expired.into_iter().map(Into::into).collect(),
                 available: swept.available,
@@ -257,7 +268,10 @@ impl wit::Guest for Component {
         lock_delay_ms: u64,
     ) -> Result<wit::Decision, wit::LockError> {
         let request = Request::from(request);
-        if matches!(request, Request::List { .. } | Request::Sweep) {
+        if matches!(
+            request,
+            Request::List { .. } | Request::Count { .. } | Request::Sweep
+        ) {
             return Err(wit::LockError::InvalidName(
                 "decide takes requests about one resource, not list or sweep".into(),
             ));

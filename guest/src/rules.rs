@@ -207,7 +207,7 @@ pub fn decide(
                 effect: Effect::Break(Cooling::until(held.client.clone(), now_ms + lock_delay_ms)),
             })
         }
-        Request::List { .. } | Request::Sweep => {
+        Request::List { .. } | Request::Count { .. } | Request::Sweep => {
             unreachable!("list and sweep concern more than one resource")
         }
     }

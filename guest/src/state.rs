@@ -88,6 +88,11 @@ pub enum Request {
     },
     List {
         prefix: String,
+        after: Option<String>,
+        limit: Option<u32>,
+    },
+    Count {
+        prefix: String,
     },
     Sweep,
 }
@@ -101,6 +106,7 @@ pub enum Reply {
     Status(Option<LockInfo>),
     Valid(bool),
     Locks(Vec<LockInfo>),
+    Count(u64),
     Swept(Swept),
 }
 

@@ -16,7 +16,18 @@ impl State {
         now_ms: u64,
     ) -> Result<(Reply, Vec<Step>), Error> {
         let resource = match &request {
-            Request::List { prefix } => return Ok((self.list(prefix, now_ms), Vec::new())),
+            Request::List {
+                prefix,
+                after,
+                limit,
+            } => {
+                let page = self.list(prefix, after.as_deref(), *limit, now_ms);
+                return Ok((page, Vec::new()));
+            }
+            Request::Count { prefix } => {
+                let count = self.running(prefix, None, now_ms).count();
+                return Ok((Reply::Count(count as u64), Vec::new()));
+            }
             Request::Sweep => return Ok(self.sweep(now_ms)),
             Request::Lock { resource, .. }
             | Request::Unlock { resource, .. }
@@ -93,16 +104,37 @@ impl State {
         }
     }
 
-    /// The running locks whose resource starts with `prefix`, by resource.
-    fn list(&self, prefix: &str, now_ms: u64) -> Reply {
-        let mut locks: Vec<LockInfo> = self
-            .held
-            .values()
-            .filter(|h| h.info.resource.starts_with(prefix) && !h.info.expired(now_ms))
-            .map(|h| h.info.clone())
-            .collect();
-        locks.sort_by(|a, b| a.resource.cmp(&b.resource));
-        Reply::Locks(locks)
+    /// The running locks whose resource starts with `prefix` and sorts
+    /// after `after`.
+    fn running<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        now_ms: u64,
+    ) -> impl Iterator<Item = &'a LockInfo> {
+        self.held.values().map(|h| &h.info).filter(move |info| {
+            info.resource.starts_with(prefix)
+                && after.is_none_or(|after| info.resource.as_str() > after)
+                && !info.expired(now_ms)
+        })
+    }
+
+    /// The first `limit` (all, if none) of those, by resource: one pass
+    /// over the table, sorting only the page.
+    fn list(&self, prefix: &str, after: Option<&str>, limit: Option<u32>, now_ms: u64) -> Reply {
+        let mut locks: Vec<&LockInfo> = self.running(prefix, after, now_ms).collect();
+        let by_resource = |a: &&LockInfo, b: &&LockInfo| a.resource.cmp(&b.resource);
+        if let Some(limit) = limit.map(|l| l as usize)
+            && locks.len() > limit
+        {
+            if limit == 0 {
+                return Reply::Locks(Vec::new());
+            }
+            locks.select_nth_unstable_by(limit - 1, by_resource);
+            locks.truncate(limit);
+        }
+        locks.sort_unstable_by(by_resource);
+        Reply::Locks(locks.into_iter().cloned().collect())
     }
 
     /// Removes the expired leases and ends the lock-delays that are over.

@@ -24,8 +24,8 @@ mod bindings {
 
 pub use bindings::exports::lockd::lockd::locks::{
     AcquireRequest, CheckRequest, Decision, DirectoryHealth, Durability, Effect, HeldLock,
-    LockDelay, LockError as GuestError, LockInfo, LockRequest, OpenReport, Options, ReleaseRequest,
-    RenewRequest, Reply, Request, ResourceView,
+    ListRequest, LockDelay, LockError as GuestError, LockInfo, LockRequest, OpenReport, Options,
+    ReleaseRequest, RenewRequest, Reply, Request, ResourceView,
 };
 
 /// The component exactly as `lockd` runs it (`wasm32-wasip2`, built from

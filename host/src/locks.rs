@@ -5,8 +5,8 @@ use crate::backend::{Backend, Terms};
 pub use crate::commit::Presence;
 use crate::commit::{Engine, Then};
 use crate::component::{
-    AcquireRequest, CheckRequest, Durability as GuestDurability, Instance, LockRequest,
-    Options as GuestOptions, ReleaseRequest, RenewRequest, Reply, Request, Runtime,
+    AcquireRequest, CheckRequest, Durability as GuestDurability, Instance, ListRequest,
+    LockRequest, Options as GuestOptions, ReleaseRequest, RenewRequest, Reply, Request, Runtime,
 };
 use crate::error::LockError;
 use crate::guard::DirGuard;
@@ -314,6 +314,34 @@ impl Lockd {
     pub fn list(&self, prefix: &str) -> Result<Vec<Lock>, LockError> {
         match self.submit(Request::List(prefix.to_owned()), Terms::once())? {
             Reply::Locks(locks) => Ok(locks),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// One page of those: the first `limit` whose resource sorts after
+    /// `after` (if given). Pass a page's last resource as `after` for the
+    /// next.
+    pub fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Lock>, LockError> {
+        let page = ListRequest {
+            prefix: prefix.to_owned(),
+            after: after.map(str::to_owned),
+            limit: Some(limit),
+        };
+        match self.submit(Request::ListPage(page), Terms::once())? {
+            Reply::Locks(locks) => Ok(locks),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// How many locks are held whose resource starts with `prefix`.
+    pub fn count(&self, prefix: &str) -> Result<u64, LockError> {
+        match self.submit(Request::Count(prefix.to_owned()), Terms::once())? {
+            Reply::Count(n) => Ok(n),
             other => Err(unexpected(&other)),
         }
     }

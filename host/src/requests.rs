@@ -8,7 +8,12 @@ use crate::component::Request;
 pub fn changes(request: &Request) -> bool {
     !matches!(
         request,
-        Request::Holder(_) | Request::Status(_) | Request::Check(_) | Request::List(_)
+        Request::Holder(_)
+            | Request::Status(_)
+            | Request::Check(_)
+            | Request::List(_)
+            | Request::ListPage(_)
+            | Request::Count(_)
     )
 }
 
@@ -38,7 +43,7 @@ pub fn resource(request: &Request) -> Option<&str> {
         Request::Release(r) => Some(&r.resource),
         Request::Renew(r) => Some(&r.resource),
         Request::Check(r) => Some(&r.resource),
-        Request::List(_) | Request::Sweep => None,
+        Request::List(_) | Request::ListPage(_) | Request::Count(_) | Request::Sweep => None,
     }
 }
 

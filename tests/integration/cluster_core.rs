@@ -312,7 +312,7 @@ fn a_list_of_thousands_of_locks_is_read_in_pages_of_one_revision() {
         });
         for _ in 0..5 {
             let before = requests(&a);
-            let listed = a.list("held-", soon()).unwrap();
+            let listed = a.list("held-", None, None, soon()).unwrap();
             assert!(
                 requests(&a) - before >= 3,
                 "2,500 locks read in one request"

@@ -21,6 +21,7 @@ mod faults;
 mod fencing;
 mod hostile;
 mod jco;
+mod large;
 mod legacy;
 mod limits;
 mod names;

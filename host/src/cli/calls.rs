@@ -189,17 +189,49 @@ pub fn status(args: &StatusArgs) -> ExitCode {
     }
 }
 
+/// Locks asked for per call by `lockd list`.
+const LIST_PAGE: i32 = 1000;
+
+/// Lists the locks page by page, printing each page as it comes (with
+/// `--json`, one array at the end).
 pub fn list(args: &ListArgs) -> ExitCode {
-    let params = [args.prefix.as_str().into()];
-    outcome(call(&args.daemon, "lockd.list", &params).map(|locks| {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut options = vec![("limit".to_owned(), Value::Int(LIST_PAGE))];
+        if let Some(after) = &after {
+            options.push(("after".to_owned(), after.as_str().into()));
+        }
+        let params = [args.prefix.as_str().into(), Value::Struct(options)];
+        let page = match call(&args.daemon, "lockd.list", &params) {
+            Ok(Value::Array(page)) => page,
+            Ok(other) => {
+                eprintln!("lockd: lockd.list answered {other:?}");
+                return ExitCode::from(exit::SOFTWARE);
+            }
+            Err(code) => return ExitCode::from(code),
+        };
+        let last = page
+            .last()
+            .and_then(|l| l.member("resource"))
+            .and_then(Value::as_str);
+        after = last.map(str::to_owned);
+        let full = page.len() == LIST_PAGE as usize;
         if args.json {
-            print_json(&locks);
-        } else if let Value::Array(locks) = &locks {
-            for lock in locks {
+            all.extend(page);
+        } else {
+            for lock in &page {
                 println!("{}", lock_line(lock));
             }
         }
-    }))
+        if !full || after.is_none() {
+            break;
+        }
+    }
+    if args.json {
+        print_json(&Value::Array(all));
+    }
+    ExitCode::SUCCESS
 }
 
 pub fn break_lock(args: &BreakArgs) -> ExitCode {

@@ -116,17 +116,32 @@ impl Cluster {
     /// The running locks whose resource starts with `prefix`, by resource:
     /// read in pages of [`LIST_PAGE`] keys, all at the revision of the
     /// first (read linearizably), so the list is one moment's.
-    pub fn list(&self, prefix: &str, deadline: Instant) -> Result<Vec<LockInfo>, ClusterError> {
+    /// Of those, the first `limit` (all, if none) whose resource sorts
+    /// after `after` (if given).
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<u32>,
+        deadline: Instant,
+    ) -> Result<Vec<LockInfo>, ClusterError> {
         let mut from = self.key("lock/", prefix);
         let end = crate::etcd::wire::prefix_end(&from);
+        if let Some(after) = after {
+            let mut next = self.key("lock/", after);
+            next.push(0);
+            from = from.max(next);
+        }
         let skip = self.key("lock/", "").len();
         let now = now_ms();
+        let limit = limit.map_or(usize::MAX, |l| l as usize);
         let mut locks = Vec::new();
         let mut revision = 0;
-        loop {
+        while locks.len() < limit && from < end {
+            let want = LIST_PAGE.min(limit - locks.len());
             let (kvs, read, more) = self
                 .etcd
-                .range_page(&from, &end, revision, LIST_PAGE, deadline)
+                .range_page(&from, &end, revision, want, deadline)
                 .map_err(not_applied)?;
             revision = read;
             self.take_locks(&kvs, skip, now, &mut locks)?;
@@ -136,9 +151,10 @@ impl Cluster {
                     from = last.key.clone();
                     from.push(0);
                 }
-                _ => return Ok(locks),
+                _ => break,
             }
         }
+        Ok(locks)
     }
 
     /// The running locks of the records `kvs` (keys `skip` bytes longer

@@ -47,7 +47,18 @@ impl Inner {
         // (No sweep is ever asked for: expired leases are judged when
         // read. One would be refused as not about one resource.)
         let result = match request {
-            Request::List(prefix) => self.cluster.list(prefix, deadline).map(Reply::Locks),
+            Request::List(prefix) => self
+                .cluster
+                .list(prefix, None, None, deadline)
+                .map(Reply::Locks),
+            Request::ListPage(page) => self
+                .cluster
+                .list(&page.prefix, page.after.as_deref(), page.limit, deadline)
+                .map(Reply::Locks),
+            Request::Count(prefix) => self
+                .cluster
+                .list(prefix, None, None, deadline)
+                .map(|locks| Reply::Count(locks.len() as u64)),
             _ => self.cluster.call(request, request_id, deadline),
         };
         result.map_err(|e| lock_error(request, e))

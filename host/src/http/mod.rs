@@ -302,7 +302,7 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
             Ok(body) => return call(shared, request, &body, role, taken),
             Err(answer) => answer,
         },
-        (Method::Get | Method::Head, "/") => status_page(lockd),
+        (Method::Get | Method::Head, "/") => status_page(lockd, request.url()),
         (Method::Get | Method::Head, "/metrics") => match lockd.metrics_text() {
             Ok(text) => Answer::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
             Err(e) => Answer::text(503, format!("{e}\n")),
@@ -372,18 +372,27 @@ impl rpc::Later for Waiting {
     }
 }
 
-fn status_page(lockd: &Lockd) -> Answer {
-    match lockd.list("") {
-        Ok(locks) => {
+/// The status page for `url`: its query may name a `prefix` and a page
+/// (`after`).
+fn status_page(lockd: &Lockd, url: &str) -> Answer {
+    let query = status_page::Query::parse(url.split_once('?').map_or("", |(_, q)| q));
+    let page = lockd.count(&query.prefix).and_then(|total| {
+        let locks = lockd.list_page(&query.prefix, query.after.as_deref(), status_page::ROWS)?;
+        Ok((total, locks))
+    });
+    match page {
+        Ok((total, locks)) => {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let location = lockd.location().to_owned();
-            Answer::new(
-                200,
-                "text/html; charset=utf-8",
-                status_page::render(&locks, &location, now_ms),
-            )
+            let page = status_page::Page {
+                locks: &locks,
+                total,
+                query: &query,
+                location: lockd.location(),
+                now_ms,
+            };
+            Answer::new(200, "text/html; charset=utf-8", page.render())
         }
         Err(e) => Answer::text(503, format!("{e}\n")),
     }

@@ -51,9 +51,16 @@ pub const METHODS: &[Method] = &[
     },
     Method {
         name: "lockd.list",
-        signatures: &[&["array"], &["array", "string"]],
-        help: "lockd.list([prefix]): the held locks whose resource starts with prefix, \
-               sorted by resource, each as lockd.status returns it.",
+        signatures: &[
+            &["array"],
+            &["array", "string"],
+            &["array", "string", "struct"],
+        ],
+        help: "lockd.list([prefix[, options]]): the held locks whose resource starts with \
+               prefix, sorted by resource, each as lockd.status returns it. options: limit \
+               (at most this many), after (only resources sorting after this one: pass a \
+               page's last resource for the next page), count (true: return how many, an int, \
+               instead).",
     },
     Method {
         name: "lockd.release",

@@ -5,7 +5,7 @@
 use super::params::{Params, seconds};
 use crate::auth::Role;
 use crate::backend::Terms;
-use crate::component::{CheckRequest, Reply, Request};
+use crate::component::{CheckRequest, ListRequest, Reply, Request};
 use crate::error::{LockError, code};
 use crate::locks::{self, Acquire, Lock, Lockd};
 use crate::xmlrpc::{Fault, MethodCall, Value};
@@ -86,12 +86,26 @@ pub fn op(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Option<Op>, Fa
             )
         }
         "lockd.list" => {
-            let p = Params::new(call, "([prefix])", 0, 1)?;
-            let request = Request::List(p.string_or(0, "prefix", "")?.to_owned());
+            let p = Params::new(call, "([prefix[, options]])", 0, 2)?;
+            let prefix = p.string_or(0, "prefix", "")?.to_owned();
+            let (page, count) = list_options(&p)?;
+            let request = match (page, count) {
+                (_, true) => Request::Count(prefix),
+                (Some((after, limit)), false) => Request::ListPage(ListRequest {
+                    prefix,
+                    after,
+                    limit,
+                }),
+                (None, false) => Request::List(prefix),
+            };
             op(
                 request,
                 Box::new(|reply| match reply {
                     Reply::Locks(locks) => Ok(Value::Array(locks.iter().map(lock_value).collect())),
+                    Reply::Count(n) => Ok(match i32::try_from(n) {
+                        Ok(n) => Value::Int(n),
+                        Err(_) => Value::I8(n as i64),
+                    }),
                     other => Err(locks::unexpected(&other)),
                 }),
             )
@@ -131,6 +145,41 @@ pub fn op(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Option<Op>, Fa
         }
         _ => Ok(None),
     }
+}
+
+/// `lockd.list`'s options: a page (`after`, `limit`) if either is given,
+/// and whether to count instead.
+type ListOptions = (Option<(Option<String>, Option<u32>)>, bool);
+
+fn list_options(p: &Params) -> Result<ListOptions, Fault> {
+    let (mut after, mut limit, mut count) = (None, None, false);
+    for (name, value) in p
+        .options(1, &["after", "limit", "count"])?
+        .unwrap_or_default()
+    {
+        match (name.as_str(), value) {
+            (_, Value::Nil) => {}
+            ("after", Value::String(s)) => after = Some(s.clone()),
+            ("limit", value) => {
+                let n = value.as_i64().and_then(|n| u32::try_from(n).ok());
+                limit = Some(n.ok_or_else(|| {
+                    p.wrong(format!(
+                        "limit must be a whole number from 0, got {value:?}"
+                    ))
+                })?);
+            }
+            ("count", Value::Bool(b)) => count = *b,
+            (name, other) => {
+                return Err(p.wrong(format!(
+                    "{name} must be a {}, got {}",
+                    if name == "after" { "string" } else { "boolean" },
+                    other.type_name()
+                )));
+            }
+        }
+    }
+    let page = (after.is_some() || limit.is_some()).then_some((after, limit));
+    Ok((page, count))
 }
 
 fn acquire_options(p: &Params) -> Result<Acquire, Fault> {
