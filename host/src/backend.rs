@@ -1,5 +1,5 @@
 //! Where [`Lockd`](crate::Lockd) keeps its locks: a lock directory (the
-//! commit engine and the component's files) or an etcd cluster. Both take
+//! committer and the component's files) or an etcd cluster. Both take
 //! the component's requests and give its replies.
 
 use crate::commit::{Presence, Then};

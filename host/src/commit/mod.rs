@@ -1,7 +1,7 @@
-//! The engine behind [`Lockd`](crate::Lockd): group commit (concurrent
-//! requests share one guest call and one sync), the queues of clients
-//! waiting for a lock, and the timer that ends their waits and sweeps
-//! expired leases. The lock rules themselves are the component's.
+//! Directory mode behind [`Lockd`](crate::Lockd), the [`Committer`]: group
+//! commit (concurrent requests share one guest call and one sync), the
+//! queues of clients waiting for a lock, and the timer that ends their
+//! waits and sweeps expired leases. The lock rules themselves are the component's.
 
 mod queue;
 
@@ -38,8 +38,8 @@ struct Live {
     lost: Option<String>,
 }
 
-/// The engine of one open lock directory.
-pub struct Engine {
+/// The committer of one open lock directory.
+pub struct Committer {
     dir: PathBuf,
     lock_delay: Duration,
     /// The most clients that may wait at once, for all resources.
@@ -54,7 +54,7 @@ pub struct Engine {
     timer: Condvar,
 }
 
-impl Engine {
+impl Committer {
     pub fn new(
         dir: PathBuf,
         lock_delay: Duration,
@@ -547,25 +547,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 // (A request id is for a client that cannot tell whether its call
 // happened; here every call's answer is sure.)
-impl crate::backend::Backend for Engine {
+impl crate::backend::Backend for Committer {
     fn submit(&self, request: Request, terms: Terms) -> Result<Reply, LockError> {
-        Engine::submit(self, request, terms.deadline)
+        Committer::submit(self, request, terms.deadline)
     }
 
     fn submit_then(&self, request: Request, terms: Terms, present: Option<Presence>, then: Then) {
-        Engine::submit_then(self, request, terms.deadline, present, then);
+        Committer::submit_then(self, request, terms.deadline, present, then);
     }
 
     fn waiters(&self) -> usize {
-        Engine::waiters(self)
+        Committer::waiters(self)
     }
 
     fn stop_waiting(&self) {
-        Engine::stop_waiting(self);
+        Committer::stop_waiting(self);
     }
 
     fn stop(&self) {
-        Engine::stop(self);
+        Committer::stop(self);
     }
 
     /// Whether changes can be stored and the lock files are up to date: a

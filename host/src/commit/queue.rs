@@ -1,4 +1,4 @@
-//! The queue of the commit engine: requests waiting for the next batch,
+//! The committer's queue: requests waiting for the next batch,
 //! clients waiting in line for a lock, and results waiting for their caller.
 
 use crate::component::{Reply, Request};
@@ -65,7 +65,7 @@ impl Pending {
 
 /// Who takes a result.
 pub(super) enum Taker {
-    /// A thread waiting in [`Engine::submit`], woken by name.
+    /// A thread waiting in [`Committer::submit`], woken by name.
     Wake(Thread),
     /// A function, called by the thread that has the result.
     Call(Then),
