@@ -6,6 +6,7 @@ mod dir;
 mod journal;
 mod lease;
 mod name;
+mod request;
 mod rules;
 mod state;
 mod table;

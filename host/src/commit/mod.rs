@@ -3,16 +3,18 @@
 //! queues of clients waiting for a lock, and the timer that ends their
 //! waits and sweeps expired leases. The lock rules themselves are the component's.
 
+mod backend;
+mod live;
 mod queue;
+mod timer;
 
-use crate::backend::Terms;
-use crate::component::{DirectoryHealth, Instance, Reply, Request, Runtime};
+use crate::component::{Instance, Reply, Request, Runtime};
 use crate::error::LockError;
 use crate::metrics::Metrics;
-use crate::requests::{changes, reentrant, taken};
+use crate::requests::{reentrant, taken};
 pub use queue::Presence;
 use queue::{Deliveries, Line, Pending, Queue, Taker};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -364,239 +366,8 @@ impl Committer {
         }
         false
     }
-
-    /// One guest call for `batch`. A trap poisons an instance, so it is
-    /// replaced (reopening the directory) before the error is reported.
-    fn run(&self, batch: &[Request]) -> Vec<Result<Reply, LockError>> {
-        let mut live = lock(&self.instance);
-        if let Err(lost) = self.revive(&mut live) {
-            return vec![Err(LockError::Internal(lost)); batch.len()];
-        }
-        let start = Instant::now();
-        let applied = live.instance.apply(batch);
-        if batch.iter().any(changes) {
-            self.metrics
-                .commit_seconds
-                .observe(start.elapsed().as_secs_f64());
-        }
-        self.metrics.batch_size.observe(batch.len() as f64);
-        match applied {
-            Ok(results) => batch
-                .iter()
-                .zip(results)
-                .map(|(request, result)| result.map_err(|e| LockError::for_request(request, e)))
-                .collect(),
-            Err(trap) => {
-                let error = LockError::Internal(format!("{trap:#}"));
-                self.replace_trapped(&mut live, &trap);
-                vec![Err(error); batch.len()]
-            }
-        }
-    }
-
-    /// Reopens the directory in place of an instance that trapped; if that
-    /// fails, the instance is lost until [`revive`](Self::revive) succeeds.
-    fn replace_trapped(&self, live: &mut Live, trap: &wasmtime::Error) {
-        tracing::error!("lock component trapped: {trap:?}");
-        live.lost = Some(format!("the lock component trapped ({trap:#})"));
-        if let Err(e) = self.revive(live) {
-            tracing::error!("{e}");
-        }
-    }
-
-    /// Makes sure the instance is usable: one lost after a trap is opened
-    /// again (every call tries, until one succeeds).
-    fn revive(&self, live: &mut Live) -> Result<(), String> {
-        let Some(lost) = &live.lost else {
-            return Ok(());
-        };
-        match (self.reopen)(&self.runtime, &self.dir) {
-            Ok(fresh) => {
-                live.instance = fresh;
-                live.lost = None;
-                tracing::info!("lock component opened again");
-                Ok(())
-            }
-            Err(e) => Err(format!("{lost}, and opening it again failed: {e:#}")),
-        }
-    }
-
-    /// How the lock directory is kept: the component's problems, or why
-    /// there is no usable component. Retries what failed first.
-    fn component_health(&self) -> Result<DirectoryHealth, String> {
-        let mut live = lock(&self.instance);
-        self.revive(&mut live)?;
-        match live.instance.health() {
-            Ok(health) => Ok(health),
-            Err(trap) => {
-                let error = format!("the lock component trapped: {trap:#}");
-                self.replace_trapped(&mut live, &trap);
-                Err(error)
-            }
-        }
-    }
-
-    /// The timer: ends waits whose time is up and sweeps when a lease or
-    /// lock-delay ends. Returns when [`stop`](Self::stop) is called.
-    pub fn run_timer(&self) {
-        let mut queue = lock(&self.queue);
-        let mut asked = Instant::now();
-        loop {
-            if queue.stopping {
-                return;
-            }
-            let now = Instant::now();
-            if queue.waiting > 0 && now >= asked + ASK_EVERY {
-                queue = self.drop_gone_waiters(queue);
-                asked = Instant::now();
-                continue;
-            }
-            let mut out = Deliveries::default();
-            let timed_out = |p: &Pending| p.deadline.is_some_and(|d| d <= now);
-            queue.end_waits(timed_out, &LockError::WaitTimedOut, &mut out);
-            let sweep = queue.sweep_at.is_some_and(|at| at <= now);
-            if sweep {
-                queue.sweep_at = None;
-            }
-            if sweep || !out.calls.is_empty() {
-                drop(queue);
-                out.run();
-                if sweep {
-                    self.submit_then(Request::Sweep, None, None, Box::new(drop));
-                }
-                queue = lock(&self.queue);
-                continue;
-            }
-            let first_deadline = queue
-                .lines
-                .values()
-                .flat_map(|line| line.waiters.iter().filter_map(|p| p.deadline))
-                .min();
-            let ask = (queue.waiting > 0).then_some(asked + ASK_EVERY);
-            let wake = [queue.sweep_at, first_deadline, ask]
-                .into_iter()
-                .flatten()
-                .min();
-            queue = match wake {
-                Some(at) => {
-                    let wait = at.saturating_duration_since(now);
-                    self.timer
-                        .wait_timeout(queue, wait)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-                None => self.timer.wait(queue).unwrap_or_else(|p| p.into_inner()),
-            };
-        }
-    }
-
-    /// Ends the waits of callers no longer there: asks each waiter's
-    /// caller (without holding the queue) and takes those gone out of
-    /// their lines.
-    fn drop_gone_waiters<'a>(&'a self, queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
-        let asks: Vec<(u64, Presence)> = queue
-            .lines
-            .values()
-            .flat_map(|line| &line.waiters)
-            .filter_map(|p| Some((p.ticket, p.present.clone()?)))
-            .collect();
-        drop(queue);
-        let gone: HashSet<u64> = asks
-            .into_iter()
-            .filter(|(_, present)| !present())
-            .map(|(ticket, _)| ticket)
-            .collect();
-        let mut queue = lock(&self.queue);
-        if gone.is_empty() {
-            return queue;
-        }
-        let mut out = Deliveries::default();
-        let left = |p: &Pending| gone.contains(&p.ticket);
-        queue.end_waits(left, &LockError::CallerGone, &mut out);
-        drop(queue);
-        out.run();
-        lock(&self.queue)
-    }
-
-    /// Clients waiting for a lock now.
-    pub fn waiters(&self) -> usize {
-        lock(&self.queue).waiting
-    }
-
-    /// Ends every wait for a lock with [`LockError::ShuttingDown`], and
-    /// refuses waits from now on.
-    pub fn stop_waiting(&self) {
-        let mut out = Deliveries::default();
-        let mut queue = lock(&self.queue);
-        queue.refuse_waits = true;
-        queue.end_waits(|_| true, &LockError::ShuttingDown, &mut out);
-        drop(queue);
-        out.run();
-    }
-
-    /// Makes [`run_timer`](Self::run_timer) return.
-    pub fn stop(&self) {
-        lock(&self.queue).stopping = true;
-        self.timer.notify_all();
-    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-// (A request id is for a client that cannot tell whether its call
-// happened; here every call's answer is sure.)
-impl crate::backend::Backend for Committer {
-    fn submit(&self, request: Request, terms: Terms) -> Result<Reply, LockError> {
-        Committer::submit(self, request, terms.deadline)
-    }
-
-    fn submit_then(&self, request: Request, terms: Terms, present: Option<Presence>, then: Then) {
-        Committer::submit_then(self, request, terms.deadline, present, then);
-    }
-
-    fn waiters(&self) -> usize {
-        Committer::waiters(self)
-    }
-
-    fn stop_waiting(&self) {
-        Committer::stop_waiting(self);
-    }
-
-    fn stop(&self) {
-        Committer::stop(self);
-    }
-
-    /// Whether changes can be stored and the lock files are up to date: a
-    /// probe file, `.lockd.health`, is written in the lock directory, and
-    /// the component reports its journal and lock files.
-    fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if let Err(e) = std::fs::write(self.dir.join(".lockd.health"), b"ok\n") {
-            let dir = self.dir.display();
-            problems.push(format!("cannot write in {dir}: {e}"));
-        }
-        match self.component_health() {
-            Ok(component) => problems.extend(component.problems),
-            Err(e) => problems.push(e),
-        }
-        problems
-    }
-
-    fn journal_bytes(&self) -> u64 {
-        self.component_health().map_or(0, |h| h.journal_bytes)
-    }
-
-    /// Syncs the file system holding the lock directory: with
-    /// `--sync=none`, what was written is then on disk too.
-    fn flush(&self) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd as _;
-        let dir = std::fs::File::open(&self.dir)?;
-        // SAFETY: syncfs(2) on a descriptor we hold open.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
 }

@@ -8,6 +8,7 @@
 //! refuses at once instead of waiting for a leader.
 
 mod http;
+mod stream;
 mod tls;
 mod watch;
 pub mod wire;

@@ -1,7 +1,7 @@
 //! etcd's watch through the gateway: a stream of the changes to a range of
 //! keys, one JSON object per line.
 
-use super::http::Stream;
+use super::stream::Stream;
 use super::wire;
 use super::{Etcd, EtcdError};
 use serde_json::{Value, json};
