@@ -1,10 +1,13 @@
-//! Counters and histograms of what the daemon does, and their Prometheus
-//! text exposition (`GET /metrics`).
+//! Counters and histograms of what the daemon does, and their exposition
+//! (`GET /metrics`, OpenMetrics text) through the Prometheus project's
+//! client, `prometheus-client`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 /// Seconds: 50 µs to 10 s.
@@ -14,71 +17,33 @@ const LATENCY_BUCKETS: [f64; 14] = [
 /// Requests per guest call.
 const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-/// A Prometheus histogram with fixed buckets.
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// One count per bound, then the count above the last.
-    counts: Vec<AtomicU64>,
-    /// The sum of observations, in millionths.
-    sum_micros: AtomicU64,
-}
+/// A metric's labels: name and value.
+type Labels = Vec<(&'static str, String)>;
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, value: f64) {
-        let slot = self
-            .bounds
-            .iter()
-            .position(|&b| value <= b)
-            .unwrap_or(self.bounds.len());
-        self.counts[slot].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    fn write(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
-            let le = self
-                .bounds
-                .get(i)
-                .map_or("+Inf".to_owned(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
-    }
-}
-
-/// Everything counted.
+/// Everything counted. The metrics share their counts with their clones,
+/// which each scrape registers anew beside what is read at that time.
 pub struct Metrics {
-    /// Calls answered, by method and fault code (`None`: no fault).
-    calls: Mutex<BTreeMap<(&'static str, Option<i32>), u64>>,
+    /// Calls answered, by method.
+    requests: Family<Labels, Counter>,
+    /// Calls answered with a fault, by method and code.
+    faults: Family<Labels, Counter>,
     pub request_seconds: Histogram,
     pub commit_seconds: Histogram,
     pub batch_size: Histogram,
-    pub lease_expiries: AtomicU64,
-    pub breaks: AtomicU64,
+    pub lease_expiries: Counter,
+    pub breaks: Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            calls: Mutex::new(BTreeMap::new()),
-            request_seconds: Histogram::new(&LATENCY_BUCKETS),
-            commit_seconds: Histogram::new(&LATENCY_BUCKETS),
-            batch_size: Histogram::new(&BATCH_BUCKETS),
-            lease_expiries: AtomicU64::new(0),
-            breaks: AtomicU64::new(0),
+            requests: Family::default(),
+            faults: Family::default(),
+            request_seconds: Histogram::new(LATENCY_BUCKETS),
+            commit_seconds: Histogram::new(LATENCY_BUCKETS),
+            batch_size: Histogram::new(BATCH_BUCKETS),
+            lease_expiries: Counter::default(),
+            breaks: Counter::default(),
         }
     }
 }
@@ -95,6 +60,7 @@ pub struct Gauges {
 /// One counter or gauge kept outside [`Metrics`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
+    /// Its name as scraped (a counter's ends in `_total`).
     pub name: &'static str,
     pub help: &'static str,
     /// `counter` or `gauge`.
@@ -106,110 +72,86 @@ impl Metrics {
     /// Counts a call of `method` that succeeded (`fault` `None`) or got
     /// fault `fault`.
     pub fn call(&self, method: &'static str, fault: Option<i32>) {
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        *calls.entry((method, fault)).or_default() += 1;
+        self.requests
+            .get_or_create(&vec![("method", method.to_owned())])
+            .inc();
+        if let Some(code) = fault {
+            let labels = vec![("method", method.to_owned()), ("code", code.to_string())];
+            self.faults.get_or_create(&labels).inc();
+        }
     }
 
     pub fn observe_request(&self, took: Duration) {
         self.request_seconds.observe(took.as_secs_f64());
     }
 
-    /// The Prometheus text exposition.
+    /// The exposition, with what was read now.
     pub fn render(&self, gauges: &Gauges) -> String {
-        let mut out = String::new();
-        let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        out.push_str(
-            "# HELP lockd_requests_total XML-RPC calls answered, by method.\n\
-             # TYPE lockd_requests_total counter\n",
+        let mut registry = Registry::default();
+        // (Counters are registered without their `_total`, which the
+        // exposition adds.)
+        registry.register(
+            "lockd_requests",
+            "XML-RPC calls answered, by method",
+            self.requests.clone(),
         );
-        let mut by_method: BTreeMap<&str, u64> = BTreeMap::new();
-        for ((method, _), n) in &calls {
-            *by_method.entry(method).or_default() += n;
-        }
-        for (method, n) in by_method {
-            let _ = writeln!(out, "lockd_requests_total{{method=\"{method}\"}} {n}");
-        }
-        out.push_str(
-            "# HELP lockd_faults_total XML-RPC calls answered with a fault, by method and code.\n\
-             # TYPE lockd_faults_total counter\n",
+        registry.register(
+            "lockd_faults",
+            "XML-RPC calls answered with a fault, by method and code",
+            self.faults.clone(),
         );
-        for ((method, fault), n) in &calls {
-            if let Some(code) = fault {
-                let _ = writeln!(
-                    out,
-                    "lockd_faults_total{{method=\"{method}\",code=\"{code}\"}} {n}"
-                );
-            }
-        }
-        let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        };
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        gauge(
-            &mut out,
+        let gauge = |n: u64| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+        registry.register(
             "lockd_locks_held",
-            "Locks held now.",
-            gauges.locks_held as u64,
+            "Locks held now",
+            gauge(gauges.locks_held as u64),
         );
-        gauge(
-            &mut out,
+        registry.register(
             "lockd_waiters",
-            "Clients waiting for a lock now.",
-            gauges.waiters as u64,
+            "Clients waiting for a lock now",
+            gauge(gauges.waiters as u64),
         );
-        gauge(
-            &mut out,
+        registry.register(
             "lockd_journal_bytes",
-            "Bytes of changes in the journal not yet emptied into the lock files.",
-            gauges.journal_bytes,
+            "Bytes of changes in the journal not yet emptied into the lock files",
+            gauge(gauges.journal_bytes),
         );
-        counter(
-            &mut out,
-            "lockd_lease_expiries_total",
-            "Leases that ran out.",
-            self.lease_expiries.load(Ordering::Relaxed),
+        registry.register(
+            "lockd_lease_expiries",
+            "Leases that ran out",
+            self.lease_expiries.clone(),
         );
-        counter(
-            &mut out,
-            "lockd_lock_breaks_total",
-            "Locks broken by an operator.",
-            self.breaks.load(Ordering::Relaxed),
+        registry.register(
+            "lockd_lock_breaks",
+            "Locks broken by an operator",
+            self.breaks.clone(),
         );
         for sample in &gauges.store {
-            let Sample {
-                name,
-                help,
-                kind,
-                value,
-            } = sample;
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            match sample.name.strip_suffix("_total") {
+                Some(name) if sample.kind == "counter" => {
+                    registry.register(name, sample.help, ConstCounter::new(sample.value))
+                }
+                _ => registry.register(sample.name, sample.help, gauge(sample.value)),
+            }
         }
-        self.request_seconds.write(
-            &mut out,
+        registry.register(
             "lockd_request_duration_seconds",
-            "From taking an HTTP request to answering it.",
+            "From taking an HTTP request to answering it",
+            self.request_seconds.clone(),
         );
-        self.commit_seconds.write(
-            &mut out,
+        registry.register(
             "lockd_commit_duration_seconds",
-            "One guest call that changed locks: written, and synced with --sync=always.",
+            "One guest call that changed locks: written, and synced with --sync=always",
+            self.commit_seconds.clone(),
         );
-        self.batch_size.write(
-            &mut out,
+        registry.register(
             "lockd_batch_size",
-            "Requests committed together in one guest call.",
+            "Requests committed together in one guest call",
+            self.batch_size.clone(),
         );
+        let mut out = String::new();
+        // (Writing into a String cannot fail.)
+        let _ = encode(&mut out, &registry);
         out
     }
 }
@@ -238,8 +180,8 @@ mod tests {
             }],
         });
         for line in [
-            "lockd_batch_size_bucket{le=\"1\"} 1\n",
-            "lockd_batch_size_bucket{le=\"4\"} 2\n",
+            "lockd_batch_size_bucket{le=\"1.0\"} 1\n",
+            "lockd_batch_size_bucket{le=\"4.0\"} 2\n",
             "lockd_batch_size_bucket{le=\"+Inf\"} 3\n",
             "lockd_batch_size_count 3\n",
             "lockd_requests_total{method=\"lock\"} 2\n",
@@ -247,7 +189,9 @@ mod tests {
             "lockd_locks_held 7\n",
             "lockd_waiters 2\n",
             "lockd_journal_bytes 512\n",
-            "# TYPE lockd_etcd_conflicts_total counter\nlockd_etcd_conflicts_total 3\n",
+            "# TYPE lockd_etcd_conflicts counter\n",
+            "lockd_etcd_conflicts_total 3\n",
+            "# EOF\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

@@ -16,7 +16,6 @@ pub use queue::Presence;
 use queue::{Deliveries, Line, Pending, Queue, Taker};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -330,7 +329,7 @@ impl Committer {
                 return queue.sweep_by(now + Duration::from_millis(r.ttl_ms));
             }
             (Request::BreakLock(resource), Reply::Lock(info)) => {
-                self.metrics.breaks.fetch_add(1, Ordering::Relaxed);
+                self.metrics.breaks.inc();
                 tracing::info!(
                     target: "lockd::change",
                     %resource,
@@ -346,7 +345,7 @@ impl Committer {
             (Request::Sweep, Reply::Swept(swept)) => {
                 self.metrics
                     .lease_expiries
-                    .fetch_add(swept.expired.len() as u64, Ordering::Relaxed);
+                    .inc_by(swept.expired.len() as u64);
                 for info in &swept.expired {
                     tracing::info!(
                         target: "lockd::change",

@@ -304,7 +304,11 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
         },
         (Method::Get | Method::Head, "/") => status_page(lockd, request.url()),
         (Method::Get | Method::Head, "/metrics") => match lockd.metrics_text() {
-            Ok(text) => Answer::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
+            Ok(text) => Answer::new(
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
             Err(e) => Answer::text(503, format!("{e}\n")),
         },
         (_, "/") => Answer::text(405, "XML-RPC takes POST; the status page GET\n")
