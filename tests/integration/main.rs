@@ -14,6 +14,7 @@ mod concurrency;
 mod connections;
 mod contrib;
 mod crash;
+mod docs;
 mod embed;
 mod etcd_client;
 mod etcd_cluster;
