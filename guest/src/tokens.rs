@@ -16,8 +16,7 @@ use crate::dir::{IoError, LockDir, TOKENS_COPY, TOKENS_FILE};
 
 /// How many tokens the first synced write of the high-water mark in a run
 /// reserves. Each next range is twice the last, up to [`MAX_RESERVE`]: a
-/// range costs a write and two syncs (about as much as 50 lock-and-unlock
-/// pairs; with ranges of 1,024 throughout they added 0.6 µs to each pair),
+/// range costs a write and two syncs (docs/benchmarks.md says how much),
 /// so a busy daemon soon reserves rarely, while a restart, which skips what
 /// was left of the last range, never skips more than the run had issued
 /// plus this many.

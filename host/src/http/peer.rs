@@ -6,9 +6,8 @@
 //! what `ss` uses) tell instead: a connection whose client has closed it
 //! has left the ESTABLISHED state (it is in CLOSE-WAIT, or gone after a
 //! reset). Asked by the connection's four addresses, the kernel looks the
-//! socket up directly: 7 µs with 6,000 sockets open (35 µs on a wildcard
-//! listening address, tried as each of the machine's addresses), where a
-//! dump filtered by ports walks every socket (0.8 ms), and no privilege.
+//! socket up directly, where a dump filtered by ports walks every socket
+//! (docs/benchmarks.md has the figures), and no privilege is needed.
 //! The count of a port's connections, for `--max-connections`, is such a
 //! dump.
 //!
@@ -30,8 +29,8 @@ const INET_DIAG_BC_S_EQ: u8 = 11;
 /// Whether a TCP connection from `peer` to lockd, listening on `local`,
 /// is established. Asked by the connection's four addresses, which the
 /// kernel looks up in its table directly (a dump would walk every socket
-/// of the machine: 0.8 ms with 6,000 of them); a wildcard listening
-/// address is tried as each of the machine's addresses.
+/// of the machine); a wildcard listening address is tried as each of the
+/// machine's addresses.
 pub fn established(local: SocketAddr, peer: SocketAddr) -> io::Result<bool> {
     for ip in local_ips(local.ip(), peer.ip())? {
         if lookup(SocketAddr::new(ip, local.port()), peer)? {
