@@ -4,7 +4,10 @@ The lock component (the ``.wasm`` that ``lockd component --out lockd.wasm``
 writes, byte for byte what the daemon runs) runs here on wasmtime, on a lock
 directory of your own given to it as its only file system. The directory
 has the daemon's format: a daemon started on it later finds every lock
-taken here, and the other way round (one process at a time).
+taken here, and the other way round. One process at a time: a LockDir
+holds the daemon's advisory lock on the directory (`.lockd.pid`) while it
+is open, so it cannot open a directory a daemon serves, nor a daemon one
+it has open.
 
     from lockd_component import LockDir, AlreadyLocked
 
@@ -21,6 +24,7 @@ Errors are exceptions whose ``code`` and message are those of the daemon's
 XML-RPC faults. Needs the ``wasmtime`` package (50.x).
 """
 
+import fcntl
 import os
 
 import wasmtime
@@ -118,6 +122,23 @@ def _lock(info):
     }
 
 
+def _take(path):
+    """The directory's advisory lock (the daemon's ``.lockd.pid``), taken
+    for this process, or StorageError naming the process that has it."""
+    guard = os.open(os.path.join(path, ".lockd.pid"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(guard, 64).decode(errors="replace").strip()
+        os.close(guard)
+        raise StorageError(
+            "another process (pid %s) is using the lock directory %s" % (holder, path)
+        ) from None
+    os.ftruncate(guard, 0)
+    os.write(guard, b"%d\n" % os.getpid())
+    return guard
+
+
 class LockDir:
     """A lock directory, served in this process by the lock component.
 
@@ -135,6 +156,7 @@ class LockDir:
         if durability not in ("always", "none"):
             raise ValueError("durability is 'always' or 'none', got %r" % (durability,))
         os.makedirs(path, exist_ok=True)
+        self._guard = _take(path)
         engine = wasmtime.Engine()
         self._store = wasmtime.Store(engine)
         wasi = wasmtime.WasiConfig()
@@ -160,6 +182,18 @@ class LockDir:
             "replayed": _field(report, "replayed"),
             "notes": list(_field(report, "notes")),
         }
+
+    def close(self):
+        """Lets another process open the directory."""
+        if self._guard is not None:
+            os.close(self._guard)
+            self._guard = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def _call(self, name, *args):
         func = self._funcs.get(name)

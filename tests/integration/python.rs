@@ -157,3 +157,55 @@ fn the_readmes_python_blocks_run_as_written() {
     let vm = holder(&server, "vm-42");
     assert_eq!(vm.member("client").and_then(Value::as_str), Some("host-a"));
 }
+
+#[test]
+fn a_python_lock_dir_and_a_daemon_never_share_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wasm = component(tmp.path());
+    let (_dir_tmp, dir) = temp_lock_dir();
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    let open = "import sys\n\
+                from lockd_component import LockDir, StorageError\n\
+                try:\n    \
+                    locks = LockDir(sys.argv[1], wasm=sys.argv[2])\n    \
+                    print('opened', flush=True)\n    \
+                    sys.stdin.read()\n\
+                except StorageError as e:\n    \
+                    print(e.code, e)\n";
+    let python_open = || {
+        Command::new(venv("python"))
+            .env("PYTHONPATH", &python)
+            .args(["-c", open])
+            .arg(&dir)
+            .arg(&wasm)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A daemon serves it: Python is refused.
+    let server = TestServer::start_in(&dir, &[]);
+    let refused = python_open().wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert!(said.starts_with("-32603 another process (pid "), "{said}");
+    drop(server);
+    // Python has it open: a daemon is refused.
+    let mut holder = python_open();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "opened\n");
+    let daemon = Command::new(LOCKD)
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!daemon.status.success());
+    let err = String::from_utf8_lossy(&daemon.stderr);
+    assert!(err.contains("already using the lock directory"), "{err}");
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+}
