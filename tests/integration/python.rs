@@ -124,11 +124,11 @@ fn the_embedding_docs_wasmtime_run_lines_print_what_their_comments_say() {
     assert_eq!(vm.member("client").and_then(Value::as_str), Some("host-a"));
 }
 
-#[test]
-fn the_readmes_python_blocks_run_as_written() {
-    // The doctest of the quick start, against a daemon.
+/// Runs the Python doctests (blocks with `>>>`) of `doc` against a fresh
+/// daemon, which is returned.
+fn doctests(doc: &str) -> TestServer {
     let server = TestServer::start();
-    let doctest: String = README
+    let doctest: String = doc
         .split("```python\n")
         .skip(1)
         .filter_map(|block| block.split("```").next())
@@ -136,12 +136,25 @@ fn the_readmes_python_blocks_run_as_written() {
         .collect::<Vec<_>>()
         .join("\n")
         .replace("http://127.0.0.1:8000/", &server.url());
-    let check = "import doctest, sys\n\
-                 test = doctest.DocTestParser().get_doctest(sys.argv[1], {}, 'README', 'README', 0)\n\
+    let check = "import doctest, sys, xmlrpc.client\n\
+                 test = doctest.DocTestParser().get_doctest(sys.argv[1], {'xmlrpc': xmlrpc}, 'doc', 'doc', 0)\n\
                  runner = doctest.DocTestRunner()\n\
                  runner.run(test)\n\
                  sys.exit(1 if runner.failures or not runner.tries else 0)\n";
     run(Command::new("python3").args(["-c", check, &doctest]));
+    server
+}
+
+#[test]
+fn the_protocol_docs_python_session_runs_as_written() {
+    let server = doctests(include_str!("../../docs/protocol.md"));
+    assert_eq!(holder(&server, "vm-42"), Value::Nil);
+}
+
+#[test]
+fn the_readmes_python_blocks_run_as_written() {
+    // The doctest of the quick start, against a daemon.
+    let server = doctests(README);
     assert_eq!(holder(&server, "vm-42"), Value::Nil);
 
     // The component in Python, in a directory with lockd.wasm.
