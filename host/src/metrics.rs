@@ -136,7 +136,7 @@ impl Metrics {
         }
         registry.register(
             "lockd_request_duration_seconds",
-            "From taking an HTTP request to answering it",
+            "From taking an HTTP request to having its answer ready to write",
             self.request_seconds.clone(),
         );
         registry.register(

@@ -414,13 +414,16 @@ fn send(shared: &Shared, request: Request, answer: Answer, taken: Instant) {
         status = answer.status,
         "request"
     );
+    // Counted before it is written: a client that has its answer finds
+    // its request counted (and a client slow to read does not stretch the
+    // latency of lockd's work).
+    shared.metrics.observe_request(taken.elapsed());
     let addr = request.remote_addr().copied();
     shared.connections.writing(addr, true);
     if let Err(e) = answer.send(request, close) {
         tracing::debug!("writing a response failed: {e}");
     }
     shared.connections.writing(addr, false);
-    shared.metrics.observe_request(taken.elapsed());
     shared.in_progress.fetch_sub(1, Ordering::Relaxed);
 }
 
