@@ -13,6 +13,11 @@ use std::process::Command;
 const README: &str = include_str!("../../README.md");
 const EMBEDDING: &str = include_str!("../../docs/embedding.md");
 
+/// `path` in the repository.
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
 /// `bin` of the tests' Python environment.
 fn venv(bin: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -42,7 +47,7 @@ fn the_component_in_python_plays_the_doctest_and_the_daemon_reads_its_directory(
     let tmp = tempfile::tempdir().unwrap();
     let wasm = component(tmp.path());
     let (_dir_tmp, dir) = temp_lock_dir();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/component.py");
+    let script = repo("tests/python/component.py");
     let printed = run(Command::new(venv("python"))
         .arg(script)
         .arg(&wasm)
@@ -86,7 +91,7 @@ fn the_embedding_docs_python_recipe_runs_as_written() {
     let recipe = doc_block(EMBEDDING, "**Python**", "python")
         .replace("/path/to/locks", &dir.to_string_lossy())
         .replace("\"lockd.wasm\"", &format!("{:?}", wasm.to_string_lossy()));
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    let python = repo("python");
     let printed = run(Command::new(venv("python"))
         .env("PYTHONPATH", python)
         .args(["-c", &recipe]));
@@ -161,7 +166,7 @@ fn the_readmes_python_blocks_run_as_written() {
     let tmp = tempfile::tempdir().unwrap();
     component(tmp.path());
     let recipe = doc_block(README, "## The rules in your own program", "python");
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    let python = repo("python");
     run(Command::new(venv("python"))
         .current_dir(tmp.path())
         .env("PYTHONPATH", python)
@@ -176,7 +181,7 @@ fn a_python_lock_dir_and_a_daemon_never_share_a_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let wasm = component(tmp.path());
     let (_dir_tmp, dir) = temp_lock_dir();
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    let python = repo("python");
     let open = "import sys\n\
                 from lockd_component import LockDir, StorageError\n\
                 try:\n    \

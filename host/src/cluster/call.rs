@@ -187,7 +187,7 @@ impl Cluster {
                 Err(e) => return Err(e),
             };
             let mut reply = decision.reply;
-            let freed = seen.record.lock.is_some() && change.record.lock.is_none();
+            let freed = seen.freed_by(&change);
             let planned = self.plan(&keys, &seen, change, now, deadline)?;
             let granted = planned.change.fresh && !planned.change.handed_over;
             match self.batch.write(&self.etcd, planned.write) {
@@ -247,7 +247,7 @@ impl Cluster {
     ) -> Result<Planned, ClusterError> {
         let mut guard = keys.guard(seen);
         let mut also = Vec::new();
-        let freed = seen.record.lock.is_some() && change.record.lock.is_none();
+        let freed = seen.freed_by(&change);
         match &seen.head {
             None if change.fresh || freed => guard.push(Compare {
                 key: keys.line.clone(),

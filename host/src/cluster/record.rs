@@ -153,21 +153,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_fresh_lock_reads_back_with_the_base_plus_its_revision_and_keeps_it() {
-        let record = Record {
+    /// A record of `r` held by `c` since 5 ms, written by `request`.
+    fn held(ttl_ms: Option<u64>, request: &str) -> Record {
+        Record {
             lock: Some(LockInfo {
                 resource: "r".into(),
                 client: "c".into(),
                 token: 0,
                 acquired_ms: 5,
-                ttl_ms: Some(1000),
-                expires_ms: Some(1005),
+                ttl_ms,
+                expires_ms: ttl_ms.map(|ttl| 5 + ttl),
             }),
             delay: None,
             written_ms: 5,
-            request: "h-1".into(),
-        };
+            request: request.into(),
+        }
+    }
+
+    #[test]
+    fn a_fresh_lock_reads_back_with_the_base_plus_its_revision_and_keeps_it() {
+        let record = held(Some(1000), "h-1");
         let read = Record::decode("r", &kv(record.encode(Some(1000)), 42)).unwrap();
         assert_eq!(read.lock.as_ref().unwrap().token, 1042);
         // Written again (a renewal) at a later revision: the same token.
@@ -197,19 +202,7 @@ mod tests {
 
     #[test]
     fn an_imported_lock_of_gocept_lockd_keeps_token_0() {
-        let record = Record {
-            lock: Some(LockInfo {
-                resource: "r".into(),
-                client: "c".into(),
-                token: 0,
-                acquired_ms: 5,
-                ttl_ms: None,
-                expires_ms: None,
-            }),
-            delay: None,
-            written_ms: 5,
-            request: "import".into(),
-        };
+        let record = held(None, "import");
         let read = Record::decode("r", &kv(record.encode(None), 42)).unwrap();
         assert_eq!(read.lock.unwrap().token, 0);
     }

@@ -128,6 +128,11 @@ impl Seen {
         })
     }
 
+    /// Whether `change` frees the lock held in what was seen.
+    pub fn freed_by(&self, change: &Change) -> bool {
+        self.record.lock.is_some() && change.record.lock.is_none()
+    }
+
     /// The resource once `change` was written at `revision` (the line
     /// as it was, unless the change handed the lock to its head).
     pub fn after(&self, mut change: Change, revision: i64) -> Self {

@@ -56,12 +56,7 @@ impl Connection {
         body: &[u8],
         deadline: Instant,
     ) -> Result<Answer, Failure> {
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             {headers}Content-Length: {}\r\n\r\n",
-            self.authority,
-            body.len()
-        );
+        let request = request_head(&self.authority, path, headers, body.len());
         let reused = self.stream.is_some();
         let mut stream = match self.stream.take() {
             Some(stream) => stream,
@@ -131,6 +126,15 @@ impl Connection {
         let transport = Transport::new(stream, self.tls.as_ref(), host).map_err(not_sent)?;
         Ok(BufReader::new(transport))
     }
+}
+
+/// The head of a POST of `length` bytes of JSON to `path` at `authority`,
+/// with extra `headers` (each ending in CRLF).
+pub(super) fn request_head(authority: &str, path: &str, headers: &str, length: usize) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+         {headers}Content-Length: {length}\r\n\r\n"
+    )
 }
 
 /// The time left until `deadline`, or an error once it has passed.

@@ -1,7 +1,7 @@
 //! A streamed answer of one etcd member, read a line at a time as it
 //! comes (chunked HTTP/1.1): etcd's watch.
 
-use super::http::{Connection, Failure, left, send};
+use super::http::{Connection, Failure, left, request_head, send};
 use super::tls::Transport;
 use rustls::ClientConfig;
 use std::io::{ErrorKind, Read as _};
@@ -49,11 +49,7 @@ impl Stream {
             Failure::NotSent(why) | Failure::NoAnswer(why) => why,
         })?;
         let mut stream = stream.into_inner();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
-             {headers}Content-Length: {}\r\n\r\n",
-            body.len()
-        );
+        let head = request_head(authority, path, headers, body.len());
         send(&mut stream, head.as_bytes(), body, deadline).map_err(|e| e.to_string())?;
         let mut this = Self {
             stream,
