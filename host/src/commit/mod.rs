@@ -11,7 +11,7 @@ mod timer;
 use crate::component::{Instance, Reply, Request, Runtime};
 use crate::error::LockError;
 use crate::metrics::Metrics;
-use crate::requests::{reentrant, taken};
+use crate::requests::{self, reentrant, taken};
 pub use queue::Presence;
 use queue::{Deliveries, Line, Pending, Queue, Taker};
 use std::collections::VecDeque;
@@ -281,9 +281,9 @@ impl Committer {
         batch
     }
 
-    /// What a result means beyond its caller: locks freed for waiters,
-    /// leases and lock-delays to sweep after. Returns whether the timer
-    /// must look again.
+    /// What a result means beyond its caller: the change logged, locks
+    /// freed for waiters, leases and lock-delays to sweep after. Returns
+    /// whether the timer must look again.
     fn follow_up(
         &self,
         queue: &mut Queue,
@@ -293,17 +293,20 @@ impl Committer {
         freed: &mut Vec<String>,
     ) -> bool {
         let Ok(reply) = result else { return false };
+        freed.extend(
+            requests::freed(request, reply, self.lock_delay)
+                .into_iter()
+                .map(str::to_owned),
+        );
         match (request, reply) {
             (Request::Lock(r), _) => {
                 tracing::info!(target: "lockd::change", resource = %r.resource, client = %r.client, "locked");
             }
             (Request::Unlock(r), _) => {
                 tracing::info!(target: "lockd::change", resource = %r.resource, client = %r.client, "unlocked");
-                freed.push(r.resource.clone());
             }
             (Request::Release(r), _) => {
                 tracing::info!(target: "lockd::change", resource = %r.resource, client = %r.client, "released");
-                freed.push(r.resource.clone());
             }
             (Request::Acquire(r), Reply::Lock(info)) => {
                 tracing::info!(
@@ -337,9 +340,6 @@ impl Committer {
                     token = info.token,
                     "broken; unavailable for the lock-delay"
                 );
-                if self.lock_delay.is_zero() {
-                    freed.push(resource.clone());
-                }
                 return queue.sweep_by(now + self.lock_delay);
             }
             (Request::Sweep, Reply::Swept(swept)) => {
@@ -355,7 +355,6 @@ impl Committer {
                         "lease expired"
                     );
                 }
-                freed.extend(swept.available.iter().cloned());
                 if let Some(next) = swept.next_deadline_ms {
                     let wait = Duration::from_millis(next.saturating_sub(swept.now_ms));
                     return queue.sweep_by(now + wait);

@@ -25,7 +25,7 @@ mod bindings {
 pub use bindings::exports::lockd::lockd::locks::{
     AcquireRequest, CheckRequest, Decision, DirectoryHealth, Durability, Effect, HeldLock,
     ListRequest, LockDelay, LockError as GuestError, LockInfo, LockRequest, OpenReport, Options,
-    ReleaseRequest, RenewRequest, Reply, Request, ResourceView,
+    ReleaseRequest, RenewRequest, Reply, Request, ResourceView, Swept,
 };
 
 /// The component exactly as `lockd` runs it (`wasm32-wasip2`, built from
