@@ -14,6 +14,7 @@ mod concurrency;
 mod connections;
 mod contrib;
 mod crash;
+mod doc_shell;
 mod docs;
 mod embed;
 mod etcd_client;

@@ -5,7 +5,7 @@
 //! blocks run as written). Each writes a lock directory the native daemon
 //! then reads.
 
-use crate::support::{GOCEPT_DOCTEST, LOCKD, TestServer, run_ok as run, temp_lock_dir};
+use crate::support::{GOCEPT_DOCTEST, LOCKD, TestServer, doc_block, run_ok as run, temp_lock_dir};
 use lockd::xmlrpc::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,15 +72,6 @@ fn the_component_in_python_plays_the_doctest_and_the_daemon_reads_its_directory(
     assert_eq!(holder(&server, "resource1"), Value::Nil);
     let fault = server.call("lock", &["resource2", "other"]).unwrap_err();
     assert_eq!(fault.code, 1, "{fault:?}");
-}
-
-/// The block of `language` that follows `marker` in `doc`.
-fn doc_block(doc: &str, marker: &str, language: &str) -> String {
-    let after = &doc[doc.find(marker).expect(marker)..];
-    let fence = format!("```{language}\n");
-    let start = after.find(&fence).expect(&fence) + fence.len();
-    let len = after[start..].find("```").unwrap();
-    after[start..start + len].to_owned()
 }
 
 #[test]

@@ -372,3 +372,12 @@ pub fn wait_until(what: &str, mut event: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The block of `language` that follows `marker` in `doc`.
+pub fn doc_block(doc: &str, marker: &str, language: &str) -> String {
+    let after = &doc[doc.find(marker).expect(marker)..];
+    let fence = format!("```{language}\n");
+    let start = after.find(&fence).expect(&fence) + fence.len();
+    let len = after[start..].find("```").unwrap();
+    after[start..start + len].to_owned()
+}
