@@ -1,5 +1,6 @@
 //! The documentation's promises: a short README that links every page of
-//! docs/, and an architecture page whose files exist.
+//! docs/, an architecture page whose files exist, and a Rust recipe that
+//! is a doctest.
 
 use std::path::Path;
 
@@ -45,4 +46,21 @@ fn the_files_a_request_passes_through_exist_in_the_order_given() {
     assert!(at("host/src/xmlrpc/decode.rs") < at("host/src/commit/mod.rs"));
     assert!(at("host/src/commit/mod.rs") < at("guest/src/rules.rs"));
     assert!(at("guest/src/rules.rs") < at("host/src/http/answer.rs"));
+}
+
+#[test]
+fn the_in_process_rust_recipe_is_the_doctest_that_runs() {
+    let page = std::fs::read_to_string(root().join("docs/embedding.md")).unwrap();
+    let recipe = crate::support::doc_block(&page, "In Rust, in-process", "rust");
+    let source = std::fs::read_to_string(root().join("host/src/locks/mod.rs")).unwrap();
+    let doctest = &source[source.find("/// ```standalone_crate\n").unwrap()..];
+    let shown: String = doctest
+        .lines()
+        .skip(1)
+        .take_while(|line| *line != "/// ```")
+        .filter_map(|line| line.strip_prefix("///"))
+        .filter(|line| !line.starts_with(" #"))
+        .map(|line| format!("{}\n", line.strip_prefix(' ').unwrap_or(line)))
+        .collect();
+    assert_eq!(shown, recipe);
 }

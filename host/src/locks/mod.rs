@@ -58,6 +58,27 @@ use std::time::{Duration, Instant};
 /// # Ok(())
 /// # }
 /// ```
+///
+/// With a fencing token and a lease (docs/embedding.md's in-process
+/// recipe, line for line: `tests/integration/docs.rs` compares them):
+///
+/// ```standalone_crate
+/// # fn main() -> anyhow::Result<()> {
+/// # let tmp = tempfile::tempdir()?;
+/// # std::env::set_current_dir(tmp.path())?;
+/// let locks = lockd::Lockd::open("lockd-data")?;
+/// locks.lock("resource1", "client1")?;
+/// locks.unlock("resource1", "client1")?;
+///
+/// use std::time::Duration;
+/// let how = lockd::Acquire { ttl: Some(Duration::from_secs(30)), wait: Duration::from_secs(10), ..Default::default() };
+/// let lock = locks.acquire("vm-42", "host-a", &how)?;      // lock.token, lock.expires_ms
+/// assert!(locks.check("vm-42", lock.token)?);
+/// locks.release("vm-42", "host-a", Some(lock.token))?;
+/// # assert!(locks.status("vm-42")?.is_none());
+/// # Ok(())
+/// # }
+/// ```
 pub struct Lockd {
     /// The lock directory, in directory mode.
     dir: Option<PathBuf>,
