@@ -1,10 +1,13 @@
-//! Optional HTTP Basic authentication, from a credentials file.
+//! Who may call, from a credentials file: users who log in with HTTP
+//! Basic authentication, or whose TLS client certificate names them.
 //!
 //! The file has one `name:password:role` line per user (role `client` or
 //! `operator`; `client` if left out; neither name nor password can hold
-//! `:`); empty lines and lines starting with `#` are ignored. Clients may take and release locks; operators may also
-//! break them. Passwords are compared in constant time, and an unknown user
-//! costs as much as a wrong password.
+//! `:`); empty lines and lines starting with `#` are ignored. An empty
+//! password (`name::operator`) makes a user who can only be named by a
+//! client certificate. Clients may take and release locks; operators may
+//! also break them. Passwords are compared in constant time, and an
+//! unknown user costs as much as a wrong password.
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -23,7 +26,8 @@ pub enum Role {
 /// The users of a credentials file.
 #[derive(Debug)]
 pub struct Credentials {
-    users: HashMap<String, (Vec<u8>, Role)>,
+    /// Each user's password (`None`: certificate only) and role.
+    users: HashMap<String, (Option<Vec<u8>>, Role)>,
 }
 
 impl Credentials {
@@ -59,13 +63,11 @@ impl Credentials {
                     )
                 }
             };
-            if name.is_empty() || password.is_empty() {
-                bail!("line {}: empty name or password", i + 1);
+            if name.is_empty() {
+                bail!("line {}: empty name", i + 1);
             }
-            if users
-                .insert(name.to_owned(), (password.as_bytes().to_vec(), role))
-                .is_some()
-            {
+            let password = (!password.is_empty()).then(|| password.as_bytes().to_vec());
+            if users.insert(name.to_owned(), (password, role)).is_some() {
                 bail!("line {}: user {name:?} appears twice", i + 1);
             }
         }
@@ -90,10 +92,16 @@ impl Credentials {
         // An unknown user is compared against a stand-in, so that the time
         // taken does not tell which names exist.
         let (expected, role) = match user {
-            Some((expected, role)) => (expected.as_slice(), Some(*role)),
-            None => (&b"\0unknown user stand-in\0"[..], None),
+            Some((Some(expected), role)) => (expected.as_slice(), Some(*role)),
+            _ => (&b"\0unknown user stand-in\0"[..], None),
         };
         (constant_time_eq(password, expected) && role.is_some()).then_some(role?)
+    }
+
+    /// The role of `user`, named by a client certificate the TLS handshake
+    /// verified, or `None` if the file does not list it.
+    pub fn role_of(&self, user: &str) -> Option<Role> {
+        self.users.get(user).map(|(_, role)| *role)
     }
 }
 
@@ -164,6 +172,18 @@ mod tests {
         assert_eq!(creds.authenticate(None), None);
         assert_eq!(creds.authenticate(Some("Bearer x")), None);
         assert_eq!(creds.authenticate(Some("Basic !!!")), None);
+    }
+
+    #[test]
+    fn users_without_a_password_are_named_only_by_certificates() {
+        let creds = Credentials::parse("oncall::operator\nvm-manager:\nalice:pw\n").unwrap();
+        for attempt in ["oncall:", "vm-manager:", "oncall:\0unknown user stand-in\0"] {
+            assert_eq!(creds.authenticate(Some(&basic(attempt))), None, "{attempt}");
+        }
+        assert_eq!(creds.role_of("oncall"), Some(Role::Operator));
+        assert_eq!(creds.role_of("vm-manager"), Some(Role::Client));
+        assert_eq!(creds.role_of("alice"), Some(Role::Client));
+        assert_eq!(creds.role_of("nobody"), None);
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! A small XML-RPC client for the command line: one HTTP/1.0 request per
-//! call, so nothing but std is needed to talk to a daemon.
+//! call, over plain TCP or TLS.
 
+use crate::tls::{ClientFiles, Stream};
 use crate::xmlrpc::{self, Fault, Value};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
+use rustls::ClientConfig;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Where a daemon listens: `http://host:port/path`.
+/// Where a daemon listens: `http://host:port/path` or `https://...`.
 #[derive(Debug, Clone)]
 pub struct Client {
     authority: String,
+    /// The host name the server's certificate must name, with TLS.
+    host: String,
+    tls: Option<Arc<ClientConfig>>,
     path: String,
     /// The `Authorization` header's value, if the URL names a user.
     authorization: Option<String>,
@@ -38,13 +44,29 @@ impl std::fmt::Display for CallError {
 }
 
 impl Client {
-    /// A client for `url`, which must be `http://[user:password@]host[:port][/path]`
-    /// (user and password percent-encoded, as Python's `ServerProxy` takes
-    /// them): with a user, calls authenticate with HTTP Basic.
+    /// A client for `url`, which must be
+    /// `http[s]://[user:password@]host[:port][/path]` (user and password
+    /// percent-encoded, as Python's `ServerProxy` takes them): with a user,
+    /// calls authenticate with HTTP Basic. An https URL's server must show
+    /// a certificate of one of the system's CAs.
     pub fn new(url: &str) -> anyhow::Result<Self> {
-        let rest = url
-            .strip_prefix("http://")
-            .with_context(|| format!("{url:?} is not an http:// URL"))?;
+        Self::with_tls(url, &ClientFiles::default())
+    }
+
+    /// A client for `url` whose TLS trusts and shows what `files` name;
+    /// naming files makes sense only for an https URL.
+    pub fn with_tls(url: &str, files: &ClientFiles) -> anyhow::Result<Self> {
+        let (rest, default_port, tls) = if let Some(rest) = url.strip_prefix("https://") {
+            let config = files.config().map_err(anyhow::Error::msg)?;
+            (rest, 443, Some(config))
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            if files.ca.is_some() || files.cert.is_some() {
+                bail!("{url:?} is not an https:// URL: certificates are for TLS");
+            }
+            (rest, 80, None)
+        } else {
+            bail!("{url:?} is not an http:// or https:// URL");
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -61,18 +83,21 @@ impl Client {
         if authority.is_empty() {
             bail!("{url:?} names no host");
         }
-        let authority = if authority
+        let has_port = authority
             .rsplit(':')
             .next()
             .is_some_and(|p| p.parse::<u16>().is_ok())
-            && !authority.ends_with(']')
-        {
-            authority.to_owned()
+            && !authority.ends_with(']');
+        let (host, authority) = if has_port {
+            let (host, _) = authority.rsplit_once(':').unwrap_or((authority, ""));
+            (host.to_owned(), authority.to_owned())
         } else {
-            format!("{authority}:80")
+            (authority.to_owned(), format!("{authority}:{default_port}"))
         };
         Ok(Self {
             authority,
+            host,
+            tls,
             path: path.to_owned(),
             authorization,
             timeout: Duration::from_secs(30),
@@ -104,10 +129,12 @@ impl Client {
             .with_context(|| format!("resolving {}", self.authority))?
             .next()
             .with_context(|| format!("{} has no address", self.authority))?;
-        let mut stream = TcpStream::connect_timeout(&addr, self.timeout)
+        let tcp = TcpStream::connect_timeout(&addr, self.timeout)
             .with_context(|| format!("connecting to lockd at {addr}"))?;
-        stream.set_read_timeout(Some(self.timeout))?;
-        stream.set_write_timeout(Some(self.timeout))?;
+        tcp.set_read_timeout(Some(self.timeout))?;
+        tcp.set_write_timeout(Some(self.timeout))?;
+        let mut stream =
+            Stream::new(tcp, self.tls.as_ref(), &self.host).map_err(anyhow::Error::msg)?;
         let authorization = self
             .authorization
             .as_ref()

@@ -24,6 +24,7 @@ mod requests;
 pub mod rpc;
 pub mod socket;
 mod time;
+pub mod tls;
 pub mod xmlrpc;
 
 pub use component::COMPONENT_WASM;

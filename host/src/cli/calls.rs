@@ -6,16 +6,41 @@ use super::exit;
 use super::serve::seconds;
 use crate::client::{CallError, Client};
 use crate::time::iso8601;
+use crate::tls::ClientFiles;
 use crate::xmlrpc::Value;
 use clap::Args;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// The daemon's URL.
+    /// The daemon's URL: http://, or https:// for a daemon serving TLS.
     #[arg(long, env = "LOCKD_URL", default_value = "http://127.0.0.1:8000/")]
     pub url: String,
+    /// https: the CA certificate(s) (PEM) the daemon's certificate must be
+    /// signed by; the system's CAs if not given.
+    #[arg(long, env = "LOCKD_CA")]
+    pub ca: Option<PathBuf>,
+    /// https: this client's certificate (PEM), for a daemon that asks for
+    /// one (mutual TLS).
+    #[arg(long, env = "LOCKD_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// https: the private key (PEM) of --cert.
+    #[arg(long, env = "LOCKD_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    /// A client for the daemon named.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let files = ClientFiles {
+            ca: self.ca.as_deref(),
+            cert: self.cert.as_deref(),
+            key: self.key.as_deref(),
+        };
+        Client::with_tls(&self.url, &files)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -263,7 +288,7 @@ pub fn call_within(
     params: &[Value],
     within: Duration,
 ) -> Result<Value, u8> {
-    let client = Client::new(&daemon.url).map_err(|e| {
+    let client = daemon.client().map_err(|e| {
         eprintln!("lockd: {e:#}");
         exit::USAGE
     })?;

@@ -6,6 +6,7 @@ mod etcd_args;
 mod import;
 mod run;
 mod serve;
+mod tls_args;
 mod tools;
 
 use crate::locks::Durability;

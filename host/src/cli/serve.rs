@@ -1,6 +1,7 @@
 //! `lockd serve`: the daemon.
 
 use super::etcd_args::EtcdArgs;
+use super::tls_args::{TlsArgs, reload_on_sighup};
 use crate::auth::Credentials;
 use crate::http::{self, ServeConfig};
 use crate::locks::{Durability, Lockd, Options};
@@ -61,6 +62,8 @@ pub struct ServeArgs {
     #[arg(long, env = "LOCKD_AUTH_FILE")]
     auth_file: Option<PathBuf>,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     etcd: EtcdArgs,
     /// Cluster mode: the most, in seconds, the hosts' clocks may differ; a
     /// lock whose lease ran out goes to another client only this much
@@ -115,22 +118,38 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let idle = (args.idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.idle_timeout));
     let max_connections = args.max_connections.map(|n| n as usize);
-    let listener = http::Listener::bind(&args.listen, idle, max_connections)
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let tls = args.tls.load()?;
+    let listener = match &tls {
+        None => http::Listener::bind(&args.listen, idle, max_connections),
+        Some(tls) => http::Listener::bind_tls(
+            &args.listen,
+            idle,
+            max_connections,
+            tls.clone(),
+            args.tls.handshake_timeout(),
+        ),
+    }
+    .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener
-        .server
-        .server_addr()
-        .to_ip()
+        .public_addr()
         .context("listening on a non-IP address")?;
-    if auth.is_none() && !addr.ip().is_loopback() {
+    if let Some(tls) = tls {
+        reload_on_sighup(tls)?;
+    }
+    if auth.is_none() && !addr.ip().is_loopback() && args.tls.tls_client_ca.is_none() {
         tracing::warn!(
             "listening on {addr}, beyond this machine, without authentication: anyone who \
              can connect can take, release and break locks (see --auth-file)"
         );
     }
     tracing::info!(
-        "lockd {} listening on http://{addr}/ with {} (sync={})",
+        "lockd {} listening on {}://{addr}/ with {} (sync={})",
         env!("CARGO_PKG_VERSION"),
+        if args.tls.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         lockd.location(),
         args.sync.name()
     );

@@ -2,7 +2,7 @@
 //! to one etcd member's client port, within a deadline. Nothing here knows
 //! etcd's API.
 
-use super::tls::Transport;
+use crate::tls::Stream as Transport;
 use rustls::ClientConfig;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};

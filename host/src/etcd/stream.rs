@@ -2,7 +2,7 @@
 //! comes (chunked HTTP/1.1): etcd's watch.
 
 use super::http::{Connection, Failure, left, request_head, send};
-use super::tls::Transport;
+use crate::tls::Stream as Transport;
 use rustls::ClientConfig;
 use std::io::{ErrorKind, Read as _};
 use std::sync::Arc;

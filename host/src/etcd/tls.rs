@@ -3,11 +3,8 @@
 //! host shows its own certificate when given one (etcd's
 //! `--client-cert-auth`).
 
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use crate::tls::ClientFiles;
+use rustls::ClientConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -30,38 +27,15 @@ impl TlsFiles {
             }
             return Ok(None);
         };
-        let mut roots = RootCertStore::empty();
-        for cert in
-            CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
-        {
-            let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
+        if self.cert.is_some() != self.key.is_some() {
+            return Err("--etcd-cert and --etcd-key go together".into());
         }
-        if roots.is_empty() {
-            return Err(format!("{}: no certificate in it", ca.display()));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots);
-        let config = match (&self.cert, &self.key) {
-            (None, None) => builder.with_no_client_auth(),
-            (Some(cert), Some(key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("{}: {e}", cert.display()))?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("{}: {e}", key.display()))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| format!("etcd client certificate: {e}"))?
-            }
-            _ => return Err("--etcd-cert and --etcd-key go together".into()),
+        let files = ClientFiles {
+            ca: Some(ca),
+            cert: self.cert.as_deref(),
+            key: self.key.as_deref(),
         };
-        Ok(Some(Arc::new(config)))
+        files.config().map(Some)
     }
 }
 
@@ -90,67 +64,4 @@ pub fn handshake_refused(e: &std::io::Error) -> bool {
             | A::AccessDenied
             | A::CertificateRequired
     )
-}
-
-/// A connection to a member: plain, or TLS over TCP.
-pub enum Transport {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl Transport {
-    /// `tcp` as it is, or with TLS to `host` (its handshake done, within
-    /// the timeouts set on `tcp`).
-    pub fn new(
-        tcp: TcpStream,
-        tls: Option<&Arc<ClientConfig>>,
-        host: &str,
-    ) -> Result<Self, String> {
-        let Some(config) = tls else {
-            return Ok(Self::Plain(tcp));
-        };
-        let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))?;
-        let mut connection =
-            ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
-        let mut tcp = tcp;
-        while connection.is_handshaking() {
-            connection
-                .complete_io(&mut tcp)
-                .map_err(|e| format!("TLS handshake with {host}: {e}"))?;
-        }
-        Ok(Self::Tls(Box::new(StreamOwned::new(connection, tcp))))
-    }
-
-    /// The TCP connection beneath, for its timeouts.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Self::Plain(tcp) => tcp,
-            Self::Tls(tls) => tls.get_ref(),
-        }
-    }
-}
-
-impl Read for Transport {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Self::Plain(tcp) => tcp.read(buf),
-            Self::Tls(tls) => tls.read(buf),
-        }
-    }
-}
-
-impl Write for Transport {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Self::Plain(tcp) => tcp.write(buf),
-            Self::Tls(tls) => tls.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Self::Plain(tcp) => tcp.flush(),
-            Self::Tls(tls) => tls.flush(),
-        }
-    }
 }

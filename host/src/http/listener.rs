@@ -1,9 +1,13 @@
 //! The listening socket: bound here, accepted from by tiny_http, and shut
-//! here when the daemon stops taking new connections.
+//! here when the daemon stops taking new connections. With TLS, the
+//! public socket is the TLS front door's ([`crate::tls::Front`]), and
+//! tiny_http listens on a loopback port of its own that only the front
+//! connects to.
 
 use super::overflow::{self, Overflow};
 use crate::socket;
-use std::net::TcpListener;
+use crate::tls::{Front, FrontConfig, Relayed, ServerTls};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +27,8 @@ pub struct Listener {
     socket: Arc<TcpListener>,
     /// Where connections past `--max-connections` go, if there is a bound.
     overflow: Option<Overflow>,
+    /// The TLS front door, if lockd serves TLS.
+    front: Option<Front>,
 }
 
 impl Listener {
@@ -64,11 +70,56 @@ impl Listener {
             server: Arc::new(server),
             socket,
             overflow,
+            front: None,
         })
+    }
+
+    /// Listens on `addr` for TLS: the front door accepts there, and relays
+    /// each connection to tiny_http listening on a loopback port. At most
+    /// `max_connections` are open at once (more are closed at once).
+    pub fn bind_tls(
+        addr: &str,
+        idle: Option<Duration>,
+        max_connections: Option<usize>,
+        tls: Arc<ServerTls>,
+        handshake_timeout: Duration,
+    ) -> std::io::Result<Self> {
+        let public = TcpListener::bind(addr)?;
+        socket::listen(&public, BACKLOG)?;
+        socket::set(&public, libc::IPPROTO_TCP, libc::TCP_NODELAY, &1_i32)?;
+        let mut inner = Self::bind("127.0.0.1:0", idle, None)?;
+        let upstream = inner
+            .server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| std::io::Error::other("tiny_http listens on no IP address"))?;
+        let config = FrontConfig {
+            idle,
+            max_connections,
+            handshake_timeout,
+        };
+        inner.front = Some(Front::start(public, upstream, tls, config)?);
+        Ok(inner)
+    }
+
+    /// The address clients connect to.
+    pub fn public_addr(&self) -> Option<SocketAddr> {
+        match &self.front {
+            Some(front) => Some(front.local_addr()),
+            None => self.server.server_addr().to_ip(),
+        }
+    }
+
+    /// With TLS, who is behind each connection tiny_http sees.
+    pub fn relayed(&self) -> Option<Arc<Relayed>> {
+        self.front.as_ref().map(Front::relayed)
     }
 
     /// New connections are refused from now on; those open stay open.
     pub fn stop_accepting(&self) {
+        if let Some(front) = &self.front {
+            front.stop_accepting();
+        }
         if let Some(overflow) = &self.overflow {
             overflow.stop();
         }

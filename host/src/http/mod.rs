@@ -14,6 +14,7 @@ use crate::locks::{Lockd, Presence};
 use crate::metrics::Metrics;
 use crate::pool_keeper::{self, PoolKeeper};
 use crate::rpc::{self, Answered, Spawn};
+use crate::tls::Relayed;
 use connections::{Admitted, Connections};
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use tiny_http::{Method, Request};
 use workers::Workers;
 
 mod answer;
+mod caller;
 mod connections;
 mod listener;
 mod overflow;
@@ -66,6 +68,8 @@ struct Shared {
     lockd: Arc<Lockd>,
     /// The address listened on, if it is a TCP one.
     local: Option<SocketAddr>,
+    /// With TLS, who is behind each connection (all come from loopback).
+    relayed: Option<Arc<Relayed>>,
     config: ServeConfig,
     connections: Connections,
     /// Runs the rest of a parked call once its wait ends.
@@ -93,6 +97,7 @@ pub fn serve(
     let shared = Arc::new(Shared {
         metrics: lockd.metrics_handle(),
         local: listener.server.server_addr().to_ip(),
+        relayed: listener.relayed(),
         lockd,
         config: config.clone(),
         connections: Connections::default(),
@@ -281,21 +286,12 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
         send(shared, request, answer, taken);
         return Parked::No;
     }
-    let role = match &config.auth {
-        None => Some(Role::Operator),
-        Some(credentials) => {
-            let authorization = request
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Authorization"))
-                .map(|h| h.value.as_str());
-            credentials.authenticate(authorization)
+    let role = match caller::role(&request, config.auth.as_deref(), shared.relayed.as_deref()) {
+        Ok(role) => role,
+        Err(refusal) => {
+            send(shared, request, refusal, taken);
+            return Parked::No;
         }
-    };
-    let Some(role) = role else {
-        let refusal = Answer::text(401, "").with("WWW-Authenticate", "Basic realm=\"lockd\"");
-        send(shared, request, refusal, taken);
-        return Parked::No;
     };
     let answer = match (request.method(), path.as_str()) {
         (Method::Post, "/" | "/RPC2") => match read_body(&mut request, config.max_body) {

@@ -1,0 +1,76 @@
+//! The command line of TLS on lockd's own port, for `serve`; and SIGHUP,
+//! which reloads its certificates.
+
+use super::serve::seconds;
+use crate::tls::{ServerFiles, ServerTls};
+use anyhow::Context as _;
+use clap::Args;
+use std::io::Read as _;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// TLS: the certificate (PEM, followed by its chain) lockd shows
+    /// clients; it then serves https:// only. Reloaded on SIGHUP.
+    #[arg(long, env = "LOCKD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key (PEM: RSA, ECDSA or Ed25519) of --tls-cert.
+    #[arg(long, env = "LOCKD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must show a certificate signed by this CA
+    /// (PEM); its common name (or first DNS/e-mail name) is the user that
+    /// --auth-file gives a role.
+    #[arg(long, env = "LOCKD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// TLS: seconds a client may take to complete its handshake.
+    #[arg(long, env = "LOCKD_TLS_HANDSHAKE_TIMEOUT", default_value_t = 10.0, value_parser = seconds)]
+    pub tls_handshake_timeout: f64,
+}
+
+impl TlsArgs {
+    /// The TLS configuration asked for, loaded, if any.
+    pub fn load(&self) -> anyhow::Result<Option<Arc<ServerTls>>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let files = ServerFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        };
+        let tls = ServerTls::load(files).map_err(anyhow::Error::msg)?;
+        Ok(Some(Arc::new(tls)))
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.tls_handshake_timeout)
+    }
+}
+
+/// Reloads `tls`'s files whenever the process gets SIGHUP, on a thread of
+/// its own: new connections get the new certificate, open ones keep
+/// theirs. Files that do not load leave the old ones in use, and are
+/// logged.
+pub fn reload_on_sighup(tls: Arc<ServerTls>) -> anyhow::Result<()> {
+    let (mut wake, signal_end) = UnixStream::pair().context("handling SIGHUP")?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, signal_end)
+        .context("handling SIGHUP")?;
+    std::thread::Builder::new()
+        .name("lockd-reload".into())
+        .spawn(move || {
+            let mut byte = [0; 1];
+            while wake.read(&mut byte).is_ok_and(|n| n > 0) {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: TLS certificates not reloaded, keeping the old ones: {e}"
+                    ),
+                }
+            }
+        })
+        .context("handling SIGHUP")?;
+    Ok(())
+}

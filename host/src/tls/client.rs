@@ -1,0 +1,124 @@
+//! TLS as a client (to etcd's members, and from the command line to
+//! lockd): the roots to check the server against, the client's own
+//! certificate if it has one, and a stream that is plain TCP or TLS.
+
+use super::files;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Where a client's trust and identity come from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientFiles<'a> {
+    /// CA certificates to check the server against; `None` for the
+    /// system's.
+    pub ca: Option<&'a Path>,
+    /// The client's certificate (chain) and private key, shown when the
+    /// server asks for one.
+    pub cert: Option<&'a Path>,
+    pub key: Option<&'a Path>,
+}
+
+impl ClientFiles<'_> {
+    /// The client configuration these files make.
+    pub fn config(&self) -> Result<Arc<ClientConfig>, String> {
+        let roots = match self.ca {
+            Some(ca) => files::roots(ca)?,
+            None => system_roots()?,
+        };
+        let builder = ClientConfig::builder_with_provider(files::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let config = match (self.cert, self.key) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(files::certificates(cert)?, files::private_key(key)?)
+                .map_err(|e| format!("{}: {e}", cert.display()))?,
+            _ => return Err("a client certificate and its key go together".into()),
+        };
+        Ok(Arc::new(config))
+    }
+}
+
+/// The system's CA certificates.
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found.errors.first().map(ToString::to_string);
+        return Err(format!(
+            "no CA certificates found on this system{}: name one with --ca",
+            why.map_or(String::new(), |why| format!(" ({why})"))
+        ));
+    }
+    Ok(roots)
+}
+
+/// A connection to a server: plain, or TLS over TCP.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// `tcp` as it is, or with TLS to `host` (its handshake done, within
+    /// the timeouts set on `tcp`).
+    pub fn new(
+        tcp: TcpStream,
+        tls: Option<&Arc<ClientConfig>>,
+        host: &str,
+    ) -> Result<Self, String> {
+        let Some(config) = tls else {
+            return Ok(Self::Plain(tcp));
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))?;
+        let mut connection =
+            ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
+        let mut tcp = tcp;
+        while connection.is_handshaking() {
+            connection
+                .complete_io(&mut tcp)
+                .map_err(|e| format!("TLS handshake with {host}: {e}"))?;
+        }
+        Ok(Self::Tls(Box::new(StreamOwned::new(connection, tcp))))
+    }
+
+    /// The TCP connection beneath, for its timeouts.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(tls) => tls.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(tcp) => tcp.read(buf),
+            Self::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(tcp) => tcp.write(buf),
+            Self::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Plain(tcp) => tcp.flush(),
+            Self::Tls(tls) => tls.flush(),
+        }
+    }
+}

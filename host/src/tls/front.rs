@@ -1,0 +1,227 @@
+//! lockd's TLS front door: accepts on the public port, runs each
+//! connection's handshake and relay on a thread of its own (see
+//! [`super::relay`]), and hands the plaintext to lockd's HTTP server over
+//! a loopback connection.
+//!
+//! The accept thread only accepts: a client that never finishes its
+//! handshake holds its own sleeping thread until the handshake timeout,
+//! never the door. The HTTP server sees each TLS connection as one
+//! loopback connection, so everything it does per connection (ordering,
+//! noticing a client that hung up, hanging up on one) works unchanged.
+//! [`Relayed`] tells it who is at the other end: the client's address and
+//! the user its certificate names. A loopback connection that lockd did
+//! not make itself is not in it, and is refused.
+
+use super::relay;
+use super::server::{ServerTls, user_of};
+use rustls::ServerConnection;
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A connection thread's stack: a handshake and a relay need little.
+const STACK: usize = 256 * 1024;
+
+/// How the front treats connections.
+#[derive(Debug, Clone)]
+pub struct FrontConfig {
+    /// A connection on which nothing moved for this long is closed.
+    pub idle: Option<Duration>,
+    /// Connections past this many open at once are closed at once.
+    pub max_connections: Option<usize>,
+    /// The longest a client may take to complete its handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// Who is at the other end of a relayed connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The user its certificate names, if it showed one.
+    pub user: Option<String>,
+}
+
+/// The connections being relayed, by the address their loopback
+/// connection to the HTTP server comes from.
+#[derive(Debug, Default)]
+pub struct Relayed {
+    peers: Mutex<HashMap<SocketAddr, Peer>>,
+    open: AtomicUsize,
+    /// Handshakes that failed or timed out, since the start.
+    pub failed_handshakes: AtomicU64,
+}
+
+impl Relayed {
+    /// Who is behind the loopback connection from `from`, if lockd made it.
+    pub fn peer(&self, from: Option<&SocketAddr>) -> Option<Peer> {
+        self.lock().get(from?).cloned()
+    }
+
+    /// TLS connections open, handshaking or relaying.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Peer>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The TLS front door and its accept thread.
+pub struct Front {
+    socket: Arc<TcpListener>,
+    addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+    relayed: Arc<Relayed>,
+}
+
+impl Front {
+    /// Accepts TLS connections on `public` and relays them to the HTTP
+    /// server listening on `upstream`.
+    pub fn start(
+        public: TcpListener,
+        upstream: SocketAddr,
+        tls: Arc<ServerTls>,
+        config: FrontConfig,
+    ) -> io::Result<Self> {
+        let addr = public.local_addr()?;
+        let socket = Arc::new(public);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let relayed = Arc::new(Relayed::default());
+        let acceptor = {
+            let (socket, stopping, relayed) = (socket.clone(), stopping.clone(), relayed.clone());
+            let door = Door {
+                upstream,
+                tls,
+                config,
+                relayed,
+            };
+            std::thread::Builder::new()
+                .name("lockd-tls-accept".into())
+                .spawn(move || door.accept(&socket, &stopping))?
+        };
+        Ok(Self {
+            socket,
+            addr,
+            stopping,
+            acceptor: Some(acceptor),
+            relayed,
+        })
+    }
+
+    /// The public address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Who is behind each relayed connection.
+    pub fn relayed(&self) -> Arc<Relayed> {
+        self.relayed.clone()
+    }
+
+    /// New connections are refused from now on; those open stay open.
+    pub fn stop_accepting(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        // SAFETY: shutdown(2) of a socket this process owns; on a
+        // listening socket it makes accept() fail, ending the accept loop.
+        unsafe {
+            libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.stop_accepting();
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+/// What the accept thread needs to start a connection's thread.
+struct Door {
+    upstream: SocketAddr,
+    tls: Arc<ServerTls>,
+    config: FrontConfig,
+    relayed: Arc<Relayed>,
+}
+
+impl Door {
+    fn accept(self, socket: &TcpListener, stopping: &AtomicBool) {
+        let door = Arc::new(self);
+        let mut last_warning: Option<Instant> = None;
+        loop {
+            let (stream, client) = match socket.accept() {
+                Ok(accepted) => accepted,
+                Err(_) if stopping.load(Ordering::Relaxed) => return,
+                Err(e) => {
+                    // Out of descriptors or memory: the connection stays
+                    // in the queue; try again shortly rather than spin.
+                    if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!("accepting a TLS connection: {e}");
+                        last_warning = Some(Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            if let Some(max) = door.config.max_connections
+                && door.relayed.open() >= max
+            {
+                tracing::debug!("{client}: {max} connections open, closing the new one");
+                continue;
+            }
+            door.relayed.open.fetch_add(1, Ordering::Relaxed);
+            let spawned = {
+                let door = door.clone();
+                std::thread::Builder::new()
+                    .name("lockd-tls".into())
+                    .stack_size(STACK)
+                    .spawn(move || door.serve(stream, client))
+            };
+            if let Err(e) = spawned {
+                door.relayed.open.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!("{client}: starting its TLS thread: {e}");
+            }
+        }
+    }
+
+    /// One connection's life: its handshake, then its relay.
+    fn serve(&self, stream: TcpStream, client: SocketAddr) {
+        if let Err(e) = self.relay(&stream, client) {
+            tracing::debug!("TLS connection from {client}: {e}");
+        }
+        self.relayed.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn relay(&self, stream: &TcpStream, client: SocketAddr) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        let mut tls = ServerConnection::new(self.tls.current()).map_err(io::Error::other)?;
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        if let Err(e) = relay::handshake(&mut tls, stream, deadline) {
+            self.relayed
+                .failed_handshakes
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(io::Error::new(e.kind(), format!("handshake: {e}")));
+        }
+        let user = tls
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(user_of);
+        let upstream = TcpStream::connect(self.upstream)?;
+        upstream.set_nodelay(true)?;
+        let from = upstream.local_addr()?;
+        self.relayed.lock().insert(from, Peer { client, user });
+        let relayed = relay::relay(&mut tls, stream, &upstream, self.config.idle);
+        self.relayed.lock().remove(&from);
+        relayed
+    }
+}
