@@ -1,6 +1,6 @@
 //! gocept.lockd compatibility, seen from Python's `xmlrpc.client`.
 
-use crate::support::{TestServer, python};
+use crate::support::{TestServer, python, read_http_answer};
 
 #[test]
 fn the_gocept_lockd_doctest_through_python_with_sync_always() {
@@ -39,7 +39,7 @@ multicall None
 
 #[test]
 fn rpc2_path_and_keep_alive_serve_many_calls_on_one_connection() {
-    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::io::{BufReader, Write as _};
     let server = TestServer::start();
     let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -52,23 +52,8 @@ fn rpc2_path_and_keep_alive_serve_many_calls_on_one_connection() {
             body.len()
         )
         .unwrap();
-        let mut status = String::new();
-        reader.read_line(&mut status).unwrap();
+        let (status, body) = read_http_answer(&mut reader);
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        let body = String::from_utf8(body).unwrap();
         assert!(body.contains("<nil/>"), "{method} on {path}: {body}");
     }
 }

@@ -36,3 +36,4 @@ mod run;
 mod shutdown;
 mod storage;
 mod support;
+mod tls;

@@ -1,7 +1,8 @@
 //! Certificates for the TLS tests, made with openssl: a CA, a server
 //! certificate for 127.0.0.1 (usable as a client certificate too, as
-//! etcd's gateway uses its own to reach itself), a client certificate, and
-//! a second CA with a client certificate of its own.
+//! etcd's gateway uses its own to reach itself), a client certificate, a
+//! second CA with a client certificate of its own, and any other a test
+//! issues.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,87 +25,102 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// The kind of a key.
+#[derive(Debug, Clone, Copy)]
+pub enum Key {
+    EcdsaP256,
+    Rsa,
+    Ed25519,
+}
+
+impl Key {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Key::EcdsaP256 => &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            Key::Rsa => &["-newkey", "rsa:2048"],
+            Key::Ed25519 => &["-newkey", "ed25519"],
+        }
+    }
+}
+
+/// What a certificate is for.
+pub const SERVER: &str = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n\
+                          basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n";
+pub const CLIENT: &str =
+    "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n";
+
 impl Pki {
+    /// Two CAs (`ca`, `other-ca`); `server` (for 127.0.0.1) and `client`
+    /// of `ca`, `other-client` of `other-ca`.
     pub fn new() -> Self {
-        let tmp = TempDir::new().unwrap();
-        let dir = tmp.path();
+        let pki = Self {
+            tmp: TempDir::new().unwrap(),
+        };
         for ca in ["ca", "other-ca"] {
-            openssl(
-                dir,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    &format!("/CN=lockd test {ca}"),
-                    "-keyout",
-                    &format!("{ca}-key.pem"),
-                    "-out",
-                    &format!("{ca}.pem"),
-                ],
-            );
+            pki.openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=lockd test {ca}"),
+                "-keyout",
+                &format!("{ca}-key.pem"),
+                "-out",
+                &format!("{ca}.pem"),
+            ]);
         }
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n\
-             basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("client.ext"),
-            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n",
-        )
-        .unwrap();
-        for (name, ca, ext) in [
-            ("server", "ca", "server.ext"),
-            ("client", "ca", "client.ext"),
-            ("other-client", "other-ca", "client.ext"),
-        ] {
-            openssl(
-                dir,
-                &[
-                    "req",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-nodes",
-                    "-subj",
-                    &format!("/CN={name}"),
-                    "-keyout",
-                    &format!("{name}-key.pem"),
-                    "-out",
-                    &format!("{name}.csr"),
-                ],
-            );
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{name}.csr"),
-                    "-CA",
-                    &format!("{ca}.pem"),
-                    "-CAkey",
-                    &format!("{ca}-key.pem"),
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    ext,
-                    "-out",
-                    &format!("{name}.pem"),
-                ],
-            );
-        }
-        Self { tmp }
+        pki.issue("server", "/CN=server", "ca", Key::EcdsaP256, SERVER);
+        pki.issue("client", "/CN=client", "ca", Key::EcdsaP256, CLIENT);
+        pki.issue(
+            "other-client",
+            "/CN=other-client",
+            "other-ca",
+            Key::EcdsaP256,
+            CLIENT,
+        );
+        pki
+    }
+
+    /// Makes `name.pem` and `name-key.pem`: a certificate for `subject`
+    /// with a key of `kind`, signed by `ca`, with the extensions `ext`.
+    pub fn issue(&self, name: &str, subject: &str, ca: &str, kind: Key, ext: &str) {
+        let ext_file = format!("{name}.ext");
+        std::fs::write(self.tmp.path().join(&ext_file), ext).unwrap();
+        let key = format!("{name}-key.pem");
+        let csr = format!("{name}.csr");
+        let mut args = vec!["req"];
+        args.extend(kind.args());
+        args.extend(["-nodes", "-subj", subject, "-keyout", &key, "-out", &csr]);
+        self.openssl(&args);
+        let (ca_cert, ca_key) = (format!("{ca}.pem"), format!("{ca}-key.pem"));
+        let cert = format!("{name}.pem");
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_cert,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+            "-out",
+            &cert,
+        ]);
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        openssl(self.tmp.path(), args);
     }
 
     /// `name.pem` (a certificate) or `name-key.pem` (its key).

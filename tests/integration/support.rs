@@ -21,6 +21,8 @@ pub struct TestServer {
     pub dir: PathBuf,
     /// `host:port` it listens on.
     pub addr: String,
+    /// `http` or `https`.
+    pub scheme: String,
     log: Arc<Mutex<String>>,
     _tmp: Option<TempDir>,
 }
@@ -78,9 +80,11 @@ impl TestServer {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(url) = line.split("listening on ").nth(1)
+                    && let Some((scheme, rest)) = url.split_once("://")
+                {
                     let addr = rest.split('/').next().unwrap().to_owned();
-                    let _ = tx.send(addr);
+                    let _ = tx.send((scheme.to_owned(), addr));
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -88,10 +92,11 @@ impl TestServer {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => Ok(Self {
+            Ok((scheme, addr)) => Ok(Self {
                 child,
                 dir: dir.to_owned(),
                 addr,
+                scheme,
                 log,
                 _tmp: None,
             }),
@@ -105,7 +110,7 @@ impl TestServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
+        format!("{}://{}/", self.scheme, self.addr)
     }
 
     pub fn client(&self) -> Client {
@@ -380,4 +385,25 @@ pub fn doc_block(doc: &str, marker: &str, language: &str) -> String {
     let start = after.find(&fence).expect(&fence) + fence.len();
     let len = after[start..].find("```").unwrap();
     after[start..start + len].to_owned()
+}
+
+/// Reads one HTTP/1.1 answer from `reader`: its status line, and its body
+/// (as long as its Content-Length says).
+pub fn read_http_answer(reader: &mut impl std::io::BufRead) -> (String, String) {
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
 }

@@ -3,14 +3,16 @@
 Usage: scenario.py URL [URL...]. Prints one line per call: the call, then
 `None` or `Fault(code, 'message')`. With several URLs (lockd hosts sharing
 one cluster), the calls go to each in turn. The Rust test compares the
-lines.
+lines. For https URLs, LOCKD_CA names the CA to trust, and LOCKD_CERT and
+LOCKD_KEY the client's certificate, if any.
 """
 import sys
 import xmlrpc.client
 
 from gocept_doctest import STEPS
+from tls_context import context
 
-servers = [xmlrpc.client.ServerProxy(url) for url in sys.argv[1:]]
+servers = [xmlrpc.client.ServerProxy(url, context=context()) for url in sys.argv[1:]]
 for i, (method, resource, client) in enumerate(STEPS):
     server = servers[i % len(servers)]
     try:

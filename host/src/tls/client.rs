@@ -102,7 +102,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Self::Plain(tcp) => tcp.read(buf),
-            Self::Tls(tls) => tls.read(buf),
+            Self::Tls(tls) => tls.read(buf).map_err(|e| alert_behind(tls, e)),
         }
     }
 }
@@ -111,14 +111,41 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Self::Plain(tcp) => tcp.write(buf),
-            Self::Tls(tls) => tls.write(buf),
+            Self::Tls(tls) => tls.write(buf).map_err(|e| alert_behind(tls, e)),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Self::Plain(tcp) => tcp.flush(),
-            Self::Tls(tls) => tls.flush(),
+            Self::Tls(tls) => tls.flush().map_err(|e| alert_behind(tls, e)),
         }
+    }
+}
+
+/// The server's alert behind a failed read or write, if it sent one: with
+/// TLS 1.3 a server refuses a client's certificate (or its lack of one)
+/// after the client has finished its handshake, and the client's next
+/// write may then fail (broken pipe) before it reads why.
+fn alert_behind(
+    tls: &mut StreamOwned<ClientConnection, TcpStream>,
+    error: std::io::Error,
+) -> std::io::Error {
+    if matches!(
+        error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(_))
+    ) {
+        return error;
+    }
+    let _ = tls.sock.set_nonblocking(true);
+    let read = tls.conn.read_tls(&mut tls.sock);
+    let _ = tls.sock.set_nonblocking(false);
+    match (read, tls.conn.process_new_packets()) {
+        (Ok(_), Err(alert @ rustls::Error::AlertReceived(_))) => {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, alert)
+        }
+        _ => error,
     }
 }

@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 /// A connection thread's stack: a handshake and a relay need little.
 const STACK: usize = 256 * 1024;
 
+/// How long a connection whose handshake failed is kept to let its client
+/// read why (see [`relay::linger`]).
+const LINGER: Duration = Duration::from_secs(1);
+
 /// How the front treats connections.
 #[derive(Debug, Clone)]
 pub struct FrontConfig {
@@ -210,6 +214,7 @@ impl Door {
             self.relayed
                 .failed_handshakes
                 .fetch_add(1, Ordering::Relaxed);
+            relay::linger(stream, LINGER);
             return Err(io::Error::new(e.kind(), format!("handshake: {e}")));
         }
         let user = tls

@@ -66,6 +66,35 @@ pub fn handshake(tls: &mut ServerConnection, tcp: &TcpStream, deadline: Instant)
     flush(tls, tcp)
 }
 
+/// Closes a connection whose handshake failed so that the client reads
+/// the alert that says why: lockd's side is shut for writing, and what the
+/// client still sends (a TLS 1.3 client may have sent its request already)
+/// is read and dropped until it closes too, for at most `linger`. Closing
+/// with unread data would reset the connection, and a reset can reach the
+/// client before it has read the alert.
+pub fn linger(tcp: &TcpStream, linger: Duration) {
+    let deadline = Instant::now() + linger;
+    if tcp.shutdown(Shutdown::Write).is_err() {
+        return;
+    }
+    let mut buf = [0; 4096];
+    let mut left: usize = 64 * 1024;
+    while left > 0 {
+        let mut fds = [pollfd(tcp, libc::POLLIN)];
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match poll(&mut fds, Some(wait)) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        match (&*tcp).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => left = left.saturating_sub(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Relays between the client (`tls` on `client`) and lockd's HTTP server
 /// (`upstream`) until either is done: the server closed the connection
 /// (its answers then reach the client, followed by close_notify), the
