@@ -3,7 +3,7 @@
 //! times aside), the scripts do what the text says, and the command-line
 //! synopsis names only flags lockd has.
 
-use crate::support::{LOCKD, TestServer, doc_block, run_ok};
+use crate::support::{LOCKD, TestServer, doc_block, python_doctests, run_ok};
 use lockd::xmlrpc::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -189,4 +189,68 @@ fn the_operations_synopsis_names_only_flags_lockd_has() {
             );
         }
     }
+}
+
+#[test]
+fn the_readmes_tls_recipe_makes_files_a_daemon_serves_mutual_tls_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = bin_dir(tmp.path(), &[]);
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let section = &README[README.find("## TLS and client certificates").unwrap()..];
+    let make_ca = doc_block(section, "openssl", "sh");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    run_ok(
+        Command::new("bash")
+            .args(["-e", "-c", &make_ca])
+            .current_dir(&work)
+            .env("PATH", &path),
+    );
+
+    // The daemon as the recipe starts it, its files found in `work`.
+    let (serve, status) = {
+        let block = doc_block(section, "```sh\nlockd serve", "sh");
+        let mut lines = block.lines().map(str::to_owned);
+        (lines.next().unwrap(), lines.next().unwrap())
+    };
+    let args: Vec<String> = serve
+        .strip_prefix("lockd serve ")
+        .unwrap()
+        .split_whitespace()
+        .map(|arg| match arg.ends_with(".pem") {
+            true => work.join(arg).to_string_lossy().into_owned(),
+            false => arg.to_owned(),
+        })
+        .collect();
+    assert!(args.contains(&"--tls-client-ca".to_owned()), "{args:?}");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = TestServer::start_with(&args);
+    let url = server.url();
+    assert!(url.starts_with("https://"), "{url}");
+
+    // docs/operations.md's Python session, with the recipe's files.
+    let tls = &OPERATIONS[OPERATIONS.find("## TLS").unwrap()..];
+    let tls = &tls[..tls[3..].find("\n## ").unwrap()];
+    python_doctests(tls, &url, &work);
+
+    // The recipe's CLI call, as `oncall`: it sees what Python took.
+    let status = status.replace("https://127.0.0.1:8000/", &url);
+    let output = Command::new("bash")
+        .args(["-c", &status])
+        .current_dir(&work)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(printed.starts_with("vm-42\thost-a\t"), "{printed}");
+    // Without the client certificate, the handshake fails.
+    let without: String = status.split(" --cert").next().unwrap().to_owned();
+    let output = Command::new("bash")
+        .args(["-c", &without])
+        .current_dir(&work)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
 }

@@ -5,7 +5,9 @@
 //! blocks run as written). Each writes a lock directory the native daemon
 //! then reads.
 
-use crate::support::{GOCEPT_DOCTEST, LOCKD, TestServer, doc_block, run_ok as run, temp_lock_dir};
+use crate::support::{
+    GOCEPT_DOCTEST, LOCKD, TestServer, doc_block, python_doctests, run_ok as run, temp_lock_dir,
+};
 use lockd::xmlrpc::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -124,20 +126,7 @@ fn the_embedding_docs_wasmtime_run_lines_print_what_their_comments_say() {
 /// daemon, which is returned.
 fn doctests(doc: &str) -> TestServer {
     let server = TestServer::start();
-    let doctest: String = doc
-        .split("```python\n")
-        .skip(1)
-        .filter_map(|block| block.split("```").next())
-        .filter(|block| block.contains(">>>"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .replace("http://127.0.0.1:8000/", &server.url());
-    let check = "import doctest, sys, xmlrpc.client\n\
-                 test = doctest.DocTestParser().get_doctest(sys.argv[1], {'xmlrpc': xmlrpc}, 'doc', 'doc', 0)\n\
-                 runner = doctest.DocTestRunner()\n\
-                 runner.run(test)\n\
-                 sys.exit(1 if runner.failures or not runner.tries else 0)\n";
-    run(Command::new("python3").args(["-c", check, &doctest]));
+    python_doctests(doc, &server.url(), Path::new("."));
     server
 }
 

@@ -407,3 +407,28 @@ pub fn read_http_answer(reader: &mut impl std::io::BufRead) -> (String, String) 
     reader.read_exact(&mut body).unwrap();
     (status, String::from_utf8(body).unwrap())
 }
+
+/// Runs the Python sessions (`>>>` blocks) of `doc` as one doctest in
+/// `cwd`, against the daemon at `url` (for the docs' `http://127.0.0.1:8000/`
+/// or `https://...`); fails the test if any example prints otherwise.
+pub fn python_doctests(doc: &str, url: &str, cwd: &Path) {
+    let doctest: String = doc
+        .split("```python\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| block.contains(">>>"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("http://127.0.0.1:8000/", url)
+        .replace("https://127.0.0.1:8000/", url);
+    let check = "import doctest, sys, xmlrpc.client\n\
+                 test = doctest.DocTestParser().get_doctest(sys.argv[1], {'xmlrpc': xmlrpc}, 'doc', 'doc', 0)\n\
+                 runner = doctest.DocTestRunner()\n\
+                 runner.run(test)\n\
+                 sys.exit(1 if runner.failures or not runner.tries else 0)\n";
+    run_ok(
+        Command::new("python3")
+            .current_dir(cwd)
+            .args(["-c", check, &doctest]),
+    );
+}

@@ -27,9 +27,9 @@ pub fn run(config: &BenchConfig, urls: &[String]) -> anyhow::Result<()> {
     print_line("etcd guarded txn alone", 1, &txn, None, None);
     let prefix = format!("lockd-bench-{}/", std::process::id());
     let args = ["--etcd", &urls.join(","), "--etcd-prefix", &prefix];
-    let (mut daemon, addr, _) = Daemon::start(&args, config.server_cpus.as_deref())?;
+    let (mut daemon, addr, _) = Daemon::start(&args, config.server_cpus.as_deref(), None)?;
     for &conns in &config.connections {
-        let figures = load(&addr, conns, config.duration, config.contended)?;
+        let figures = load(&addr, None, conns, config.duration, config.contended)?;
         let etcd = etcd_locks(urls, conns, config.duration)?;
         print_line("lockd --etcd", conns, &figures, daemon.peak_rss_kib(), None);
         let ratio = figures.ops_per_sec() / etcd.ops_per_sec();

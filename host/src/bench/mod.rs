@@ -3,13 +3,16 @@
 //! throughput, latency and the daemon's peak memory, optionally next to
 //! another server speaking the same protocol (the ratio is printed).
 
+mod connection;
 mod etcd;
 
 use crate::locks::Durability;
-use anyhow::{Context as _, bail};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
-use std::path::Path;
+use crate::tls::ClientFiles;
+use anyhow::Context as _;
+use connection::Connection;
+use rustls::ClientConfig;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +37,17 @@ pub struct BenchConfig {
     /// Cluster mode: the etcd cluster's client URLs. The daemon runs on
     /// it, next to etcd's own lock service, instead of on directories.
     pub etcd: Vec<String>,
+    /// Also measure a daemon serving TLS with these files, next to plain
+    /// HTTP.
+    pub tls: Option<BenchTls>,
+}
+
+/// The certificate and key a TLS daemon shows, and the CA that signed it.
+#[derive(Debug, Clone)]
+pub struct BenchTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// One load run's figures.
@@ -76,26 +90,42 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         preload(&dir, config.preload)?;
         let dir_arg = dir.to_string_lossy();
         let args = ["--sync", sync, "--dir", &dir_arg];
-        let (mut daemon, addr, started) = Daemon::start(&args, config.server_cpus.as_deref())?;
+        let (mut daemon, addr, started) =
+            Daemon::start(&args, config.server_cpus.as_deref(), None)?;
         println!(
             "# lockd --sync={sync}: first request served {:.1} ms after start ({} locks held)",
             started.as_secs_f64() * 1000.0,
             config.preload
         );
+        let tls = match &config.tls {
+            Some(tls) => Some(TlsDaemon::start(tls, sync, config.server_cpus.as_deref())?),
+            None => None,
+        };
         for &conns in &config.connections {
-            let figures = load(&addr, conns, config.duration, config.contended)?;
-            let baseline = match &config.baseline {
-                Some(url) => Some(load(
-                    authority(url)?,
+            let figures = load(&addr, None, conns, config.duration, config.contended)?;
+            let rss = daemon.peak_rss_kib();
+            print_line(&format!("lockd --sync={sync}"), conns, &figures, rss, None);
+            if let Some(tls) = &tls {
+                let over_tls = load(
+                    &tls.addr,
+                    Some(&tls.client),
                     conns,
                     config.duration,
                     config.contended,
-                )?),
-                None => None,
-            };
-            let rss = daemon.peak_rss_kib();
-            print_line(&format!("lockd --sync={sync}"), conns, &figures, rss, None);
-            if let Some(base) = baseline {
+                )?;
+                let ratio = over_tls.ops_per_sec() / figures.ops_per_sec();
+                let rss = tls.daemon.peak_rss_kib();
+                let name = format!("lockd --sync={sync} https");
+                print_line(&name, conns, &over_tls, rss, Some(ratio));
+            }
+            if let Some(url) = &config.baseline {
+                let base = load(
+                    authority(url)?,
+                    None,
+                    conns,
+                    config.duration,
+                    config.contended,
+                )?;
                 let ratio = figures.ops_per_sec() / base.ops_per_sec();
                 print_line("baseline", conns, &base, None, Some(ratio));
             }
@@ -148,6 +178,45 @@ fn preload(dir: &Path, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A daemon serving TLS on a directory of its own, and a client
+/// configuration trusting it.
+struct TlsDaemon {
+    daemon: Daemon,
+    addr: String,
+    client: Arc<ClientConfig>,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsDaemon {
+    fn start(tls: &BenchTls, sync: &str, cpus: Option<&str>) -> anyhow::Result<Self> {
+        let files = ClientFiles {
+            ca: Some(&tls.ca),
+            ..ClientFiles::default()
+        };
+        let client = files.config().map_err(anyhow::Error::msg)?;
+        let dir = tempfile::tempdir()?;
+        let locks = dir.path().join("locks").to_string_lossy().into_owned();
+        let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
+        let args = [
+            "--sync",
+            sync,
+            "--dir",
+            &locks,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
+        let (daemon, addr, _) = Daemon::start(&args, cpus, Some(&client))?;
+        Ok(Self {
+            daemon,
+            addr,
+            client,
+            _dir: dir,
+        })
+    }
+}
+
 /// A `lockd serve` child process.
 struct Daemon {
     child: Child,
@@ -156,7 +225,11 @@ struct Daemon {
 impl Daemon {
     /// Starts one with `serve` arguments `args` and returns its address
     /// and how long it took until a first request was answered.
-    fn start(args: &[&str], cpus: Option<&str>) -> anyhow::Result<(Self, String, Duration)> {
+    fn start(
+        args: &[&str],
+        cpus: Option<&str>,
+        tls: Option<&Arc<ClientConfig>>,
+    ) -> anyhow::Result<(Self, String, Duration)> {
         let start = Instant::now();
         let lockd = std::env::current_exe()?;
         let mut command = match cpus {
@@ -180,14 +253,16 @@ impl Daemon {
         let mut addr = None;
         for line in stderr.lines() {
             let line = line?;
-            if let Some(rest) = line.split("listening on http://").nth(1) {
+            if let Some(url) = line.split("listening on ").nth(1)
+                && let Some((_, rest)) = url.split_once("://")
+            {
                 addr = rest.split('/').next().map(str::to_owned);
                 break;
             }
         }
         let daemon = Self { child };
         let addr = addr.context("the daemon did not start")?;
-        let mut conn = Connection::open(&addr)?;
+        let mut conn = Connection::open(&addr, tls)?;
         conn.call(&crate::xmlrpc::encode_call("system.listMethods", &[]))?;
         Ok((daemon, addr, start.elapsed()))
     }
@@ -211,56 +286,6 @@ impl Drop for Daemon {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection.
-struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    head: String,
-}
-
-impl Connection {
-    fn open(addr: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Self {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-            head: format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/xml\r\n"),
-        })
-    }
-
-    /// Posts `body` and returns whether the answer was a fault.
-    fn call(&mut self, body: &str) -> anyhow::Result<bool> {
-        let request = format!("{}Content-Length: {}\r\n\r\n{body}", self.head, body.len());
-        self.writer.write_all(request.as_bytes())?;
-        let mut line = String::new();
-        let mut length = None;
-        let mut status_line = true;
-        loop {
-            line.clear();
-            if self.reader.read_line(&mut line)? == 0 {
-                bail!("connection closed");
-            }
-            if status_line {
-                if !line.starts_with("HTTP/1.1 200") {
-                    bail!("HTTP error: {}", line.trim());
-                }
-                status_line = false;
-            } else if line == "\r\n" {
-                break;
-            } else if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = Some(value.trim().parse::<usize>()?);
-            }
-        }
-        let mut body = vec![0; length.context("no Content-Length")?];
-        self.reader.read_exact(&mut body)?;
-        Ok(body.windows(7).any(|w| w == b"<fault>"))
-    }
-}
-
 fn print_storm(name: &str, addr: &str, n: usize) -> anyhow::Result<()> {
     let (connected, answered) = storm(addr, n)?;
     println!(
@@ -278,7 +303,7 @@ fn print_storm(name: &str, addr: &str, n: usize) -> anyhow::Result<()> {
 pub fn storm(addr: &str, n: usize) -> anyhow::Result<(Duration, Duration)> {
     let start = Instant::now();
     let mut connections = (0..n)
-        .map(|_| Connection::open(addr))
+        .map(|_| Connection::open(addr, None))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let connected = start.elapsed();
     let body = crate::xmlrpc::encode_call("lockd.status", &["storm".into()]);
@@ -292,6 +317,7 @@ pub fn storm(addr: &str, n: usize) -> anyhow::Result<(Duration, Duration)> {
 /// unlocks (its own resources, or one of `contended` shared ones).
 pub fn load(
     addr: &str,
+    tls: Option<&Arc<ClientConfig>>,
     conns: usize,
     duration: Duration,
     contended: Option<usize>,
@@ -303,8 +329,9 @@ pub fn load(
         .unwrap_or_default();
     let run = format!("{:x}-{:x}", std::process::id(), since_epoch.as_nanos());
     let addr = addr.to_owned();
+    let tls = tls.cloned();
     drive(conns, duration, move |t, stop, latencies| {
-        let mut conn = Connection::open(&addr)?;
+        let mut conn = Connection::open(&addr, tls.as_ref())?;
         let client = format!("bench-{run}-{t}");
         let mut faults = 0;
         let mut step = 0usize;

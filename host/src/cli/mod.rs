@@ -115,6 +115,16 @@ struct BenchArgs {
     /// transaction alone, instead of on directories.
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
+    /// Also measure a daemon serving TLS with this certificate (PEM),
+    /// next to plain HTTP; with --tls-key and --tls-ca.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The CA that signed --tls-cert, for the load's connections to trust.
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Runs the command line.
@@ -164,6 +174,12 @@ pub fn run() -> ExitCode {
                 server_cpus: args.server_cpus,
                 storm: args.storm,
                 etcd: args.etcd,
+                tls: match (args.tls_cert, args.tls_key, args.tls_ca) {
+                    (Some(cert), Some(key), Some(ca)) => {
+                        Some(crate::bench::BenchTls { cert, key, ca })
+                    }
+                    _ => None,
+                },
             };
             match crate::bench::run(&config) {
                 Ok(()) => ExitCode::SUCCESS,
