@@ -35,5 +35,6 @@ mod restart;
 mod run;
 mod shutdown;
 mod storage;
+mod supply_chain;
 mod support;
 mod tls;

@@ -4,7 +4,7 @@
 
 use crate::pki::{CLIENT, Key, Pki, SERVER};
 use crate::support::{
-    GOCEPT_DOCTEST, LOCKD, TestServer, call_xml, read_http_answer, run_ok, wait_until,
+    GOCEPT_DOCTEST, LOCKD, TestServer, call_xml, read_http_answer, run_ok, sample, wait_until,
 };
 use lockd::tls::{ClientFiles, Stream};
 use std::io::{BufReader, Read as _, Write as _};
@@ -402,4 +402,21 @@ fn a_tls12_hello_then_close_notify_and_a_hundred_stalled_handshakes_stop_nobody(
         }
     }
     assert!(fresh_call(&server, &pki) < Duration::from_secs(1));
+    // Each failed handshake is counted; none is left open.
+    let scrape = || {
+        let mut stream = connect(&server, &pki, None).unwrap();
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: lockd\r\n\r\n").unwrap();
+        stream.flush().unwrap();
+        read_http_answer(&mut BufReader::new(&mut stream)).1
+    };
+    let metrics = scrape();
+    assert!(
+        sample(&metrics, "lockd_tls_handshake_failures_total") >= 101.0,
+        "{metrics}"
+    );
+    // Once the earlier clients' connections have wound down, the scraping
+    // connection itself is the only one open.
+    wait_until("no TLS connection open but the scrape's", || {
+        sample(&scrape(), "lockd_tls_connections") == 1.0
+    });
 }

@@ -299,7 +299,12 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
             Err(answer) => answer,
         },
         (Method::Get | Method::Head, "/") => status_page(lockd, request.url()),
-        (Method::Get | Method::Head, "/metrics") => match lockd.metrics_text() {
+        (Method::Get | Method::Head, "/metrics") => match lockd.metrics_text_with(
+            shared
+                .relayed
+                .as_ref()
+                .map_or_else(Vec::new, |r| r.samples()),
+        ) {
             Ok(text) => Answer::new(
                 200,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

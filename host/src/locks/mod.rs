@@ -21,7 +21,7 @@ use crate::commit::Then;
 use crate::component::{AcquireRequest, CheckRequest, ListRequest, Reply, Request};
 use crate::error::LockError;
 use crate::guard::DirGuard;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{Gauges, Metrics, Sample};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -243,11 +243,19 @@ impl Lockd {
     /// The metrics in Prometheus' text format, with the locks held and the
     /// clients waiting now.
     pub fn metrics_text(&self) -> Result<String, LockError> {
+        self.metrics_text_with(Vec::new())
+    }
+
+    /// [`metrics_text`](Self::metrics_text), with `transport`'s samples
+    /// (TLS connections, say) among the store's.
+    pub fn metrics_text_with(&self, transport: Vec<Sample>) -> Result<String, LockError> {
+        let mut store = self.backend.samples();
+        store.extend(transport);
         let gauges = Gauges {
             locks_held: self.list("")?.len(),
             waiters: self.backend.waiters(),
             journal_bytes: self.backend.journal_bytes(),
-            store: self.backend.samples(),
+            store,
         };
         Ok(self.metrics.render(&gauges))
     }

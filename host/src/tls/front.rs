@@ -14,6 +14,7 @@
 
 use super::relay;
 use super::server::{ServerTls, user_of};
+use crate::metrics::Sample;
 use rustls::ServerConnection;
 use std::collections::HashMap;
 use std::io;
@@ -70,6 +71,24 @@ impl Relayed {
     /// TLS connections open, handshaking or relaying.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// What `/metrics` shows of TLS.
+    pub fn samples(&self) -> Vec<Sample> {
+        vec![
+            Sample {
+                name: "lockd_tls_connections",
+                help: "TLS connections open now, in their handshake or relayed",
+                kind: "gauge",
+                value: self.open() as u64,
+            },
+            Sample {
+                name: "lockd_tls_handshake_failures_total",
+                help: "TLS handshakes that failed or timed out",
+                kind: "counter",
+                value: self.failed_handshakes.load(Ordering::Relaxed),
+            },
+        ]
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Peer>> {
