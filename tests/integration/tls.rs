@@ -101,6 +101,26 @@ fn keep_alive_call(stream: &mut Stream, method: &str, params: &[&str]) -> String
     answer
 }
 
+/// `/metrics` of a daemon serving TLS.
+fn metrics(server: &TestServer, pki: &Pki) -> String {
+    let mut stream = connect(server, pki, None).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: lockd\r\n\r\n").unwrap();
+    stream.flush().unwrap();
+    read_http_answer(&mut BufReader::new(&mut stream)).1
+}
+
+/// Writes a call to `stream` without waiting for its answer.
+fn send_call(stream: &mut Stream, method: &str, params: &[lockd::xmlrpc::Value]) {
+    let body = lockd::xmlrpc::encode_call(method, params);
+    write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: lockd\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream.flush().unwrap();
+}
+
 /// CPU seconds `pid` has used, user and system.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -403,12 +423,7 @@ fn a_tls12_hello_then_close_notify_and_a_hundred_stalled_handshakes_stop_nobody(
     }
     assert!(fresh_call(&server, &pki) < Duration::from_secs(1));
     // Each failed handshake is counted; none is left open.
-    let scrape = || {
-        let mut stream = connect(&server, &pki, None).unwrap();
-        write!(stream, "GET /metrics HTTP/1.1\r\nHost: lockd\r\n\r\n").unwrap();
-        stream.flush().unwrap();
-        read_http_answer(&mut BufReader::new(&mut stream)).1
-    };
+    let scrape = || metrics(&server, &pki);
     let metrics = scrape();
     assert!(
         sample(&metrics, "lockd_tls_handshake_failures_total") >= 101.0,
@@ -419,4 +434,36 @@ fn a_tls12_hello_then_close_notify_and_a_hundred_stalled_handshakes_stop_nobody(
     wait_until("no TLS connection open but the scrape's", || {
         sample(&scrape(), "lockd_tls_connections") == 1.0
     });
+}
+
+#[test]
+fn a_tls_waiter_that_hangs_up_is_never_given_the_lock() {
+    use lockd::xmlrpc::Value;
+    let pki = Pki::new();
+    let server = serve(&pki, "server", &[]);
+    let waiters = |n: f64| {
+        wait_until(&format!("{n} waiters"), || {
+            sample(&metrics(&server, &pki), "lockd_waiters") == n
+        })
+    };
+    let acquire = |client: &str| {
+        let wait = Value::Struct(vec![("wait".into(), Value::Int(100))]);
+        vec!["r".into(), client.into(), wait]
+    };
+    let mut holder = connect(&server, &pki, None).unwrap();
+    assert!(keep_alive_call(&mut holder, "lock", &["r", "holder"]).contains("<nil/>"));
+    let mut gone = connect(&server, &pki, None).unwrap();
+    send_call(&mut gone, "lockd.acquire", &acquire("gone"));
+    waiters(1.0);
+    let mut behind = connect(&server, &pki, None).unwrap();
+    send_call(&mut behind, "lockd.acquire", &acquire("behind"));
+    waiters(2.0);
+    // The client leaves: its relay shuts its loopback connection, which
+    // the daemon sees as a waiter gone.
+    drop(gone);
+    waiters(1.0);
+    assert!(keep_alive_call(&mut holder, "unlock", &["r", "holder"]).contains("<nil/>"));
+    let (_, answer) = read_http_answer(&mut BufReader::new(&mut behind));
+    assert!(answer.contains("<string>behind</string>"), "{answer}");
+    assert!(!server.log().contains("client=gone"), "{}", server.log());
 }
