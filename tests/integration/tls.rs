@@ -4,7 +4,7 @@
 
 use crate::pki::{CLIENT, Key, Pki, SERVER};
 use crate::support::{
-    GOCEPT_DOCTEST, LOCKD, TestServer, call_xml, read_http_answer, run_ok, sample, wait_until,
+    GOCEPT_DOCTEST, LOCKD, TestServer, read_http_answer, run_ok, sample, wait_until,
 };
 use lockd::tls::{ClientFiles, Stream};
 use std::io::{BufReader, Read as _, Write as _};
@@ -89,14 +89,8 @@ fn server_name(stream: &Stream) -> String {
 
 /// One XML-RPC call over `stream`, kept open (HTTP/1.1); the answer's body.
 fn keep_alive_call(stream: &mut Stream, method: &str, params: &[&str]) -> String {
-    let body = call_xml(method, params);
-    write!(
-        stream,
-        "POST / HTTP/1.1\r\nHost: lockd\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    stream.flush().unwrap();
+    let params: Vec<lockd::xmlrpc::Value> = params.iter().map(|&p| p.into()).collect();
+    send_call(stream, method, &params);
     let (_, answer) = read_http_answer(&mut BufReader::new(stream));
     answer
 }
