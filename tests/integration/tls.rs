@@ -461,3 +461,28 @@ fn a_tls_waiter_that_hangs_up_is_never_given_the_lock() {
     assert!(answer.contains("<string>behind</string>"), "{answer}");
     assert!(!server.log().contains("client=gone"), "{}", server.log());
 }
+
+#[test]
+fn tls_connections_past_max_connections_are_closed_and_served_again_once_others_close() {
+    let pki = Pki::new();
+    let server = serve(&pki, "server", &["--max-connections", "3"]);
+    let mut open: Vec<Stream> = (0..3)
+        .map(|_| connect(&server, &pki, None).unwrap())
+        .collect();
+    for stream in &mut open {
+        assert!(keep_alive_call(stream, "lockd.status", &["r"]).contains("<nil/>"));
+    }
+    // The fourth is closed before its handshake.
+    let refused = connect(&server, &pki, None).map(drop);
+    assert!(refused.is_err(), "a fourth connection was served");
+    // One closes: new connections are served again.
+    open.pop();
+    wait_until("a new connection to be served", || {
+        connect(&server, &pki, None)
+            .map(|mut stream| keep_alive_call(&mut stream, "lockd.status", &["r"]))
+            .is_ok_and(|answer| answer.contains("<nil/>"))
+    });
+    for stream in &mut open {
+        assert!(keep_alive_call(stream, "lockd.status", &["r"]).contains("<nil/>"));
+    }
+}
