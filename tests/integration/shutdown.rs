@@ -139,3 +139,23 @@ fn sigterm_during_load_answers_what_was_sent_and_keeps_what_was_acknowledged() {
         drop(next);
     }
 }
+
+#[test]
+fn sighup_is_a_reload_and_never_stops_the_daemon() {
+    // `systemctl reload` sends SIGHUP; without TLS there is nothing to
+    // reload, and the daemon must go on (SIGHUP's default ends a process).
+    let mut server = TestServer::start();
+    server.call("lock", &["r", "c"]).unwrap();
+    server.signal(libc::SIGHUP);
+    wait_until("the reload to be logged", || {
+        server.log().contains("SIGHUP: nothing to reload")
+    });
+    assert!(server.is_running());
+    let holder = server.call("lockd.status", &["r"]).unwrap();
+    assert_eq!(
+        holder
+            .member("client")
+            .and_then(lockd::xmlrpc::Value::as_str),
+        Some("c")
+    );
+}

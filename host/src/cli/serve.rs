@@ -133,9 +133,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener
         .public_addr()
         .context("listening on a non-IP address")?;
-    if let Some(tls) = tls {
-        reload_on_sighup(tls)?;
-    }
+    reload_on_sighup(tls)?;
     if auth.is_none() && !addr.ip().is_loopback() && args.tls.tls_client_ca.is_none() {
         tracing::warn!(
             "listening on {addr}, beyond this machine, without authentication: anyone who \

@@ -53,8 +53,9 @@ impl TlsArgs {
 /// Reloads `tls`'s files whenever the process gets SIGHUP, on a thread of
 /// its own: new connections get the new certificate, open ones keep
 /// theirs. Files that do not load leave the old ones in use, and are
-/// logged.
-pub fn reload_on_sighup(tls: Arc<ServerTls>) -> anyhow::Result<()> {
+/// logged. Without TLS, SIGHUP (`systemctl reload`) is logged and changes
+/// nothing, rather than ending the daemon as it would by default.
+pub fn reload_on_sighup(tls: Option<Arc<ServerTls>>) -> anyhow::Result<()> {
     let (mut wake, signal_end) = UnixStream::pair().context("handling SIGHUP")?;
     signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, signal_end)
         .context("handling SIGHUP")?;
@@ -63,9 +64,10 @@ pub fn reload_on_sighup(tls: Arc<ServerTls>) -> anyhow::Result<()> {
         .spawn(move || {
             let mut byte = [0; 1];
             while wake.read(&mut byte).is_ok_and(|n| n > 0) {
-                match tls.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
-                    Err(e) => tracing::error!(
+                match tls.as_deref().map(ServerTls::reload) {
+                    None => tracing::info!("SIGHUP: nothing to reload without TLS"),
+                    Some(Ok(())) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                    Some(Err(e)) => tracing::error!(
                         "SIGHUP: TLS certificates not reloaded, keeping the old ones: {e}"
                     ),
                 }
