@@ -12,7 +12,8 @@
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 /// What an authenticated caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +103,42 @@ impl Credentials {
     /// verified, or `None` if the file does not list it.
     pub fn role_of(&self, user: &str) -> Option<Role> {
         self.users.get(user).map(|(_, role)| *role)
+    }
+}
+
+/// The credentials file as last read: at start, and again by
+/// [`AuthFile::reload`] (SIGHUP). Each request is judged by the file as it
+/// is then, so a user taken out of the file is refused from its next
+/// request on, on connections already open too.
+#[derive(Debug)]
+pub struct AuthFile {
+    path: PathBuf,
+    current: RwLock<Arc<Credentials>>,
+}
+
+impl AuthFile {
+    /// Reads the credentials file at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            current: RwLock::new(Arc::new(Credentials::load(path)?)),
+        })
+    }
+
+    /// The credentials as last read.
+    pub fn current(&self) -> Arc<Credentials> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the file again. If it is well-formed it is used from now on;
+    /// if not, the credentials stay as they were and the error says why.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let credentials = Credentials::load(&self.path)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(credentials);
+        Ok(())
     }
 }
 

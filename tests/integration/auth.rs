@@ -129,3 +129,35 @@ fn a_bad_credentials_file_stops_the_daemon_and_a_public_address_without_auth_is_
     daemon.wait().unwrap();
     assert!(log.contains("without authentication"), "{log}");
 }
+
+#[test]
+fn sighup_reads_the_credentials_file_again_and_a_bad_one_changes_nothing() {
+    let (tmp, server) = server_with_auth();
+    let file = tmp.path().join("users");
+    let alice = Client::new(&url(&server, "alice:wonder%20land")).unwrap();
+    let bob = Client::new(&url(&server, "bob:builder")).unwrap();
+    let status = |client: &Client| client.call("lockd.status", &["r".into()]);
+    assert!(status(&alice).is_ok());
+    assert!(status(&bob).is_err());
+
+    // Alice leaves, Bob comes: from the reload on, requests are judged by
+    // the new file.
+    std::fs::write(&file, "bob:builder:client\nops:s3cret:operator\n").unwrap();
+    server.signal(libc::SIGHUP);
+    crate::support::wait_until("the reload", || {
+        server.log().contains("credentials file reloaded")
+    });
+    assert!(status(&bob).is_ok());
+    match status(&alice) {
+        Err(CallError::Transport(e)) => assert!(format!("{e:#}").contains("401"), "{e:#}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A file that does not parse leaves the credentials as they were.
+    std::fs::write(&file, "bob\n").unwrap();
+    server.signal(libc::SIGHUP);
+    crate::support::wait_until("the failed reload", || {
+        server.log().contains("credentials file not reloaded")
+    });
+    assert!(status(&bob).is_ok());
+}

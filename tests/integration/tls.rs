@@ -278,6 +278,18 @@ fn the_certificates_user_has_its_auth_file_role_whatever_password_comes_along() 
         String::from_utf8_lossy(&output.stderr).contains("HTTP 403"),
         "{output:?}"
     );
+
+    // Taken out of the file, a user is refused from its next request on
+    // (SIGHUP), on a connection it already has too.
+    let mut open = connect(&server, &pki, Some("vm-manager")).unwrap();
+    assert!(keep_alive_call(&mut open, "lockd.status", &["vm-7"]).contains("<nil/>"));
+    std::fs::write(&users, "oncall::operator\nadmin:pw:operator\n").unwrap();
+    server.signal(libc::SIGHUP);
+    wait_until("the credentials file reloaded", || {
+        server.log().contains("credentials file reloaded")
+    });
+    let refused = keep_alive_call(&mut open, "lockd.status", &["vm-7"]);
+    assert_eq!(refused, "\"vm-manager\" is not a user of this lockd\n");
 }
 
 #[test]

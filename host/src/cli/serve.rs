@@ -2,7 +2,7 @@
 
 use super::etcd_args::EtcdArgs;
 use super::tls_args::{TlsArgs, reload_on_sighup};
-use crate::auth::Credentials;
+use crate::auth::AuthFile;
 use crate::http::{self, ServeConfig};
 use crate::locks::{Durability, Lockd, Options};
 use anyhow::Context as _;
@@ -113,7 +113,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let lockd = Arc::new(lockd);
     let auth = match &args.auth_file {
-        Some(path) => Some(Arc::new(Credentials::load(path)?)),
+        Some(path) => Some(Arc::new(AuthFile::load(path)?)),
         None => None,
     };
     let idle = (args.idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.idle_timeout));
@@ -133,7 +133,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener
         .public_addr()
         .context("listening on a non-IP address")?;
-    reload_on_sighup(tls)?;
+    reload_on_sighup(tls, auth.clone())?;
     if auth.is_none() && !addr.ip().is_loopback() && args.tls.tls_client_ca.is_none() {
         tracing::warn!(
             "listening on {addr}, beyond this machine, without authentication: anyone who \

@@ -1,7 +1,8 @@
 //! The command line of TLS on lockd's own port, for `serve`; and SIGHUP,
-//! which reloads its certificates.
+//! which reloads its certificates and the credentials file.
 
 use super::serve::seconds;
+use crate::auth::AuthFile;
 use crate::tls::{ServerFiles, ServerTls};
 use anyhow::Context as _;
 use clap::Args;
@@ -50,12 +51,15 @@ impl TlsArgs {
     }
 }
 
-/// Reloads `tls`'s files whenever the process gets SIGHUP, on a thread of
-/// its own: new connections get the new certificate, open ones keep
-/// theirs. Files that do not load leave the old ones in use, and are
-/// logged. Without TLS, SIGHUP (`systemctl reload`) is logged and changes
-/// nothing, rather than ending the daemon as it would by default.
-pub fn reload_on_sighup(tls: Option<Arc<ServerTls>>) -> anyhow::Result<()> {
+/// Reads the TLS files and the credentials file again whenever the process
+/// gets SIGHUP (`systemctl reload`), on a thread of its own. New TLS
+/// connections get the new certificate, open ones keep theirs; every
+/// request from then on is judged by the new credentials. Files that do
+/// not load leave the old ones in use, and are logged.
+pub fn reload_on_sighup(
+    tls: Option<Arc<ServerTls>>,
+    auth: Option<Arc<AuthFile>>,
+) -> anyhow::Result<()> {
     let (mut wake, signal_end) = UnixStream::pair().context("handling SIGHUP")?;
     signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, signal_end)
         .context("handling SIGHUP")?;
@@ -64,11 +68,21 @@ pub fn reload_on_sighup(tls: Option<Arc<ServerTls>>) -> anyhow::Result<()> {
         .spawn(move || {
             let mut byte = [0; 1];
             while wake.read(&mut byte).is_ok_and(|n| n > 0) {
+                if tls.is_none() && auth.is_none() {
+                    tracing::info!("SIGHUP: nothing to reload");
+                }
                 match tls.as_deref().map(ServerTls::reload) {
-                    None => tracing::info!("SIGHUP: nothing to reload without TLS"),
+                    None => {}
                     Some(Ok(())) => tracing::info!("SIGHUP: TLS certificates reloaded"),
                     Some(Err(e)) => tracing::error!(
                         "SIGHUP: TLS certificates not reloaded, keeping the old ones: {e}"
+                    ),
+                }
+                match auth.as_deref().map(AuthFile::reload) {
+                    None => {}
+                    Some(Ok(())) => tracing::info!("SIGHUP: credentials file reloaded"),
+                    Some(Err(e)) => tracing::error!(
+                        "SIGHUP: credentials file not reloaded, keeping the old one: {e:#}"
                     ),
                 }
             }

@@ -110,6 +110,11 @@ impl Listener {
         }
     }
 
+    /// Whether the TLS front door stopped accepting by itself.
+    pub fn failed(&self) -> bool {
+        self.front.as_ref().is_some_and(Front::failed)
+    }
+
     /// With TLS, who is behind each connection tiny_http sees.
     pub fn relayed(&self) -> Option<Arc<Relayed>> {
         self.front.as_ref().map(Front::relayed)

@@ -9,7 +9,7 @@
 //! answer is written, and its connection goes on, from a thread started
 //! when the wait ends.
 
-use crate::auth::{Credentials, Role};
+use crate::auth::{AuthFile, Role};
 use crate::locks::{Lockd, Presence};
 use crate::metrics::Metrics;
 use crate::pool_keeper::{self, PoolKeeper};
@@ -45,7 +45,7 @@ pub struct ServeConfig {
     /// clients stall (see [`workers`]).
     pub workers: usize,
     /// Who may call; `None` lets everyone do everything.
-    pub auth: Option<Arc<Credentials>>,
+    pub auth: Option<Arc<AuthFile>>,
     /// How long connections may wait in the listen queue, none taken,
     /// before tiny_http's accept loop is taken to have died (and the
     /// daemon stops, to be restarted).
@@ -133,7 +133,7 @@ pub fn serve(
         config.workers,
         Taker(shared.clone()),
     );
-    let wedged = || keeper.as_ref().is_some_and(PoolKeeper::wedged);
+    let wedged = || keeper.as_ref().is_some_and(PoolKeeper::wedged) || listener.failed();
     while !stop.load(Ordering::Relaxed) && !workers.failed() && !wedged() {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -286,7 +286,8 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
         send(shared, request, answer, taken);
         return Parked::No;
     }
-    let role = match caller::role(&request, config.auth.as_deref(), shared.relayed.as_deref()) {
+    let credentials = config.auth.as_ref().map(|auth| auth.current());
+    let role = match caller::role(&request, credentials.as_deref(), shared.relayed.as_deref()) {
         Ok(role) => role,
         Err(refusal) => {
             send(shared, request, refusal, taken);

@@ -149,6 +149,13 @@ impl Front {
         self.relayed.clone()
     }
 
+    /// Whether the accept thread ended without being told to stop (it
+    /// panicked): nobody accepts TLS connections any more.
+    pub fn failed(&self) -> bool {
+        !self.stopping.load(Ordering::Relaxed)
+            && self.acceptor.as_ref().is_some_and(JoinHandle::is_finished)
+    }
+
     /// New connections are refused from now on; those open stay open.
     pub fn stop_accepting(&self) {
         self.stopping.store(true, Ordering::Relaxed);
