@@ -119,6 +119,32 @@ impl Pki {
         ]);
     }
 
+    /// Revokes the certificates `names` of `ca` (with any it revoked
+    /// before) and writes the CA's revocation list, `{ca}-crl.pem`.
+    pub fn revoke(&self, ca: &str, names: &[&str]) -> PathBuf {
+        let dir = self.tmp.path();
+        let config = format!("{ca}.cnf");
+        if !dir.join(&config).exists() {
+            std::fs::write(dir.join(format!("{ca}-index.txt")), "").unwrap();
+            std::fs::write(dir.join(format!("{ca}-crlnumber")), "01\n").unwrap();
+            std::fs::write(
+                dir.join(&config),
+                format!(
+                    "[ca]\ndefault_ca = test\n[test]\ndatabase = {ca}-index.txt\n\
+                     crlnumber = {ca}-crlnumber\ncertificate = {ca}.pem\n\
+                     private_key = {ca}-key.pem\ndefault_md = sha256\ndefault_crl_days = 2\n"
+                ),
+            )
+            .unwrap();
+        }
+        for name in names {
+            self.openssl(&["ca", "-config", &config, "-revoke", &format!("{name}.pem")]);
+        }
+        let crl = format!("{ca}-crl.pem");
+        self.openssl(&["ca", "-config", &config, "-gencrl", "-out", &crl]);
+        dir.join(crl)
+    }
+
     fn openssl(&self, args: &[&str]) {
         openssl(self.tmp.path(), args);
     }

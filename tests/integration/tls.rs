@@ -498,3 +498,63 @@ fn tls_connections_past_max_connections_are_closed_and_served_again_once_others_
         assert!(keep_alive_call(stream, "lockd.status", &["r"]).contains("<nil/>"));
     }
 }
+
+#[test]
+fn a_revoked_client_certificate_fails_the_handshake_and_sighup_reads_the_list_again() {
+    let pki = Pki::new();
+    pki.issue("revoked", "/CN=revoked", "ca", Key::EcdsaP256, CLIENT);
+    let crl = pki.revoke("ca", &["revoked"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("crl.pem");
+    std::fs::copy(&crl, &list).unwrap();
+    let server = serve(
+        &pki,
+        "server",
+        &[
+            "--tls-client-ca",
+            &pki.arg("ca"),
+            "--tls-client-crl",
+            list.to_str().unwrap(),
+        ],
+    );
+    let call = |cert: &str| {
+        python(
+            &pki,
+            Some(cert),
+            "tls_call.py",
+            &[&server.url(), "lockd.status", "r"],
+        )
+    };
+    assert_eq!(call("client"), "ok None\n");
+    let refused = call("revoked");
+    assert!(refused.starts_with("refused SSLError"), "{refused}");
+    assert!(refused.contains("revoked"), "{refused}");
+
+    // `client` revoked too: new connections are refused once the list is
+    // read again; a connection already open goes on.
+    let mut open = connect(&server, &pki, Some("client")).unwrap();
+    std::fs::copy(pki.revoke("ca", &["client"]), &list).unwrap();
+    server.signal(libc::SIGHUP);
+    wait_until("the revoked client to be refused", || {
+        call("client").starts_with("refused SSLError")
+    });
+    assert!(keep_alive_call(&mut open, "lockd.status", &["r"]).contains("<nil/>"));
+    // A client CA without a list here: its certificates are refused.
+    let other = serve(
+        &pki,
+        "server",
+        &[
+            "--tls-client-ca",
+            &pki.arg("other-ca"),
+            "--tls-client-crl",
+            list.to_str().unwrap(),
+        ],
+    );
+    let refused = python(
+        &pki,
+        Some("other-client"),
+        "tls_call.py",
+        &[&other.url(), "lockd.status", "r"],
+    );
+    assert!(refused.starts_with("refused SSLError"), "{refused}");
+}

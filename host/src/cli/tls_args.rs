@@ -26,6 +26,11 @@ pub struct TlsArgs {
     /// --auth-file gives a role.
     #[arg(long, env = "LOCKD_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Mutual TLS: certificate revocation lists (PEM) of the client CA;
+    /// a revoked client certificate fails the handshake, and so does one
+    /// whose CA has no list here. Reloaded on SIGHUP.
+    #[arg(long, env = "LOCKD_TLS_CLIENT_CRL", requires = "tls_client_ca")]
+    pub tls_client_crl: Option<PathBuf>,
     /// TLS: seconds a client may take to complete its handshake.
     #[arg(long, env = "LOCKD_TLS_HANDSHAKE_TIMEOUT", default_value_t = 10.0, value_parser = seconds)]
     pub tls_handshake_timeout: f64,
@@ -41,6 +46,7 @@ impl TlsArgs {
             cert: cert.clone(),
             key: key.clone(),
             client_ca: self.tls_client_ca.clone(),
+            client_crl: self.tls_client_crl.clone(),
         };
         let tls = ServerTls::load(files).map_err(anyhow::Error::msg)?;
         Ok(Some(Arc::new(tls)))

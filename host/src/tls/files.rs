@@ -3,7 +3,7 @@
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use std::path::Path;
 
 /// The certificates in `path`, in order (a certificate and its chain).
@@ -31,6 +31,20 @@ pub fn roots(path: &Path) -> Result<RootCertStore, String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(roots)
+}
+
+/// The certificate revocation lists in `path`.
+pub fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|crls| crls.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if crls.is_empty() {
+        return Err(format!(
+            "{}: no certificate revocation list in it",
+            path.display()
+        ));
+    }
+    Ok(crls)
 }
 
 /// The crypto lockd's TLS uses, client and server: ring's.

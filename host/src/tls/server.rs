@@ -1,6 +1,6 @@
 //! TLS as lockd's server: its certificate and key, the CA whose client
-//! certificates it admits (mutual TLS), reloaded on demand (SIGHUP), and
-//! the user a client certificate names.
+//! certificates it admits (mutual TLS) and the lists that revoke some,
+//! reloaded on demand (SIGHUP), and the user a client certificate names.
 
 use super::files;
 use rustls::ServerConfig;
@@ -18,6 +18,9 @@ pub struct ServerFiles {
     pub key: PathBuf,
     /// With it, a client must show a certificate this CA signed.
     pub client_ca: Option<PathBuf>,
+    /// With it, a client certificate must not be revoked by these CRLs,
+    /// which must include one of the CA that issued it.
+    pub client_crl: Option<PathBuf>,
 }
 
 impl ServerFiles {
@@ -27,14 +30,25 @@ impl ServerFiles {
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
         let builder = match &self.client_ca {
+            None if self.client_crl.is_some() => {
+                return Err("a client certificate revocation list needs a client CA".into());
+            }
             None => builder.with_no_client_auth(),
             Some(ca) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(
+                let mut verifier = WebPkiClientVerifier::builder_with_provider(
                     Arc::new(files::roots(ca)?),
                     files::provider(),
-                )
-                .build()
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
+                );
+                if let Some(crl) = &self.client_crl {
+                    // The client's own certificate is checked; one whose
+                    // issuer has no list in the file is refused.
+                    verifier = verifier
+                        .with_crls(files::revocation_lists(crl)?)
+                        .only_check_end_entity_revocation();
+                }
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
