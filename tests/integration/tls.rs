@@ -558,3 +558,26 @@ fn a_revoked_client_certificate_fails_the_handshake_and_sighup_reads_the_list_ag
     );
     assert!(refused.starts_with("refused SSLError"), "{refused}");
 }
+
+#[test]
+fn plain_http_on_the_tls_port_is_told_to_use_https() {
+    let pki = Pki::new();
+    let server = serve(&pki, "server", &[]);
+    let (status, body) = crate::support::raw_http(&server.addr, b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "lockd serves https on this port only\n")
+    );
+    let http = server.url().replace("https://", "http://");
+    let output = Command::new(LOCKD)
+        .args(["status", "r", "--url", &http])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("serves https"),
+        "{output:?}"
+    );
+    // TLS clients are served as before.
+    fresh_call(&server, &pki);
+}

@@ -20,6 +20,7 @@ const BUFFER: usize = 64 * 1024;
 /// it lacks, or of an unknown CA), if it still listens.
 pub fn handshake(tls: &mut ServerConnection, tcp: &TcpStream, deadline: Instant) -> io::Result<()> {
     tcp.set_nonblocking(true)?;
+    refuse_plain_http(tcp, deadline)?;
     while tls.is_handshaking() {
         flush(tls, tcp)?;
         if !tls.is_handshaking() {
@@ -64,6 +65,35 @@ pub fn handshake(tls: &mut ServerConnection, tcp: &TcpStream, deadline: Instant)
         }
     }
     flush(tls, tcp)
+}
+
+/// What a client speaking plain HTTP to the TLS port is told.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n\
+    Connection: close\r\nContent-Length: 37\r\n\r\nlockd serves https on this port only\n";
+
+/// A client that starts with an HTTP request line instead of a TLS
+/// record (a TLS connection starts with a handshake record, 0x16) is
+/// answered 400 in plain text, so that a client given an http:// URL by
+/// mistake says why, and fails the handshake.
+fn refuse_plain_http(tcp: &TcpStream, deadline: Instant) -> io::Result<()> {
+    let mut fds = [pollfd(tcp, libc::POLLIN)];
+    let left = deadline.saturating_duration_since(Instant::now());
+    if poll(&mut fds, Some(left))? == 0 {
+        return Err(io::Error::new(ErrorKind::TimedOut, "handshake timed out"));
+    }
+    let mut first = [0; 1];
+    match tcp.peek(&mut first) {
+        Ok(1) if first[0].is_ascii_uppercase() => {
+            let _ = (&*tcp).write_all(PLAIN_HTTP_ANSWER);
+            Err(io::Error::new(
+                ErrorKind::InvalidData,
+                "plain HTTP on the TLS port",
+            ))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Closes a connection whose handshake failed so that the client reads
