@@ -3,7 +3,7 @@
 //! credentials, as `--auth-file` lists them.
 
 use super::answer::Answer;
-use crate::auth::{Credentials, Role};
+use crate::auth::{AuthFile, Role};
 use crate::tls::Relayed;
 use tiny_http::Request;
 
@@ -17,7 +17,7 @@ use tiny_http::Request;
 /// - anyone else must log in with HTTP Basic authentication (401 asks).
 pub fn role(
     request: &Request,
-    auth: Option<&Credentials>,
+    auth: Option<&AuthFile>,
     relayed: Option<&Relayed>,
 ) -> Result<Role, Answer> {
     let user = match relayed {
@@ -32,7 +32,7 @@ pub fn role(
             }
         },
     };
-    let Some(credentials) = auth else {
+    let Some(credentials) = auth.map(AuthFile::current) else {
         return Ok(Role::Operator);
     };
     if let Some(user) = user {

@@ -29,6 +29,7 @@ mod caller;
 mod connections;
 mod listener;
 mod overflow;
+mod pages;
 mod peer;
 mod status_page;
 mod workers;
@@ -286,8 +287,7 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
         send(shared, request, answer, taken);
         return Parked::No;
     }
-    let credentials = config.auth.as_ref().map(|auth| auth.current());
-    let role = match caller::role(&request, credentials.as_deref(), shared.relayed.as_deref()) {
+    let role = match caller::role(&request, config.auth.as_deref(), shared.relayed.as_deref()) {
         Ok(role) => role,
         Err(refusal) => {
             send(shared, request, refusal, taken);
@@ -299,20 +299,10 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
             Ok(body) => return call(shared, request, &body, role, taken),
             Err(answer) => answer,
         },
-        (Method::Get | Method::Head, "/") => status_page(lockd, request.url()),
-        (Method::Get | Method::Head, "/metrics") => match lockd.metrics_text_with(
-            shared
-                .relayed
-                .as_ref()
-                .map_or_else(Vec::new, |r| r.samples()),
-        ) {
-            Ok(text) => Answer::new(
-                200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text,
-            ),
-            Err(e) => Answer::text(503, format!("{e}\n")),
-        },
+        (Method::Get | Method::Head, "/") => pages::status(lockd, request.url()),
+        (Method::Get | Method::Head, "/metrics") => {
+            pages::metrics(lockd, shared.relayed.as_deref())
+        }
         (_, "/") => Answer::text(405, "XML-RPC takes POST; the status page GET\n")
             .with("Allow", "GET, HEAD, POST"),
         (_, "/RPC2") => Answer::text(405, "XML-RPC takes POST\n").with("Allow", "POST"),
@@ -375,32 +365,6 @@ impl rpc::Later for Waiting {
         if let Some(next) = next(&self.shared, addr) {
             serve_connection(&self.shared, next);
         }
-    }
-}
-
-/// The status page for `url`: its query may name a `prefix` and a page
-/// (`after`).
-fn status_page(lockd: &Lockd, url: &str) -> Answer {
-    let query = status_page::Query::parse(url.split_once('?').map_or("", |(_, q)| q));
-    let page = lockd.count(&query.prefix).and_then(|total| {
-        let locks = lockd.list_page(&query.prefix, query.after.as_deref(), status_page::ROWS)?;
-        Ok((total, locks))
-    });
-    match page {
-        Ok((total, locks)) => {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let page = status_page::Page {
-                locks: &locks,
-                total,
-                query: &query,
-                location: lockd.location(),
-                now_ms,
-            };
-            Answer::new(200, "text/html; charset=utf-8", page.render())
-        }
-        Err(e) => Answer::text(503, format!("{e}\n")),
     }
 }
 

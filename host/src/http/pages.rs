@@ -1,0 +1,46 @@
+//! The pages lockd answers GET with, beside XML-RPC: the status page for
+//! people, and `/metrics` for Prometheus.
+
+use super::answer::Answer;
+use super::status_page;
+use crate::locks::Lockd;
+use crate::tls::Relayed;
+
+/// The status page for `url`: its query may name a `prefix` and a page
+/// (`after`).
+pub fn status(lockd: &Lockd, url: &str) -> Answer {
+    let query = status_page::Query::parse(url.split_once('?').map_or("", |(_, q)| q));
+    let page = lockd.count(&query.prefix).and_then(|total| {
+        let locks = lockd.list_page(&query.prefix, query.after.as_deref(), status_page::ROWS)?;
+        Ok((total, locks))
+    });
+    match page {
+        Ok((total, locks)) => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let page = status_page::Page {
+                locks: &locks,
+                total,
+                query: &query,
+                location: lockd.location(),
+                now_ms,
+            };
+            Answer::new(200, "text/html; charset=utf-8", page.render())
+        }
+        Err(e) => Answer::text(503, format!("{e}\n")),
+    }
+}
+
+/// `/metrics`: lockd's, and with TLS its connections'.
+pub fn metrics(lockd: &Lockd, relayed: Option<&Relayed>) -> Answer {
+    let transport = relayed.map_or_else(Vec::new, Relayed::samples);
+    match lockd.metrics_text_with(transport) {
+        Ok(text) => Answer::new(
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        ),
+        Err(e) => Answer::text(503, format!("{e}\n")),
+    }
+}
