@@ -337,7 +337,10 @@ fn sighup_serves_new_certificates_to_new_connections_and_old_ones_go_on() {
     wait_until("new connections get the second certificate", || {
         server_name(&connect(&server, &pki, None).unwrap()) == "second"
     });
-    assert!(server.log().contains("TLS certificates reloaded"));
+    // (Logged once the new files are in use: an event of its own.)
+    wait_until("the reload to be logged", || {
+        server.log().contains("TLS certificates reloaded")
+    });
     let answer = keep_alive_call(&mut old, "lockd.status", &["r"]);
     assert!(answer.contains("<string>old</string>"), "{answer}");
 
