@@ -584,3 +584,34 @@ fn plain_http_on_the_tls_port_is_told_to_use_https() {
     // TLS clients are served as before.
     fresh_call(&server, &pki);
 }
+
+#[test]
+fn sigterm_answers_tls_waiters_and_ends_every_tls_connection_with_close_notify() {
+    use lockd::xmlrpc::Value;
+    let pki = Pki::new();
+    let mut server = serve(&pki, "server", &[]);
+    let mut idle = connect(&server, &pki, None).unwrap();
+    assert!(keep_alive_call(&mut idle, "lock", &["r", "holder"]).contains("<nil/>"));
+    let mut waiter = connect(&server, &pki, None).unwrap();
+    let wait = Value::Struct(vec![("wait".into(), Value::Int(100))]);
+    send_call(
+        &mut waiter,
+        "lockd.acquire",
+        &["r".into(), "w".into(), wait],
+    );
+    wait_until("the waiter in line", || {
+        sample(&metrics(&server, &pki), "lockd_waiters") == 1.0
+    });
+
+    server.signal(libc::SIGTERM);
+    // The waiter is answered (fault 6: the daemon stops), then both
+    // connections end cleanly: close_notify, not a cut connection.
+    let (_, answer) = read_http_answer(&mut BufReader::new(&mut waiter));
+    assert!(answer.contains("<int>6</int>"), "{answer}");
+    for (name, stream) in [("waiter", &mut waiter), ("idle", &mut idle)] {
+        let mut rest = Vec::new();
+        let end = stream.read_to_end(&mut rest);
+        assert!(end.is_ok(), "{name}: {end:?}");
+    }
+    assert!(server.wait_exit(Duration::from_secs(30)).success());
+}

@@ -110,6 +110,14 @@ impl Listener {
         }
     }
 
+    /// With TLS, passes on what was answered and ends every relayed
+    /// connection cleanly (close_notify), by `deadline`.
+    pub fn finish(&self, deadline: std::time::Instant) {
+        if let Some(front) = &self.front {
+            front.relayed().finish(deadline);
+        }
+    }
+
     /// Whether the TLS front door stopped accepting by itself.
     pub fn failed(&self) -> bool {
         self.front.as_ref().is_some_and(Front::failed)

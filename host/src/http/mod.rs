@@ -174,6 +174,7 @@ fn drain(listener: &Listener, shared: &Shared, workers: &Workers<Taker>) {
             workers.running()
         );
     }
+    listener.finish(Instant::now() + Duration::from_secs(1));
 }
 
 /// The longest a stopping daemon keeps answering.

@@ -52,11 +52,19 @@ pub struct Peer {
     pub user: Option<String>,
 }
 
+/// A connection being relayed: who is behind it, and its loopback
+/// connection to the HTTP server.
+#[derive(Debug)]
+struct Relay {
+    peer: Peer,
+    upstream: TcpStream,
+}
+
 /// The connections being relayed, by the address their loopback
 /// connection to the HTTP server comes from.
 #[derive(Debug, Default)]
 pub struct Relayed {
-    peers: Mutex<HashMap<SocketAddr, Peer>>,
+    relays: Mutex<HashMap<SocketAddr, Relay>>,
     open: AtomicUsize,
     /// Handshakes that failed or timed out, since the start.
     pub failed_handshakes: AtomicU64,
@@ -65,7 +73,21 @@ pub struct Relayed {
 impl Relayed {
     /// Who is behind the loopback connection from `from`, if lockd made it.
     pub fn peer(&self, from: Option<&SocketAddr>) -> Option<Peer> {
-        self.lock().get(from?).cloned()
+        self.lock().get(from?).map(|relay| relay.peer.clone())
+    }
+
+    /// Winds the relays down, for a daemon that stops once it has answered
+    /// what it took: each loopback connection is shut for writing, so the
+    /// HTTP server closes it once its answers are written, and the relay
+    /// passes them on and ends the TLS connection with close_notify.
+    /// Returns once every relay has ended, or at `deadline`.
+    pub fn finish(&self, deadline: Instant) {
+        for relay in self.lock().values() {
+            let _ = relay.upstream.shutdown(std::net::Shutdown::Write);
+        }
+        while !self.lock().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// TLS connections open, handshaking or relaying.
@@ -91,8 +113,8 @@ impl Relayed {
         ]
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Peer>> {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Relay>> {
+        self.relays.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -250,7 +272,11 @@ impl Door {
         let upstream = TcpStream::connect(self.upstream)?;
         upstream.set_nodelay(true)?;
         let from = upstream.local_addr()?;
-        self.relayed.lock().insert(from, Peer { client, user });
+        let relay = Relay {
+            peer: Peer { client, user },
+            upstream: upstream.try_clone()?,
+        };
+        self.relayed.lock().insert(from, relay);
         let relayed = relay::relay(&mut tls, stream, &upstream, self.config.idle);
         self.relayed.lock().remove(&from);
         relayed
