@@ -615,3 +615,50 @@ fn sigterm_answers_tls_waiters_and_ends_every_tls_connection_with_close_notify()
     }
     assert!(server.wait_exit(Duration::from_secs(30)).success());
 }
+
+#[test]
+fn a_tls_call_may_wait_longer_than_the_idle_timeout_but_a_client_that_never_reads_is_closed() {
+    let pki = Pki::new();
+    let server = serve(&pki, "server", &["--idle-timeout", "1"]);
+    let mut holder = connect(&server, &pki, None).unwrap();
+    assert!(keep_alive_call(&mut holder, "lock", &["r", "holder"]).contains("<nil/>"));
+    // A wait three times the idle timeout is answered when it ends, as
+    // over plain HTTP: a waiting call is not an idle connection.
+    let mut waiter = connect(&server, &pki, None).unwrap();
+    let wait = lockd::xmlrpc::Value::Struct(vec![("wait".into(), lockd::xmlrpc::Value::Int(3))]);
+    let start = Instant::now();
+    send_call(
+        &mut waiter,
+        "lockd.acquire",
+        &["r".into(), "w".into(), wait],
+    );
+    let (status, answer) = read_http_answer(&mut BufReader::new(&mut waiter));
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(answer.contains("<int>6</int>"), "{answer}");
+    assert!(start.elapsed() >= Duration::from_secs(3));
+
+    // A client that sends calls and never reads the answers is closed,
+    // and its thread goes.
+    drop((holder, waiter));
+    let mut greedy = connect(&server, &pki, None).unwrap();
+    let Stream::Tls(tls) = &mut greedy else {
+        panic!("not TLS")
+    };
+    tls.sock
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let params: Vec<lockd::xmlrpc::Value> = vec!["r".into()];
+    let body = lockd::xmlrpc::encode_call("lockd.status", &params);
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: lockd\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..100_000 {
+        if greedy.write_all(request.as_bytes()).is_err() {
+            break;
+        }
+    }
+    wait_until("only the scraping connection open", || {
+        sample(&metrics(&server, &pki), "lockd_tls_connections") == 1.0
+    });
+}

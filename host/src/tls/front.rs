@@ -35,7 +35,8 @@ const LINGER: Duration = Duration::from_secs(1);
 /// How the front treats connections.
 #[derive(Debug, Clone)]
 pub struct FrontConfig {
-    /// A connection on which nothing moved for this long is closed.
+    /// A client that takes nothing of what waits for it for this long is
+    /// closed (silence is the HTTP server's to judge).
     pub idle: Option<Duration>,
     /// Connections past this many open at once are closed at once.
     pub max_connections: Option<usize>,

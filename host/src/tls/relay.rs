@@ -64,7 +64,7 @@ pub fn handshake(tls: &mut ServerConnection, tcp: &TcpStream, deadline: Instant)
             }
         }
     }
-    flush(tls, tcp)
+    flush(tls, tcp).map(drop)
 }
 
 /// What a client speaking plain HTTP to the TLS port is told.
@@ -129,7 +129,10 @@ pub fn linger(tcp: &TcpStream, linger: Duration) {
 /// (`upstream`) until either is done: the server closed the connection
 /// (its answers then reach the client, followed by close_notify), the
 /// client closed it (the server's end is shut for writing, so it answers
-/// what it has and closes), or nothing moved for `idle`.
+/// what it has and closes), or the client took nothing of what there is
+/// for it for `idle`. Silence is the HTTP server's to judge, as over plain
+/// HTTP (a call waiting for a lock is silent for as long as it waits): it
+/// closes an idle connection, and the relay follows.
 pub fn relay(
     tls: &mut ServerConnection,
     client: &TcpStream,
@@ -149,6 +152,8 @@ pub fn relay(
     let mut upstream_shut = false;
     let mut upstream_done = false;
     let mut closing = false;
+    // Since when the client has taken nothing of what waits for it.
+    let mut stalled_since: Option<Instant> = None;
     loop {
         // The client's plaintext, to the server.
         while !client_done && to_upstream.len() < BUFFER {
@@ -173,7 +178,9 @@ pub fn relay(
             tls.send_close_notify();
             closing = true;
         }
-        flush(tls, client)?;
+        if flush(tls, client)? > 0 || !tls.wants_write() {
+            stalled_since = None;
+        }
         if closing && !tls.wants_write() {
             return Ok(());
         }
@@ -200,8 +207,18 @@ pub fn relay(
             pollfd(client, client_events),
             pollfd(upstream, upstream_events),
         ];
-        if poll(&mut fds, idle)? == 0 {
-            return Err(io::Error::new(ErrorKind::TimedOut, "idle"));
+        let timeout = match idle {
+            Some(idle) if tls.wants_write() => {
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                Some(idle.saturating_sub(since.elapsed()))
+            }
+            _ => None,
+        };
+        if poll(&mut fds, timeout)? == 0 {
+            return Err(io::Error::new(
+                ErrorKind::TimedOut,
+                "the client took no answer for the idle timeout",
+            ));
         }
         let ready = libc::POLLIN | libc::POLLHUP | libc::POLLERR;
         if client_events & libc::POLLIN != 0 && fds[0].revents & ready != 0 {
@@ -228,16 +245,18 @@ pub fn relay(
     }
 }
 
-/// Writes what `tls` has for the client until the socket takes no more.
-fn flush(tls: &mut ServerConnection, tcp: &TcpStream) -> io::Result<()> {
+/// Writes what `tls` has for the client until the socket takes no more;
+/// how many bytes it took.
+fn flush(tls: &mut ServerConnection, tcp: &TcpStream) -> io::Result<usize> {
+    let mut written = 0;
     while tls.wants_write() {
         match tls.write_tls(&mut &*tcp) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Writes what `pending` holds to `tcp` until it takes no more.
