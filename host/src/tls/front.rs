@@ -218,11 +218,19 @@ impl Door {
                 Err(e) => {
                     // Out of descriptors or memory: the connection stays
                     // in the queue; try again shortly rather than spin.
-                    if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                        tracing::warn!("accepting a TLS connection: {e}");
-                        last_warning = Some(Instant::now());
+                    // (Others, such as a client gone before it was
+                    // accepted, concern one connection only.)
+                    let exhausted = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    );
+                    if exhausted {
+                        if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                            tracing::warn!("accepting a TLS connection: {e}");
+                            last_warning = Some(Instant::now());
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
                     }
-                    std::thread::sleep(Duration::from_millis(10));
                     continue;
                 }
             };
@@ -247,12 +255,13 @@ impl Door {
         }
     }
 
-    /// One connection's life: its handshake, then its relay.
+    /// One connection's life: its handshake, then its relay. It is
+    /// counted open until it ends, however it ends.
     fn serve(&self, stream: TcpStream, client: SocketAddr) {
+        let _open = Counted(&self.relayed);
         if let Err(e) = self.relay(&stream, client) {
             tracing::debug!("TLS connection from {client}: {e}");
         }
-        self.relayed.open.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn relay(&self, stream: &TcpStream, client: SocketAddr) -> io::Result<()> {
@@ -278,8 +287,26 @@ impl Door {
             upstream: upstream.try_clone()?,
         };
         self.relayed.lock().insert(from, relay);
-        let relayed = relay::relay(&mut tls, stream, &upstream, self.config.idle);
-        self.relayed.lock().remove(&from);
-        relayed
+        let _registered = Registered(&self.relayed, from);
+        relay::relay(&mut tls, stream, &upstream, self.config.idle)
+    }
+}
+
+/// A connection counted open in [`Relayed`] (by the accept thread) until
+/// this is dropped.
+struct Counted<'a>(&'a Relayed);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A relay listed in [`Relayed`] until this is dropped.
+struct Registered<'a>(&'a Relayed, SocketAddr);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
     }
 }
