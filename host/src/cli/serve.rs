@@ -53,12 +53,15 @@ pub struct ServeArgs {
     idle_timeout: f64,
     /// The most connections open at once; past it new ones are answered
     /// 503 and closed (counted every 50 ms, so a burst can pass it
-    /// briefly). Unbounded if not given.
+    /// briefly; with TLS, closed before their handshake). Unbounded if
+    /// not given.
     #[arg(long, env = "LOCKD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
-    /// HTTP Basic authentication: a file of `name:password[:role]` lines,
-    /// role `client` (the default) or `operator` (may also break locks).
-    /// Without it, anyone who can connect may do anything.
+    /// Who may call: a file of `name:password[:role]` lines, role `client`
+    /// (the default) or `operator` (may also break locks). Users log in
+    /// with HTTP Basic authentication, or are named by a TLS client
+    /// certificate (an empty password: certificate only). Reloaded on
+    /// SIGHUP. Without it, anyone who can connect may do anything.
     #[arg(long, env = "LOCKD_AUTH_FILE")]
     auth_file: Option<PathBuf>,
     #[command(flatten)]
