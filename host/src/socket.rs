@@ -86,6 +86,16 @@ pub fn listen(socket: &impl AsRawFd, backlog: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the listening `socket` refuse new connections: a thread blocked
+/// in accept(2) on it gets an error, which ends its accept loop.
+/// Connections accepted before stay open.
+pub fn stop_listening(socket: &impl AsRawFd) {
+    // SAFETY: shutdown(2) of the caller's socket; it touches no memory.
+    unsafe {
+        libc::shutdown(socket.as_raw_fd(), libc::SHUT_RDWR);
+    }
+}
+
 /// `addr` as the C socket address bind(2) and connect(2) take.
 fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.

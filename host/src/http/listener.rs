@@ -136,12 +136,8 @@ impl Listener {
         if let Some(overflow) = &self.overflow {
             overflow.stop();
         }
-        // SAFETY: shutdown(2) of a socket this process owns. On a
-        // listening socket it makes accept() fail, which ends tiny_http's
-        // accept loop, and new connections are refused.
-        unsafe {
-            libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
-        }
+        // Ends tiny_http's accept loop.
+        socket::stop_listening(&*self.socket);
     }
 
     /// A view of the connections waiting to be accepted.

@@ -20,7 +20,6 @@ use crate::pool_keeper::KEEPER_SOURCE;
 use crate::socket;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -95,11 +94,8 @@ impl Overflow {
     /// connections.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        // SAFETY: shutdown(2) of our own listening socket makes its accept
-        // fail, which ends the refusing thread.
-        unsafe {
-            libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
-        }
+        // Ends the refusing thread.
+        socket::stop_listening(&*self.socket);
     }
 }
 

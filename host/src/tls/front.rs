@@ -15,11 +15,11 @@
 use super::relay;
 use super::server::{ServerTls, user_of};
 use crate::metrics::Sample;
+use crate::socket;
 use rustls::ServerConnection;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -182,11 +182,7 @@ impl Front {
     /// New connections are refused from now on; those open stay open.
     pub fn stop_accepting(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-        // SAFETY: shutdown(2) of a socket this process owns; on a
-        // listening socket it makes accept() fail, ending the accept loop.
-        unsafe {
-            libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
-        }
+        socket::stop_listening(&*self.socket);
     }
 }
 
