@@ -15,8 +15,6 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Client {
     authority: String,
-    /// The host name the server's certificate must name, with TLS.
-    host: String,
     tls: Option<Arc<ClientConfig>>,
     path: String,
     /// The `Authorization` header's value, if the URL names a user.
@@ -88,15 +86,13 @@ impl Client {
             .next()
             .is_some_and(|p| p.parse::<u16>().is_ok())
             && !authority.ends_with(']');
-        let (host, authority) = if has_port {
-            let (host, _) = authority.rsplit_once(':').unwrap_or((authority, ""));
-            (host.to_owned(), authority.to_owned())
+        let authority = if has_port {
+            authority.to_owned()
         } else {
-            (authority.to_owned(), format!("{authority}:{default_port}"))
+            format!("{authority}:{default_port}")
         };
         Ok(Self {
             authority,
-            host,
             tls,
             path: path.to_owned(),
             authorization,
@@ -134,7 +130,7 @@ impl Client {
         tcp.set_read_timeout(Some(self.timeout))?;
         tcp.set_write_timeout(Some(self.timeout))?;
         let mut stream =
-            Stream::new(tcp, self.tls.as_ref(), &self.host).map_err(anyhow::Error::msg)?;
+            Stream::new(tcp, self.tls.as_ref(), &self.authority).map_err(anyhow::Error::msg)?;
         let authorization = self
             .authorization
             .as_ref()

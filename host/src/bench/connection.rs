@@ -19,8 +19,7 @@ impl Connection {
         let tcp = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-        let stream = Stream::new(tcp, tls, host).map_err(anyhow::Error::msg)?;
+        let stream = Stream::new(tcp, tls, addr).map_err(anyhow::Error::msg)?;
         Ok(Self {
             stream: BufReader::new(stream),
             head: format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/xml\r\n"),

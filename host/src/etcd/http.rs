@@ -118,12 +118,8 @@ impl Connection {
             .and_then(|()| stream.set_write_timeout(Some(left)))
             .map_err(|e| not_sent(e.to_string()))?;
         // A handshake that fails has sent nothing of a request.
-        let (host, _) = self
-            .authority
-            .rsplit_once(':')
-            .unwrap_or((&self.authority, ""));
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let transport = Transport::new(stream, self.tls.as_ref(), host).map_err(not_sent)?;
+        let transport =
+            Transport::new(stream, self.tls.as_ref(), &self.authority).map_err(not_sent)?;
         Ok(BufReader::new(transport))
     }
 }

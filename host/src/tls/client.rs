@@ -66,15 +66,20 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// `tcp` as it is, or with TLS to `host` (its handshake done, within
-    /// the timeouts set on `tcp`).
+    /// `tcp` as it is, or with TLS to the server at `authority`
+    /// (`host:port`, the port optional; its certificate must name the
+    /// host), the handshake done within the timeouts set on `tcp`.
     pub fn new(
         tcp: TcpStream,
         tls: Option<&Arc<ClientConfig>>,
-        host: &str,
+        authority: &str,
     ) -> Result<Self, String> {
         let Some(config) = tls else {
             return Ok(Self::Plain(tcp));
+        };
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if port.parse::<u16>().is_ok() => host,
+            _ => authority,
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))?;
