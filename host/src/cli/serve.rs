@@ -136,6 +136,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener
         .public_addr()
         .context("listening on a non-IP address")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     reload_on_sighup(tls, auth.clone())?;
     if auth.is_none() && !addr.ip().is_loopback() && args.tls.tls_client_ca.is_none() {
         tracing::warn!(
@@ -146,11 +147,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         "lockd {} listening on {}://{addr}/ with {} (sync={})",
         env!("CARGO_PKG_VERSION"),
-        if args.tls.tls_cert.is_some() {
-            "https"
-        } else {
-            "http"
-        },
+        scheme,
         lockd.location(),
         args.sync.name()
     );

@@ -261,7 +261,7 @@ impl Door {
     }
 
     fn relay(&self, stream: &TcpStream, client: SocketAddr) -> io::Result<()> {
-        stream.set_nodelay(true)?;
+        // (TCP_NODELAY comes from the listening socket, as over plain HTTP.)
         let mut tls = ServerConnection::new(self.tls.current()).map_err(io::Error::other)?;
         let deadline = Instant::now() + self.config.handshake_timeout;
         if let Err(e) = relay::handshake(&mut tls, stream, deadline) {
