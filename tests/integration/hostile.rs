@@ -3,7 +3,7 @@
 //! answers. Through each, fresh clients keep being answered, for longer
 //! than any watchdog of the daemon runs, and the daemon keeps running.
 
-use crate::support::{TestServer, call_xml};
+use crate::support::{TestServer, call_xml, http11};
 use lockd::client::Client;
 use lockd::xmlrpc::Value;
 use std::io::{Read as _, Write as _};
@@ -43,14 +43,6 @@ fn fresh_clients_are_served_throughout(server: &mut TestServer) {
     }
     assert!(server.is_running(), "{}", server.log());
     eprintln!("{served} fresh clients served during the attack");
-}
-
-/// An HTTP/1.1 POST of `body`, as one request of a kept-alive connection.
-fn http11(body: &str) -> String {
-    format!(
-        "POST / HTTP/1.1\r\nHost: lockd\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
 }
 
 /// `lockd.acquire(resource, client, {wait: 100})` as XML.

@@ -50,8 +50,9 @@ pub const CLIENT: &str =
     "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n";
 
 impl Pki {
-    /// Two CAs (`ca`, `other-ca`); `server` (for 127.0.0.1) and `client`
-    /// of `ca`, `other-client` of `other-ca`.
+    /// Two CAs (`ca`, `other-ca`, and `both-cas` to trust either);
+    /// `server` (for 127.0.0.1) and `client` of `ca`, `other-client` of
+    /// `other-ca`.
     pub fn new() -> Self {
         let pki = Self {
             tmp: TempDir::new().unwrap(),
@@ -75,6 +76,8 @@ impl Pki {
                 &format!("{ca}.pem"),
             ]);
         }
+        let cas = [pki.file("ca"), pki.file("other-ca")].map(|f| std::fs::read(f).unwrap());
+        std::fs::write(pki.file("both-cas"), cas.concat()).unwrap();
         pki.issue("server", "/CN=server", "ca", Key::EcdsaP256, SERVER);
         pki.issue("client", "/CN=client", "ca", Key::EcdsaP256, CLIENT);
         pki.issue(

@@ -1,7 +1,7 @@
 //! Stopping: SIGTERM during load answers every request already sent, keeps
 //! every acknowledged lock, and releases the directory.
 
-use crate::support::{TestServer, call_xml, holder_of, temp_lock_dir, wait_until};
+use crate::support::{TestServer, call_xml, holder_of, http11, temp_lock_dir, wait_until};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -18,10 +18,7 @@ enum Outcome {
 }
 
 fn exchange(stream: &mut TcpStream, body: &str) -> Option<Outcome> {
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: lockd\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = http11(body);
     // Not sent whole: not in flight.
     stream.write_all(request.as_bytes()).ok()?;
     let mut reader = BufReader::new(stream);

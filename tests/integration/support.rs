@@ -432,3 +432,11 @@ pub fn python_doctests(doc: &str, url: &str, cwd: &Path) {
             .args(["-c", check, &doctest]),
     );
 }
+
+/// An HTTP/1.1 POST of `body`, as one request of a kept-alive connection.
+pub fn http11(body: &str) -> String {
+    format!(
+        "POST / HTTP/1.1\r\nHost: lockd\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}

@@ -4,7 +4,7 @@
 
 use crate::pki::{CLIENT, Key, Pki, SERVER};
 use crate::support::{
-    GOCEPT_DOCTEST, LOCKD, TestServer, read_http_answer, run_ok, sample, wait_until,
+    GOCEPT_DOCTEST, LOCKD, TestServer, http11, read_http_answer, run_ok, sample, wait_until,
 };
 use lockd::tls::{ClientFiles, Stream};
 use std::io::{BufReader, Read as _, Write as _};
@@ -62,8 +62,6 @@ fn cli(server: &TestServer, pki: &Pki, cert: Option<&str>, args: &[&str]) -> Out
 /// CA (and `other-ca`'s, to see certificates of either).
 fn connect(server: &TestServer, pki: &Pki, cert: Option<&str>) -> Result<Stream, String> {
     let both = pki.file("both-cas");
-    let cas = [pki.file("ca"), pki.file("other-ca")].map(|f| std::fs::read(f).unwrap());
-    std::fs::write(&both, cas.concat()).unwrap();
     let (cert_file, key_file) = match cert {
         Some(cert) => (Some(pki.file(cert)), Some(pki.file(&format!("{cert}-key")))),
         None => (None, None),
@@ -106,12 +104,7 @@ fn metrics(server: &TestServer, pki: &Pki) -> String {
 /// Writes a call to `stream` without waiting for its answer.
 fn send_call(stream: &mut Stream, method: &str, params: &[lockd::xmlrpc::Value]) {
     let body = lockd::xmlrpc::encode_call(method, params);
-    write!(
-        stream,
-        "POST / HTTP/1.1\r\nHost: lockd\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    stream.write_all(http11(&body).as_bytes()).unwrap();
     stream.flush().unwrap();
 }
 
@@ -649,10 +642,7 @@ fn a_tls_call_may_wait_longer_than_the_idle_timeout_but_a_client_that_never_read
         .unwrap();
     let params: Vec<lockd::xmlrpc::Value> = vec!["r".into()];
     let body = lockd::xmlrpc::encode_call("lockd.status", &params);
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: lockd\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = http11(&body);
     for _ in 0..100_000 {
         if greedy.write_all(request.as_bytes()).is_err() {
             break;
