@@ -33,7 +33,7 @@ use seen::Cache;
 pub use served::Served;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Why a request got no reply.
@@ -79,6 +79,9 @@ pub struct Cluster {
     /// etcd left open (`/metrics`).
     conflicts: AtomicU64,
     unknown: AtomicU64,
+    /// This host's callers in a line now: their waiter key is written
+    /// (`lockd_waiters`).
+    in_line: AtomicUsize,
 }
 
 fn now_ms() -> u64 {
@@ -110,6 +113,7 @@ impl Cluster {
             requests: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
+            in_line: AtomicUsize::new(0),
         })
     }
 
@@ -194,6 +198,11 @@ impl Cluster {
             Ok(_) => Err("etcd has no leader".into()),
             Err(e) => Err(format!("etcd does not answer: {e}")),
         }
+    }
+
+    /// This host's callers in a line now (their waiter keys written).
+    pub fn in_line(&self) -> usize {
+        self.in_line.load(Ordering::Relaxed)
     }
 
     /// What this host counted of its work with etcd.

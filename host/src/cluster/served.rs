@@ -23,6 +23,8 @@ pub struct Served {
 struct Inner {
     cluster: Cluster,
     max_waiters: usize,
+    /// Calls that may wait, for `--max-waiters`: counted from the start,
+    /// before they know whether they will join a line.
     waiting: AtomicUsize,
     stopping: AtomicBool,
 }
@@ -144,8 +146,10 @@ impl Backend for Served {
         }
     }
 
+    /// Callers in a line: a call that may wait counts once it has joined
+    /// its line in etcd, not while it first tries to take the lock.
     fn waiters(&self) -> usize {
-        self.inner.waiting.load(Ordering::Relaxed)
+        self.inner.cluster.in_line()
     }
 
     fn stop_waiting(&self) {

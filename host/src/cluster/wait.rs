@@ -14,6 +14,7 @@ use crate::component::{Effect, GuestError, HeldLock, LockInfo, Reply, Request};
 use crate::error::LockError;
 use crate::etcd::{Compare, EtcdError, KeyValue, Op, OpResult, Target};
 use crate::requests;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long the first in line sleeps at most before it looks again: a
@@ -35,6 +36,23 @@ struct Place<'a> {
     created: i64,
     /// The request id the record of its lock carries.
     id: String,
+}
+
+/// A caller counted in line (its waiter key written) until this is
+/// dropped, however its wait ends.
+struct InLine<'a>(&'a AtomicUsize);
+
+impl<'a> InLine<'a> {
+    fn count(in_line: &'a AtomicUsize) -> Self {
+        in_line.fetch_add(1, Ordering::Relaxed);
+        Self(in_line)
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn soon() -> Instant {
@@ -64,6 +82,7 @@ impl Cluster {
             return first;
         }
         let place = self.join(request, resource, request_id)?;
+        let _in_line = InLine::count(&self.in_line);
         let mut next_look = Instant::now();
         loop {
             let mark = self.lines.mark(resource);
