@@ -9,7 +9,8 @@
 //! in flight sends everything queued; the others wait for their answer, or
 //! for their turn to send what queued up meanwhile.
 
-use crate::etcd::{Compare, Etcd, EtcdError, Op, OpResult, TxnResult};
+use super::Store;
+use crate::etcd::{Compare, EtcdError, Op, OpResult, TxnResult};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -52,7 +53,7 @@ struct State {
 impl Batcher {
     /// Runs `write` on `etcd`, alone or beside others: as if it were one
     /// transaction of its own (its revision is the one its writes got).
-    pub fn write(&self, etcd: &Etcd, write: Write) -> Result<TxnResult, EtcdError> {
+    pub fn write(&self, etcd: &dyn Store, write: Write) -> Result<TxnResult, EtcdError> {
         let mut state = self.lock();
         let id = state.next;
         state.next += 1;
@@ -82,7 +83,7 @@ impl Batcher {
 
     fn send(
         &self,
-        etcd: &Etcd,
+        etcd: &dyn Store,
         batch: Vec<(u64, Write)>,
     ) -> Vec<(u64, Result<TxnResult, EtcdError>)> {
         let now = Instant::now();

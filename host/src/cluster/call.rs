@@ -190,7 +190,7 @@ impl Cluster {
             let freed = seen.freed_by(&change);
             let planned = self.plan(&keys, &seen, change, now, deadline)?;
             let granted = planned.change.fresh && !planned.change.handed_over;
-            match self.batch.write(&self.etcd, planned.write) {
+            match self.batch.write(&*self.etcd, planned.write) {
                 Ok(written) if written.succeeded => {
                     if granted && let Reply::Lock(lock) = &mut reply {
                         lock.token = seen.base + written.revision as u64;

@@ -4,7 +4,8 @@
 //! waiters leave every line when the lease runs out) and one watch on all
 //! lines, which wakes this host's waiters when theirs changes.
 
-use crate::etcd::{Etcd, EtcdError, wire};
+use super::Store;
+use crate::etcd::{EtcdError, wire};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -58,7 +59,7 @@ impl Lines {
     /// threads that keep it alive and watch the lines).
     pub fn session(
         self: &Arc<Self>,
-        etcd: &Arc<Etcd>,
+        etcd: &Arc<dyn Store>,
         deadline: Instant,
     ) -> Result<i64, EtcdError> {
         if !self.started.swap(true, Ordering::SeqCst) {
@@ -82,15 +83,15 @@ impl Lines {
         }
     }
 
-    fn start(self: &Arc<Self>, etcd: &Arc<Etcd>) {
+    fn start(self: &Arc<Self>, etcd: &Arc<dyn Store>) {
         let (lines, etcd_) = (self.clone(), etcd.clone());
         let kept = std::thread::Builder::new()
             .name("lockd-session".into())
-            .spawn(move || lines.keep_alive(&etcd_));
+            .spawn(move || lines.keep_alive(&*etcd_));
         let (lines, etcd) = (self.clone(), etcd.clone());
         let watched = std::thread::Builder::new()
             .name("lockd-watch".into())
-            .spawn(move || lines.watch(&etcd));
+            .spawn(move || lines.watch(&*etcd));
         if let Err(e) = kept.and(watched) {
             tracing::error!("starting the threads of waiting in line: {e}");
         }
@@ -99,7 +100,7 @@ impl Lines {
     /// Keeps the session alive until the host stops; a lease etcd no
     /// longer has (this host was cut off longer than its time to live) is
     /// replaced at the next wait.
-    fn keep_alive(&self, etcd: &Etcd) {
+    fn keep_alive(&self, etcd: &dyn Store) {
         while !self.pause(KEEP_ALIVE) {
             let Some(lease) = *lock(&self.session) else {
                 continue;
@@ -117,7 +118,7 @@ impl Lines {
 
     /// Watches every line until the host stops, waking the waiters of a
     /// line that changed; a new watch (after one broke) wakes them all.
-    fn watch(&self, etcd: &Etcd) {
+    fn watch(&self, etcd: &dyn Store) {
         let end = wire::prefix_end(&self.prefix);
         let mut from = 0;
         while !self.stopping.load(Ordering::Relaxed) {
@@ -219,7 +220,7 @@ impl Lines {
 
     /// Stops the threads, and ends the session: this host's waiters leave
     /// every line at once.
-    pub fn stop(&self, etcd: &Etcd) {
+    pub fn stop(&self, etcd: &dyn Store) {
         self.stopping.store(true, Ordering::Relaxed);
         self.wake.notify_all();
         if let Some(lease) = lock(&self.session).take()

@@ -19,6 +19,7 @@ mod lines;
 mod record;
 mod seen;
 mod served;
+mod store;
 mod wait;
 
 use crate::component::{GuestError, Instance, LockInfo, Runtime};
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+pub use store::{Store, Watching};
 
 /// Why a request got no reply.
 #[derive(Debug)]
@@ -60,7 +62,7 @@ const LIST_PAGE: usize = 1000;
 
 /// Locks kept in one etcd cluster, under one prefix.
 pub struct Cluster {
-    etcd: Arc<Etcd>,
+    etcd: Arc<dyn Store>,
     prefix: Vec<u8>,
     lock_delay_ms: u64,
     /// Added to every lease before a lock whose lease ran out may go to
@@ -98,10 +100,22 @@ impl Cluster {
         lock_delay: Duration,
         max_clock_skew: Duration,
     ) -> anyhow::Result<Self> {
+        Self::with_store(Arc::new(etcd), prefix, runtime, lock_delay, max_clock_skew)
+    }
+
+    /// The same on any [`Store`]: tests put a fault injector in front of
+    /// etcd here.
+    pub fn with_store(
+        etcd: Arc<dyn Store>,
+        prefix: &str,
+        runtime: &Runtime,
+        lock_delay: Duration,
+        max_clock_skew: Duration,
+    ) -> anyhow::Result<Self> {
         let mut lines = prefix.as_bytes().to_vec();
         lines.extend_from_slice(b"wait/");
         Ok(Self {
-            etcd: Arc::new(etcd),
+            etcd,
             prefix: prefix.as_bytes().to_vec(),
             lines: Arc::new(Lines::new(lines)),
             lock_delay_ms: lock_delay.as_millis() as u64,
@@ -187,7 +201,7 @@ impl Cluster {
     /// Ends this host's session (its waiters leave every line) and stops
     /// watching the lines.
     pub fn stop(&self) {
-        self.lines.stop(&self.etcd);
+        self.lines.stop(&*self.etcd);
     }
 
     /// Whether the cluster can serve: a member answers and follows a
@@ -208,6 +222,7 @@ impl Cluster {
     /// What this host counted of its work with etcd.
     pub fn samples(&self) -> Vec<Sample> {
         let count = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let (tries, failed_tries) = self.etcd.tries();
         let counter = |name, help, value| Sample {
             name,
             help,
@@ -218,12 +233,12 @@ impl Cluster {
             counter(
                 "lockd_etcd_requests_total",
                 "Requests sent to an etcd member, retries on another member included.",
-                count(&self.etcd.tries),
+                tries,
             ),
             counter(
                 "lockd_etcd_request_failures_total",
                 "Requests to an etcd member that got no answer in time, or an error.",
-                count(&self.etcd.failed_tries),
+                failed_tries,
             ),
             counter(
                 "lockd_etcd_transactions_total",

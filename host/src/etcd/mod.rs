@@ -374,12 +374,18 @@ impl Member {
             .and_then(Value::as_str)
             .unwrap_or("an error without a message")
             .to_owned();
-        let why = format!("{}: {message}", self.authority);
-        Err(if outcome_unknown(&message) {
-            EtcdError::Unknown(why)
-        } else {
-            EtcdError::NotApplied(why)
-        })
+        Err(error_for(&self.authority, &message))
+    }
+}
+
+/// What error `message`, answered by the member at `authority`, says of
+/// the request it answers.
+pub fn error_for(authority: &str, message: &str) -> EtcdError {
+    let why = format!("{authority}: {message}");
+    if outcome_unknown(message) {
+        EtcdError::Unknown(why)
+    } else {
+        EtcdError::NotApplied(why)
     }
 }
 

@@ -1,0 +1,312 @@
+//! The explorer's history and its checks. Every call a client made is
+//! recorded with when it was asked, when (and whether) its client heard
+//! the answer, and what the host finally answered; every stretch of time
+//! a client believed it held a lock is recorded as a hold. The checks
+//! then say what a lock service must never do:
+//!
+//! - two clients hold one lock at once (by their holds, and by a fenced
+//!   register every holder writes its token to);
+//! - tokens of one resource go back in real-time order;
+//! - a lock is seen held by a client whose calls cannot explain it
+//!   (handed to a caller that was told no, or never asked; a call
+//!   answered "did not happen" that happened);
+//! - an acknowledged release is undone;
+//! - a client is told it holds a lock whose lease had run out before it
+//!   asked;
+//! - a holder loses its lock while its lease runs and nobody broke it.
+
+use lockd::component::LockInfo;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Microseconds of the wall clock: lock leases are wall-clock times, so
+/// the history is kept in the same clock.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    Acquire { wait: bool },
+    Lock,
+    Release(u64),
+    Unlock,
+    Renew(u64),
+    Status,
+    Break,
+}
+
+/// What a host finally answered.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Lock(LockInfo),
+    Done,
+    Status(Option<LockInfo>),
+    /// Refused by the rules; a holder or waiter it names, if any.
+    Refused(String, Option<String>),
+    /// Fault 7: the change did not happen.
+    NotApplied(String),
+    /// Fault 7: the outcome is unknown.
+    Unknown(String),
+    /// A wait that ended without the lock (timed out, caller gone).
+    Ended(String),
+}
+
+impl Outcome {
+    /// Whether the call may have taken or changed something without
+    /// saying so.
+    pub fn open(&self) -> bool {
+        matches!(self, Outcome::Unknown(_))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    pub client: String,
+    pub host: usize,
+    pub resource: String,
+    pub what: What,
+    pub request_id: Option<String>,
+    pub asked: u64,
+    /// When the host answered.
+    pub finished: u64,
+    /// Whether the client was still there to hear it.
+    pub heard: bool,
+    pub outcome: Outcome,
+}
+
+/// A stretch of time a client believed it held a lock.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub client: String,
+    pub resource: String,
+    pub token: Option<u64>,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// A refusal a holder got while it believed it held the lock with a
+/// lease still running.
+#[derive(Debug, Clone)]
+pub struct Lost {
+    pub client: String,
+    pub resource: String,
+    pub since: u64,
+    pub asked: u64,
+    pub why: String,
+}
+
+#[derive(Default)]
+pub struct History {
+    pub calls: Mutex<Vec<CallRecord>>,
+    pub holds: Mutex<Vec<Hold>>,
+    pub lost: Mutex<Vec<Lost>>,
+    /// The highest token written per resource, and writes refused.
+    register: Mutex<HashMap<String, u64>>,
+    pub fenced_out: Mutex<Vec<String>>,
+}
+
+impl History {
+    pub fn call(&self, record: CallRecord) {
+        self.calls.lock().unwrap().push(record);
+    }
+
+    pub fn hold(&self, hold: Hold) {
+        self.holds.lock().unwrap().push(hold);
+    }
+
+    /// A holder's write to the fenced register with its token.
+    pub fn write_register(&self, client: &str, resource: &str, token: u64) {
+        let mut highest = self.register.lock().unwrap();
+        let seen = highest.entry(resource.to_owned()).or_default();
+        if token < *seen {
+            self.fenced_out.lock().unwrap().push(format!(
+                "{client} wrote {resource:?} with token {token} after token {seen}"
+            ));
+        } else {
+            *seen = token;
+        }
+    }
+
+    /// Everything wrong with the history; `end` is the locks held at the
+    /// end, read when every call was over.
+    pub fn violations(&self, end: &[LockInfo], end_at: u64) -> Vec<String> {
+        let calls = self.calls.lock().unwrap();
+        let holds = self.holds.lock().unwrap();
+        let mut found = Vec::new();
+        found.extend(self.fenced_out.lock().unwrap().iter().cloned());
+        let breaks: Vec<&CallRecord> = calls
+            .iter()
+            .filter(|c| c.what == What::Break && !matches!(c.outcome, Outcome::Refused(..)))
+            .collect();
+        two_holders(&holds, &breaks, &mut found);
+        tokens_in_order(&calls, &mut found);
+        unexplained(&calls, end, end_at, &mut found);
+        releases_undone(&calls, end, end_at, &mut found);
+        expired_grants(&calls, &mut found);
+        for lost in self.lost.lock().unwrap().iter() {
+            let broken = breaks
+                .iter()
+                .any(|b| b.resource == lost.resource && b.asked <= lost.asked);
+            if !broken {
+                found.push(format!(
+                    "{} lost {:?} (held since {}) while its lease ran: {}",
+                    lost.client, lost.resource, lost.since, lost.why
+                ));
+            }
+        }
+        found
+    }
+}
+
+/// Two clients' holds of one resource overlap (a hold ends where a break
+/// of that resource began: breaking takes the lock away by design).
+fn two_holders(holds: &[Hold], breaks: &[&CallRecord], found: &mut Vec<String>) {
+    let end = |h: &Hold| {
+        breaks
+            .iter()
+            .filter(|b| b.resource == h.resource && b.asked >= h.from && b.asked < h.to)
+            .map(|b| b.asked)
+            .min()
+            .unwrap_or(h.to)
+    };
+    for (i, x) in holds.iter().enumerate() {
+        for y in &holds[i + 1..] {
+            if x.resource == y.resource
+                && x.client != y.client
+                && x.from < end(y)
+                && y.from < end(x)
+            {
+                found.push(format!("two holders at once: {x:?} and {y:?}"));
+            }
+        }
+    }
+}
+
+/// The locks granted, as their clients heard them.
+fn grants(calls: &[CallRecord]) -> impl Iterator<Item = (&CallRecord, &LockInfo)> {
+    calls.iter().filter_map(|c| match (&c.what, &c.outcome) {
+        (What::Acquire { .. }, Outcome::Lock(lock)) if c.heard => Some((c, lock)),
+        _ => None,
+    })
+}
+
+/// A grant answered before another was asked has a lower token (the same
+/// one only for the same client's own lock).
+fn tokens_in_order(calls: &[CallRecord], found: &mut Vec<String>) {
+    let all: Vec<_> = grants(calls).collect();
+    for (x, xl) in &all {
+        for (y, yl) in &all {
+            if x.resource != y.resource || x.finished >= y.asked {
+                continue;
+            }
+            let same = x.client == y.client && xl.token == yl.token;
+            if yl.token < xl.token || (yl.token == xl.token && !same) {
+                found.push(format!(
+                    "token {} of {} on {:?} after token {} of {}",
+                    yl.token, y.client, y.resource, xl.token, x.client
+                ));
+            }
+        }
+    }
+}
+
+/// Whether `client` holding `resource` (with `token`, if known), seen by
+/// a look answered at `seen`, has a call to explain it: one answered with
+/// that lock, or one whose outcome is open or was still running.
+fn explained(
+    calls: &[CallRecord],
+    client: &str,
+    resource: &str,
+    token: Option<u64>,
+    asked: u64,
+    seen: u64,
+) -> bool {
+    calls.iter().any(|c| {
+        c.client == client
+            && c.resource == resource
+            && matches!(c.what, What::Acquire { .. } | What::Lock)
+            && c.asked < seen
+            && (c.outcome.open()
+                || c.finished > asked
+                || match &c.outcome {
+                    Outcome::Lock(lock) => token.is_none_or(|t| t == lock.token),
+                    Outcome::Done => true,
+                    _ => false,
+                })
+    })
+}
+
+/// Every holder seen (by a status, a refusal naming it, the end's read)
+/// has a call to explain it.
+fn unexplained(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &mut Vec<String>) {
+    let mut looks: Vec<(String, String, Option<u64>, u64, u64, String)> = Vec::new();
+    for c in calls {
+        let (client, token) = match &c.outcome {
+            Outcome::Status(Some(lock)) => (lock.client.clone(), Some(lock.token)),
+            Outcome::Refused(_, Some(named)) => (named.clone(), None),
+            _ => continue,
+        };
+        let how = format!("{:?} by {} on host {}", c.what, c.client, c.host);
+        looks.push((client, c.resource.clone(), token, c.asked, c.finished, how));
+    }
+    for lock in end {
+        let how = "the read at the end".to_owned();
+        let (client, resource) = (lock.client.clone(), lock.resource.clone());
+        looks.push((client, resource, Some(lock.token), end_at, end_at, how));
+    }
+    for (client, resource, token, asked, seen, how) in looks {
+        if !explained(calls, &client, &resource, token, asked, seen) {
+            found.push(format!(
+                "{client} seen holding (or waiting for) {resource:?} (token {token:?}, {how}) \
+                 with no call of its to explain it"
+            ));
+        }
+    }
+}
+
+/// After a release or unlock was acknowledged, its lock is never seen or
+/// granted again.
+fn releases_undone(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &mut Vec<String>) {
+    for r in calls {
+        let token = match (&r.what, &r.outcome) {
+            (What::Release(token), Outcome::Done) if r.heard => *token,
+            _ => continue,
+        };
+        let again = calls.iter().filter(|c| c.asked > r.finished).any(|c| {
+            matches!(&c.outcome, Outcome::Status(Some(l)) | Outcome::Lock(l)
+                if l.resource == r.resource && l.client == r.client && l.token == token)
+        });
+        let at_end = end
+            .iter()
+            .any(|l| l.resource == r.resource && l.client == r.client && l.token == token);
+        if again || (at_end && end_at > r.finished) {
+            found.push(format!(
+                "{} released {:?} (token {token}) and it was held again",
+                r.client, r.resource
+            ));
+        }
+    }
+}
+
+/// Nobody is told it holds a lock whose lease ran out before it asked.
+fn expired_grants(calls: &[CallRecord], found: &mut Vec<String>) {
+    for c in calls {
+        if let Outcome::Lock(lock) = &c.outcome
+            && matches!(c.what, What::Acquire { .. } | What::Renew(_))
+            && lock.expires_ms.is_some_and(|at| at * 1000 < c.asked)
+        {
+            found.push(format!(
+                "{} told it holds {:?} (token {}) whose lease ended {} ms before it asked",
+                c.client,
+                lock.resource,
+                lock.token,
+                (c.asked / 1000).saturating_sub(lock.expires_ms.unwrap_or(0))
+            ));
+        }
+    }
+}
