@@ -14,7 +14,7 @@
 use crate::etcd_cluster::EtcdCluster;
 use crate::etcd_faults::{Faulty, Rates, Rng};
 use crate::explore_check::{History, Outcome, What, now_us};
-use crate::explore_client::{Client, World};
+use crate::explore_client::{Client, NAMES, World};
 use lockd::cluster::Cluster;
 use lockd::component::{LockInfo, Runtime};
 use lockd::etcd::{Etcd, wire};
@@ -37,7 +37,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 fn rate(rng: &mut Rng) -> f64 {
-    *rng.pick(&[0.0, 0.0, 0.02, 0.05])
+    *rng.pick(&[0.0, 0.0, 0.02, 0.05, 0.1])
 }
 
 /// Runs seed `seed` against the etcd at `urls`.
@@ -86,7 +86,13 @@ fn explore(seed: u64, urls: &[String], runtime: &Runtime) -> Report {
     let world = World {
         hosts: &hosts,
         history: &history,
-        shared_ids: *rng.pick(&[0, 0, 200, 500]),
+        shared_ids: *rng.pick(&[0, 200, 500, 800]),
+        names: {
+            let mut names = NAMES.to_vec();
+            rng.shuffle(&mut names);
+            names.truncate(2 + rng.below(NAMES.len() as u64 - 1) as usize);
+            names
+        },
         breaks: rng.chance(0.3),
         ops: 20 + rng.below(20) as usize,
     };
@@ -165,7 +171,7 @@ fn explore(seed: u64, urls: &[String], runtime: &Runtime) -> Report {
             .iter()
             .filter(|c| !matches!(c.outcome, Outcome::Status(None)))
         {
-            eprintln!("  {c:?}");
+            eprintln!("  {c}");
         }
     }
     Report {

@@ -68,6 +68,13 @@ impl Rng {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
     }
 
+    /// Puts `items` in a random order.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i as u64 + 1) as usize);
+        }
+    }
+
     pub fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
         &from[self.below(from.len() as u64) as usize]
     }
@@ -257,13 +264,13 @@ impl Faulty {
         let Plan { rng, rates, .. } = &mut *plan;
         let writes = call.kind != Kind::Read && call.kind != Kind::Status;
         if rng.chance(rates.refuse) {
-            Some(Fault::Refuse(*rng.pick(BEFORE)))
+            Some(Fault::Refuse(BEFORE[rng.below(BEFORE.len() as u64) as usize]))
         } else if rng.chance(rates.drop) {
             Some(Fault::Drop)
         } else if writes && rng.chance(rates.lose_answer) {
             Some(Fault::LoseAnswer)
         } else if writes && rng.chance(rates.error_after) {
-            Some(Fault::ErrorAfter(*rng.pick(AFTER)))
+            Some(Fault::ErrorAfter(AFTER[rng.below(AFTER.len() as u64) as usize]))
         } else if writes && rng.chance(rates.delay) {
             Some(Fault::Delay(Duration::from_millis(20 + rng.below(400))))
         } else {

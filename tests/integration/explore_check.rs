@@ -64,6 +64,21 @@ impl Outcome {
     }
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Lock(l) => write!(f, "lock {} token {} expires {:?}", l.client, l.token, l.expires_ms),
+            Outcome::Done => write!(f, "done"),
+            Outcome::Status(None) => write!(f, "free"),
+            Outcome::Status(Some(l)) => write!(f, "held by {} token {}", l.client, l.token),
+            Outcome::Refused(why, _) => write!(f, "refused: {why}"),
+            Outcome::NotApplied(why) => write!(f, "did not happen: {why}"),
+            Outcome::Unknown(why) => write!(f, "unknown: {why}"),
+            Outcome::Ended(why) => write!(f, "ended: {why}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CallRecord {
     pub client: String,
@@ -77,6 +92,24 @@ pub struct CallRecord {
     /// Whether the client was still there to hear it.
     pub heard: bool,
     pub outcome: Outcome,
+}
+
+impl std::fmt::Display for CallRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}..{} {} {:?} {:?} on host {} (id {:?}){}: {}",
+            self.asked,
+            self.finished,
+            self.client,
+            self.what,
+            self.resource,
+            self.host,
+            self.request_id,
+            if self.heard { "" } else { ", not heard" },
+            self.outcome
+        )
+    }
 }
 
 /// A stretch of time a client believed it held a lock.
@@ -148,6 +181,7 @@ impl History {
         unexplained(&calls, end, end_at, &mut found);
         releases_undone(&calls, end, end_at, &mut found);
         expired_grants(&calls, &mut found);
+        stale_tokens_regranted(&calls, &mut found);
         for lost in self.lost.lock().unwrap().iter() {
             let broken = breaks
                 .iter()
@@ -181,7 +215,10 @@ fn two_holders(holds: &[Hold], breaks: &[&CallRecord], found: &mut Vec<String>) 
                 && x.from < end(y)
                 && y.from < end(x)
             {
-                found.push(format!("two holders at once: {x:?} and {y:?}"));
+                found.push(format!(
+                    "two holders of {:?} at once: {} (token {:?}) and {} (token {:?})",
+                    x.resource, x.client, x.token, y.client, y.token
+                ));
             }
         }
     }
@@ -288,6 +325,45 @@ fn releases_undone(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &
             found.push(format!(
                 "{} released {:?} (token {token}) and it was held again",
                 r.client, r.resource
+            ));
+        }
+    }
+}
+
+/// A lock whose lease ran out is nobody's: asked for again by its old
+/// holder, it is a fresh lock (a new token), never the old one with its
+/// lease made up. The lease a token last had is the latest its client
+/// was answered; a call on it whose outcome is open might have
+/// lengthened it, so it is then not judged.
+fn stale_tokens_regranted(calls: &[CallRecord], found: &mut Vec<String>) {
+    for (g, lock) in grants(calls) {
+        let before = calls.iter().filter(|c| {
+            c.client == g.client && c.resource == g.resource && c.asked < g.asked
+        });
+        let mut lease_ended = Some(0);
+        for c in before {
+            match &c.outcome {
+                Outcome::Lock(l) if l.token == lock.token && c.finished < g.asked => {
+                    lease_ended = match (lease_ended, l.expires_ms) {
+                        (Some(a), Some(b)) => Some(a.max(b * 1000)),
+                        _ => None,
+                    };
+                }
+                outcome if outcome.open() || c.finished >= g.asked => lease_ended = None,
+                _ => {}
+            }
+        }
+        if let Some(ended) = lease_ended
+            && ended > 0
+            && ended < g.asked
+        {
+            found.push(format!(
+                "{} given token {} of {:?} again ({:?}), {} ms after its lease ran out",
+                g.client,
+                lock.token,
+                g.resource,
+                g.request_id,
+                (g.asked - ended) / 1000
             ));
         }
     }

@@ -28,6 +28,8 @@ pub struct World<'a> {
     /// How many clients' request ids are drawn from a shared pool (the
     /// same job id in two workers), per mille.
     pub shared_ids: u64,
+    /// The names its clients use (a few for much contention, or all).
+    pub names: Vec<&'static str>,
     pub breaks: bool,
     pub ops: usize,
 }
@@ -110,7 +112,7 @@ where
             self.lapse();
             let held: Vec<String> = self.held.keys().cloned().collect();
             let resource = match held.is_empty() || self.rng.chance(0.4) {
-                true => (*self.rng.pick(NAMES)).to_owned(),
+                true => (*self.rng.pick(&self.world.names)).to_owned(),
                 false => self.rng.pick(&held).clone(),
             };
             match self.held.contains_key(&resource) {
@@ -141,6 +143,11 @@ where
             let belief = self.held.remove(&resource).unwrap();
             let to = belief.expires_us.unwrap();
             self.end_hold(&resource, belief, to);
+            // A careless holder: it asks for the lock again when its
+            // lease has run out, as if it were still its.
+            if self.rng.chance(0.3) {
+                self.acquire_as(&resource, true);
+            }
         }
     }
 
@@ -224,6 +231,11 @@ where
     }
 
     fn acquire(&mut self, resource: &str) {
+        let reentrant = self.rng.chance(0.4);
+        self.acquire_as(resource, reentrant);
+    }
+
+    fn acquire_as(&mut self, resource: &str, reentrant: bool) {
         let ttl_ms = match self.rng.chance(0.2) {
             true => None,
             false => Some(150 + self.rng.below(900)),
@@ -236,7 +248,7 @@ where
             resource: resource.to_owned(),
             client: self.me.clone(),
             ttl_ms,
-            reentrant: self.rng.chance(0.4),
+            reentrant,
         });
         let request_id = self.request_id();
         let patience = match (wait, self.rng.chance(0.25)) {
@@ -265,6 +277,11 @@ where
                 // Not learnt: the same request again elsewhere, if it
                 // has an id; else ask who holds it.
                 _ if ask.request_id.is_some() && attempt < 2 => {
+                    // Now and then the retry comes late (the client's own
+                    // network trouble): after the lease may have run out.
+                    if self.rng.chance(0.3) {
+                        std::thread::sleep(Duration::from_millis(self.rng.below(1500)));
+                    }
                     ask.host = (ask.host + 1) % self.world.hosts.len();
                     ask.patience = ask.wait.unwrap_or_default() + Duration::from_secs(6);
                 }

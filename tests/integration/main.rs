@@ -6,6 +6,7 @@ mod cli;
 mod cluster_chaos;
 mod cluster_core;
 mod cluster_explore;
+mod cluster_faults;
 mod cluster_import;
 mod cluster_lines;
 mod cluster_serve;

@@ -14,7 +14,17 @@ use crate::etcd::{Compare, EtcdError, Op, OpResult, TxnResult};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A write with less time than this left to its deadline is not sent: its
+/// answer would most likely come too late, and "unknown" costs its caller
+/// a read where "not sent" costs nothing.
+const TOO_LATE: Duration = Duration::from_millis(50);
+
+/// How long past its own deadline a write may wait for the others in its
+/// transaction: one write near its deadline must not turn the answers of
+/// all the others into "unknown".
+const BATCH_SLACK: Duration = Duration::from_secs(1);
 
 /// Writes per transaction at most. etcd refuses a transaction with more
 /// than `--max-txn-ops` (128 by default) operations in one branch, counted
@@ -88,11 +98,11 @@ impl Batcher {
     ) -> Vec<(u64, Result<TxnResult, EtcdError>)> {
         let now = Instant::now();
         let (late, batch): (Vec<_>, Vec<_>) =
-            batch.into_iter().partition(|(_, w)| w.deadline <= now);
+            batch.into_iter().partition(|(_, w)| w.deadline <= now + TOO_LATE);
         let mut answers: Vec<_> = late
             .into_iter()
             .map(|(id, _)| {
-                let why = "its deadline passed before it could be sent".to_owned();
+                let why = "its deadline was (all but) past before it could be sent".to_owned();
                 (id, Err(EtcdError::NotApplied(why)))
             })
             .collect();
@@ -106,7 +116,7 @@ impl Batcher {
             answers.push((*id, answer));
             return answers;
         }
-        let deadline = batch.iter().map(|(_, w)| w.deadline).min().unwrap_or(now);
+        let deadline = batch_deadline(batch.iter().map(|(_, w)| w.deadline));
         let nested: Vec<Op> = batch
             .iter()
             .map(|(_, w)| Op::Txn {
@@ -136,6 +146,17 @@ impl Batcher {
             Err(e) => answers.extend(batch.into_iter().map(|(id, _)| (id, Err(e.clone())))),
         }
         answers
+    }
+}
+
+/// The deadline of a transaction carrying writes with `deadlines`: the
+/// latest of them, but at most [`BATCH_SLACK`] after the earliest.
+fn batch_deadline(deadlines: impl Iterator<Item = Instant> + Clone) -> Instant {
+    let earliest = deadlines.clone().min();
+    let latest = deadlines.max();
+    match (earliest, latest) {
+        (Some(earliest), Some(latest)) => latest.min(earliest + BATCH_SLACK),
+        _ => Instant::now(),
     }
 }
 
@@ -183,6 +204,17 @@ mod tests {
         assert_eq!(ids(&take_batch(&mut queue)), [2, 4]);
         assert_eq!(ids(&take_batch(&mut queue)), [5]);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn one_write_near_its_deadline_does_not_cut_the_batch_short() {
+        let now = Instant::now();
+        let soon = now + Duration::from_millis(100);
+        let later = now + Duration::from_secs(5);
+        assert_eq!(batch_deadline([soon, later].into_iter()), soon + BATCH_SLACK);
+        assert_eq!(batch_deadline([later, later - BATCH_SLACK / 2].into_iter()), later);
+        let close = now + Duration::from_millis(300);
+        assert_eq!(batch_deadline([close, soon].into_iter()), close);
     }
 
     #[test]

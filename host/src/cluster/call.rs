@@ -19,6 +19,10 @@ use crate::requests;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+/// Ends a line's key prefix (`<prefix>wait/<resource>`): a byte no
+/// resource name holds.
+pub const LINE_END: u8 = 0;
+
 /// How many times a request is decided again after its guarded write lost
 /// to another's before it gives up.
 const MAX_CONFLICTS: usize = 64;
@@ -28,7 +32,10 @@ pub struct Keys {
     /// The record.
     pub record: Vec<u8>,
     pub base: Vec<u8>,
-    /// The line of waiters: keys from `line` up to `line_end`.
+    /// The line of waiters: keys from `line` up to `line_end`, which
+    /// are `<prefix>wait/<resource>` and a NUL, then the waiter's id. No
+    /// resource name holds a NUL, so one line never holds another's
+    /// waiters (`a`'s and `a/b`'s, say).
     pub line: Vec<u8>,
     pub line_end: Vec<u8>,
 }
@@ -74,6 +81,8 @@ pub struct Planned {
 struct Unsettled<'a> {
     /// The request id its record carries.
     id: &'a str,
+    /// Who asked.
+    client: &'a str,
     /// Whether it granted its caller a fresh lock.
     granted: bool,
     /// For a change that freed the lock: the token of the lock it freed
@@ -90,18 +99,27 @@ pub fn range(key: &[u8]) -> Op {
 
 /// The lock a take with the caller's `request_id` already took, if `seen`
 /// records it (as the last change of the resource, by `id`, for the same
-/// client): its retry is answered with it.
-fn retried(request: &Request, request_id: Option<&str>, seen: &Seen, id: &str) -> Option<LockInfo> {
+/// client) and its lease still runs at `now`: its retry is answered with
+/// it.
+fn retried(
+    request: &Request,
+    request_id: Option<&str>,
+    seen: &Seen,
+    id: &str,
+    now: u64,
+) -> Option<LockInfo> {
     request_id?;
     requests::taken(request)?;
     let lock = seen.record.lock.as_ref()?;
-    (seen.record.request == id && lock.client == requests::client(request)).then(|| lock.clone())
+    let running = lock.expires_ms.is_none_or(|at| at > now);
+    let mine = seen.record.taken_by == id && lock.client == requests::client(request);
+    (mine && running).then(|| lock.clone())
 }
 
 impl Cluster {
     pub fn keys(&self, resource: &str) -> Keys {
         let mut line = self.key("wait/", resource);
-        line.push(b'/');
+        line.push(LINE_END);
         Keys {
             record: self.key("lock/", resource),
             base: self.key("token-base", ""),
@@ -119,11 +137,13 @@ impl Cluster {
         Seen::read(resource, &read.results).map_err(ClusterError::NotApplied)
     }
 
-    /// A new id for a request: a host's own are `<pid>-<start>-<n>`; a
-    /// caller's are marked so that no caller can name one of a host's.
-    pub fn request_id(&self, request_id: Option<&str>) -> String {
+    /// A new id for a request: a host's own are `<host>-<n>`; a caller's
+    /// are marked so that no caller can name one of a host's, and hold the
+    /// client's name, so that two clients giving the same `request_id`
+    /// (two workers of one job) never pass for each other.
+    pub fn request_id(&self, request_id: Option<&str>, client: &str) -> String {
         match request_id {
-            Some(id) => format!("client:{id}"),
+            Some(id) => format!("client:{}:{client}:{id}", client.len()),
             None => format!(
                 "{}-{}",
                 self.host,
@@ -148,7 +168,7 @@ impl Cluster {
             ))
         })?;
         let keys = self.keys(resource);
-        let id = self.request_id(request_id);
+        let id = self.request_id(request_id, requests::client(request));
         // A change is first decided on what this host last saw (nothing
         // known: nothing recorded, nobody waiting) and written guarded by
         // it, one round trip when it is still current. Only a write that
@@ -160,11 +180,11 @@ impl Cluster {
             false => self.read(resource, deadline)?,
         };
         for _ in 0..MAX_CONFLICTS {
-            if !optimistic && let Some(lock) = retried(request, request_id, &seen, &id) {
-                return Ok(Reply::Lock(lock));
-            }
             // Time for one resource never runs backwards.
             let now = now_ms().max(seen.record.written_ms);
+            if !optimistic && let Some(lock) = retried(request, request_id, &seen, &id, now) {
+                return Ok(Reply::Lock(lock));
+            }
             let decided = self.decide(request, &seen, now).and_then(|decision| {
                 let change = seen.change(&decision.effect, now, &id);
                 // Nobody overtakes a waiter: the lock is the first in
@@ -204,14 +224,10 @@ impl Cluster {
                 Ok(lost) => {
                     self.conflicts.fetch_add(1, Ordering::Relaxed);
                     optimistic = false;
-                    let (revision, head) = (seen.revision, seen.head.clone());
                     seen.take_record(resource, &lost.results)
-                        .and_then(|()| seen.take_head(&lost.results, 1))
+                        .and_then(|()| seen.take_base(&lost.results, 1))
+                        .and_then(|()| seen.take_head(&lost.results, 2))
                         .map_err(ClusterError::NotApplied)?;
-                    if seen.revision == revision && seen.head == head {
-                        // Neither moved: the token base did.
-                        seen = self.read(resource, deadline)?;
-                    }
                     self.cache.put(resource, seen.clone());
                 }
                 Err(EtcdError::NotApplied(why)) => return Err(ClusterError::NotApplied(why)),
@@ -219,6 +235,7 @@ impl Cluster {
                     self.unknown.fetch_add(1, Ordering::Relaxed);
                     let unsettled = Unsettled {
                         id: &id,
+                        client: requests::client(request),
                         granted,
                         // A change that freed the lock (and perhaps handed
                         // it on) happened if the lock it freed is gone.
@@ -258,7 +275,16 @@ impl Cluster {
                     key: head.key.clone(),
                     target: Target::Create(head.create_revision),
                 });
-                if let Some(handed) = self.hand_over(seen, &change, head, now)? {
+                if seen.record.taken_by == head.waiting.request {
+                    // A second place in line of the take that got the lock
+                    // being freed (its caller asked again on another host
+                    // while it waited): never its, the lock goes free and
+                    // the next in line takes it.
+                    also.push(Op::Delete {
+                        key: head.key.clone(),
+                        range_end: Vec::new(),
+                    });
+                } else if let Some(handed) = self.hand_over(seen, &change, head, now)? {
                     change = handed;
                     also.push(Op::Delete {
                         key: head.key.clone(),
@@ -274,7 +300,7 @@ impl Cluster {
             resource: String::from_utf8_lossy(&keys.record).into_owned(),
             guard,
             ops,
-            reads: vec![range(&keys.record), keys.head()],
+            reads: vec![range(&keys.record), range(&keys.base), keys.head()],
             deadline,
         };
         Ok(Planned { change, write })
@@ -335,7 +361,11 @@ impl Cluster {
         let unknown = || ClusterError::Unknown(format!("outcome unknown: {why}"));
         let seen = self.read(resource, deadline).map_err(|_| unknown())?;
         let held = seen.record.lock.as_ref();
-        let recorded = seen.revision != 0 && seen.record.request == unsettled.id;
+        // The record carries this request's id; a take's lock is its
+        // client's.
+        let recorded = seen.revision != 0
+            && seen.record.request == unsettled.id
+            && (!unsettled.granted || held.is_some_and(|l| l.client == unsettled.client));
         let freed = unsettled
             .freed
             .is_some_and(|token| held.map(|l| l.token) != token);
@@ -351,8 +381,10 @@ impl Cluster {
     }
 
     /// The rules' decision on `seen` at `now`, the lease of a lock
-    /// lengthened by the clock-skew margin for everyone but its holder's
-    /// renewals and releases (which the rules judge by the lease itself).
+    /// lengthened by the clock-skew margin for other clients' takes: its
+    /// holder's own requests are judged by the lease itself (a holder
+    /// whose lease ran out by its host's clock holds nothing, whatever it
+    /// asks).
     pub fn decide(
         &self,
         request: &Request,
@@ -362,6 +394,7 @@ impl Cluster {
         let mut held = seen.record.lock.clone();
         if let Some(lock) = &mut held
             && requests::taken(request).is_some()
+            && lock.client != requests::client(request)
         {
             lock.expires_ms = lock
                 .expires_ms

@@ -49,6 +49,7 @@ impl Cluster {
                         delay: None,
                         written_ms: now_ms(),
                         request: "import".into(),
+                        taken_by: "import".into(),
                     };
                     Op::Txn {
                         compares: vec![Compare {

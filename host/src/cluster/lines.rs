@@ -2,10 +2,13 @@
 //! session (a lease every waiter key of this host is attached to, kept
 //! alive while the host runs and revoked when it stops, so a dead host's
 //! waiters leave every line when the lease runs out) and one watch on all
-//! lines, which wakes this host's waiters when theirs changes.
+//! lines, which wakes this host's waiters when theirs changes; and the
+//! waiter keys this host could not delete when their wait ended, deleted
+//! by the session keeper as soon as etcd lets it.
 
 use super::Store;
-use crate::etcd::{EtcdError, wire};
+use super::call::LINE_END;
+use crate::etcd::{EtcdError, Op, wire};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -15,13 +18,66 @@ use std::time::{Duration, Instant};
 /// waiters stay in line.
 pub const SESSION_TTL_S: i64 = 5;
 
-/// How often the session is kept alive.
+/// How often the session is kept alive (and orphans deleted).
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// How long the marker of a join whose outcome was open is kept: far
+/// longer than etcd takes to apply or drop a proposal.
+const MARKER_KEPT: Duration = Duration::from_secs(600);
+
+/// A key this host has to delete.
+#[derive(Debug)]
+pub enum Orphan {
+    /// The key of a wait that ended.
+    Key(Vec<u8>),
+    /// The key of a join whose outcome etcd left open, put with session
+    /// `lease`: its `marker` is written and the key deleted in one step,
+    /// after which a late write of the key fails its guard.
+    Join {
+        key: Vec<u8>,
+        marker: Vec<u8>,
+        lease: i64,
+    },
+    /// A join's marker, deleted once it is old enough.
+    Marker { key: Vec<u8>, since: Instant },
+}
+
+impl Orphan {
+    pub fn marker(key: Vec<u8>) -> Self {
+        Self::Marker {
+            key,
+            since: Instant::now(),
+        }
+    }
+
+    /// The writes that delete it, if it is time.
+    pub fn removal(&self) -> Option<Vec<Op>> {
+        let delete = |key: &[u8]| Op::Delete {
+            key: key.to_vec(),
+            range_end: Vec::new(),
+        };
+        match self {
+            Orphan::Key(key) => Some(vec![delete(key)]),
+            Orphan::Join { key, marker, lease } => Some(vec![
+                Op::Put {
+                    key: marker.clone(),
+                    value: Vec::new(),
+                    lease: *lease,
+                },
+                delete(key),
+            ]),
+            Orphan::Marker { key, since } => {
+                (since.elapsed() >= MARKER_KEPT).then(|| vec![delete(key)])
+            }
+        }
+    }
+}
 
 pub struct Lines {
     /// `<prefix>wait/`: every line.
     prefix: Vec<u8>,
     session: Mutex<Option<i64>>,
+    orphans: Mutex<Vec<Orphan>>,
     changed: Mutex<Changed>,
     wake: Condvar,
     started: AtomicBool,
@@ -48,6 +104,7 @@ impl Lines {
         Self {
             prefix,
             session: Mutex::new(None),
+            orphans: Mutex::new(Vec::new()),
             changed: Mutex::new(Changed::default()),
             wake: Condvar::new(),
             started: AtomicBool::new(false),
@@ -72,6 +129,48 @@ impl Lines {
         let (lease, _) = etcd.lease_grant(SESSION_TTL_S, deadline)?;
         *session = Some(lease);
         Ok(lease)
+    }
+
+    /// Hands `orphan` to the session keeper, which deletes it as soon as
+    /// etcd lets it.
+    pub fn orphan(&self, orphan: Orphan) {
+        tracing::debug!("to delete later: {orphan:?}");
+        lock(&self.orphans).push(orphan);
+    }
+
+    /// Deletes the orphans it is time to delete, keeping those etcd does
+    /// not let it delete yet. A join whose session ended needs nothing:
+    /// its key went with the session, and a late write of it fails.
+    fn sweep(&self, etcd: &dyn Store) {
+        let orphans = std::mem::take(&mut *lock(&self.orphans));
+        if orphans.is_empty() {
+            return;
+        }
+        let session = *lock(&self.session);
+        let mut kept = Vec::new();
+        for orphan in orphans {
+            if let Orphan::Join { lease, .. } = &orphan
+                && session != Some(*lease)
+            {
+                continue;
+            }
+            let Some(ops) = orphan.removal() else {
+                kept.push(orphan);
+                continue;
+            };
+            match etcd.txn(&[], &ops, &[], Instant::now() + KEEP_ALIVE) {
+                Ok(_) => {
+                    if let Orphan::Join { marker, .. } = orphan {
+                        kept.push(Orphan::marker(marker));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("deleting {orphan:?}: {e}");
+                    kept.push(orphan);
+                }
+            }
+        }
+        lock(&self.orphans).extend(kept);
     }
 
     /// Drops session `lease`, which etcd no longer has: the next wait
@@ -102,6 +201,7 @@ impl Lines {
     /// replaced at the next wait.
     fn keep_alive(&self, etcd: &dyn Store) {
         while !self.pause(KEEP_ALIVE) {
+            self.sweep(etcd);
             let Some(lease) = *lock(&self.session) else {
                 continue;
             };
@@ -162,7 +262,7 @@ impl Lines {
     fn changed(&self, key: &[u8]) {
         let Some(line) = key
             .strip_prefix(self.prefix.as_slice())
-            .and_then(|rest| rest.iter().rposition(|&b| b == b'/').map(|at| &rest[..at]))
+            .and_then(|rest| rest.iter().position(|&b| b == LINE_END).map(|at| &rest[..at]))
         else {
             return;
         };

@@ -86,6 +86,16 @@ pub struct Cluster {
     in_line: AtomicUsize,
 }
 
+/// This host's id in request ids: its process id, start time and 64
+/// random bits, so two hosts never share one (containers all run as
+/// process 1, and may start in the same millisecond).
+fn host_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+    random.write_u64(now_ms());
+    format!("{}-{}-{:016x}", std::process::id(), now_ms(), random.finish())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -123,7 +133,7 @@ impl Cluster {
             rules: Mutex::new(runtime.instantiate_rules_only()?),
             cache: Cache::default(),
             batch: Batcher::default(),
-            host: format!("{}-{}", std::process::id(), now_ms()),
+            host: host_id(),
             requests: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
@@ -274,5 +284,16 @@ impl Cluster {
 fn not_applied(e: EtcdError) -> ClusterError {
     match e {
         EtcdError::NotApplied(why) | EtcdError::Unknown(why) => ClusterError::NotApplied(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_started_in_the_same_millisecond_have_ids_of_their_own() {
+        let ids: std::collections::HashSet<String> = (0..100).map(|_| host_id()).collect();
+        assert_eq!(ids.len(), 100);
     }
 }

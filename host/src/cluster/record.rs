@@ -19,7 +19,11 @@ pub struct Record {
     pub lock: Option<LockInfo>,
     pub delay: Option<LockDelay>,
     pub written_ms: u64,
+    /// The id of the request that wrote it last.
     pub request: String,
+    /// The id of the take that got its lock (kept while the lock is
+    /// renewed); empty without a lock.
+    pub taken_by: String,
 }
 
 fn u64_of(value: &Value, field: &str) -> Result<u64, String> {
@@ -55,6 +59,7 @@ impl Record {
                     "acquired_ms": lock.acquired_ms,
                     "ttl_ms": lock.ttl_ms,
                     "expires_ms": lock.expires_ms,
+                    "taken_by": self.taken_by,
                 }),
             );
             let lock = value.get_mut("lock").and_then(Value::as_object_mut);
@@ -112,11 +117,19 @@ impl Record {
                 forget_ms: u64_of(delay, "forget_ms")?,
             }),
         };
+        let request = str_of(&value, "request")?;
+        // Records written before locks kept their taker's id: the last
+        // writer's.
+        let taken_by = match value.get("lock") {
+            Some(lock) => str_of(lock, "taken_by").unwrap_or_else(|_| request.clone()),
+            None => String::new(),
+        };
         Ok(Self {
             lock,
             delay,
             written_ms: u64_of(&value, "written_ms")?,
-            request: str_of(&value, "request")?,
+            request,
+            taken_by,
         })
     }
 }
@@ -167,6 +180,7 @@ mod tests {
             delay: None,
             written_ms: 5,
             request: request.into(),
+            taken_by: request.into(),
         }
     }
 
@@ -193,6 +207,7 @@ mod tests {
             }),
             written_ms: 1,
             request: "h-2".into(),
+            taken_by: String::new(),
         };
         let read = Record::decode("r", &kv(record.encode(None), 3)).unwrap();
         assert!(read.lock.is_none());

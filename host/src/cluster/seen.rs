@@ -60,12 +60,18 @@ impl Seen {
     pub fn read(resource: &str, results: &[OpResult]) -> Result<Self, String> {
         let mut seen = Self::default();
         seen.take_record(resource, results)?;
-        if let Some(kv) = one(results, 1) {
-            seen.base = record::decode_base(kv).map_err(bad)?;
-            seen.base_revision = kv.mod_revision;
-        }
+        seen.take_base(results, 1)?;
         seen.take_head(results, 2)?;
         Ok(seen)
+    }
+
+    /// Takes the token base from range result `i` (of its key).
+    pub fn take_base(&mut self, results: &[OpResult], i: usize) -> Result<(), String> {
+        (self.base, self.base_revision) = match one(results, i) {
+            Some(kv) => (record::decode_base(kv).map_err(bad)?, kv.mod_revision),
+            None => (0, 0),
+        };
+        Ok(())
     }
 
     /// Takes the head of the line from range result `i`.
@@ -116,12 +122,18 @@ impl Seen {
             Effect::Release => (None, kept_delay(), false),
             Effect::BreakLock(delay) => (None, Some(delay.clone()), false),
         };
+        let taken_by = match (&lock, fresh) {
+            (None, _) => String::new(),
+            (Some(_), true) => id.to_owned(),
+            (Some(_), false) => self.record.taken_by.clone(),
+        };
         Some(Change {
             record: Record {
                 lock,
                 delay,
                 written_ms: now,
                 request: id.to_owned(),
+                taken_by,
             },
             fresh,
             handed_over: false,

@@ -11,7 +11,7 @@ use crate::commit::{Presence, Then};
 use crate::component::{Reply, Request};
 use crate::error::LockError;
 use crate::metrics::Sample;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,34 @@ fn lock_error(request: &Request, e: ClusterError) -> LockError {
     }
 }
 
+/// Runs `work` on a thread started by `builder` and hands its result to
+/// `then`. When no thread can be started, `then` is told the change did
+/// not happen, and this returns false.
+fn answer_on_thread(
+    builder: std::thread::Builder,
+    work: impl FnOnce() -> Result<Reply, LockError> + Send + 'static,
+    then: Then,
+) -> bool {
+    // Kept here too: a thread that cannot be started drops what it was
+    // given, and the caller must still be answered.
+    let then = Arc::new(Mutex::new(Some(then)));
+    let answer = then.clone();
+    let spawned = builder.spawn(move || {
+        let result = work();
+        if let Some(then) = answer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            then(result);
+        }
+    });
+    let Err(e) = spawned else { return true };
+    tracing::error!("starting a waiter thread: {e}");
+    if let Some(then) = then.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        then(Err(LockError::Unavailable(format!(
+            "the change did not happen: no thread could be started to wait ({e})"
+        ))));
+    }
+    false
+}
+
 impl Backend for Served {
     fn submit(&self, request: Request, terms: Terms) -> Result<Reply, LockError> {
         let id = terms.request_id.as_deref();
@@ -132,17 +160,15 @@ impl Backend for Served {
             }));
         }
         let inner = inner.clone();
-        let spawned = std::thread::Builder::new()
-            .name("lockd-waiter".into())
-            .spawn(move || {
-                let id = terms.request_id.as_deref();
-                let result = inner.wait(&request, id, deadline, present.as_ref());
-                inner.waiting.fetch_sub(1, Ordering::Relaxed);
-                then(result);
-            });
-        if let Err(e) = spawned {
+        let work = move || {
+            let id = terms.request_id.as_deref();
+            let result = inner.wait(&request, id, deadline, present.as_ref());
+            inner.waiting.fetch_sub(1, Ordering::Relaxed);
+            result
+        };
+        let waiter = std::thread::Builder::new().name("lockd-waiter".into());
+        if !answer_on_thread(waiter, work, then) {
             self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
-            tracing::error!("starting a waiter thread: {e}");
         }
     }
 
@@ -177,5 +203,36 @@ impl Backend for Served {
 
     fn flush(&self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_waiter_whose_thread_cannot_start_is_answered() {
+        let (tx, rx) = mpsc::channel();
+        let then: Then = Box::new(move |result| tx.send(result).unwrap());
+        // No thread gets a stack this large.
+        let builder = std::thread::Builder::new().stack_size(usize::MAX / 2);
+        let started = answer_on_thread(builder, || Err(LockError::WaitTimedOut), then);
+        assert!(!started);
+        match rx.try_recv() {
+            Ok(Err(LockError::Unavailable(why))) => {
+                assert!(why.starts_with("the change did not happen"), "{why}")
+            }
+            other => panic!("answered {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_waiter_on_its_thread_is_answered_what_it_found() {
+        let (tx, rx) = mpsc::channel();
+        let then: Then = Box::new(move |result| tx.send(result).unwrap());
+        let started = answer_on_thread(std::thread::Builder::new(), || Err(LockError::WaitTimedOut), then);
+        assert!(started);
+        assert!(matches!(rx.recv(), Ok(Err(LockError::WaitTimedOut))));
     }
 }

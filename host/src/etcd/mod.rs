@@ -382,20 +382,46 @@ impl Member {
 /// the request it answers.
 pub fn error_for(authority: &str, message: &str) -> EtcdError {
     let why = format!("{authority}: {message}");
-    if outcome_unknown(message) {
-        EtcdError::Unknown(why)
-    } else {
+    if surely_not_applied(message) {
         EtcdError::NotApplied(why)
+    } else {
+        EtcdError::Unknown(why)
     }
 }
 
-/// Whether etcd's error `message` leaves open whether the request was
-/// applied: it was proposed and then timed out, or its leader changed.
-/// Every other error is given before etcd acts on a request.
-fn outcome_unknown(message: &str) -> bool {
-    ["timed out", "leader changed", "connection lost"]
-        .iter()
-        .any(|m| message.contains(m))
+/// etcd's errors that say a request changed nothing: refused before it
+/// was proposed (no leader, too many requests, a malformed request), or
+/// rejected whole when applied (a lease or permission missing, the space
+/// quota). An allow-list: any other error, known or not (a timeout, a
+/// leader change, a stopping server, a cancelled request, the gateway's
+/// transport errors), may follow a proposal that commits, so its outcome
+/// is unknown and the request is not sent again.
+const NOT_APPLIED: &[&str] = &[
+    "etcdserver: no leader",
+    "etcdserver: not leader",
+    "etcdserver: too many requests",
+    "etcdserver: request is too large",
+    "etcdserver: too many operations in txn request",
+    "etcdserver: duplicate key given in txn request",
+    "etcdserver: key is not provided",
+    "etcdserver: requested lease not found",
+    "etcdserver: lease not found",
+    "etcdserver: mvcc: required revision has been compacted",
+    "etcdserver: mvcc: required revision is a future revision",
+    "etcdserver: mvcc: database space exceeded",
+    "etcdserver: permission denied",
+    "etcdserver: invalid auth token",
+    "etcdserver: user name is empty",
+    "etcdserver: authentication failed, invalid user ID or password",
+    "etcdserver: not capable",
+    "etcdserver: unhealthy cluster",
+    "etcdserver: corrupt cluster",
+];
+
+/// Whether etcd's error `message` is one of [`NOT_APPLIED`], matched
+/// whole: a text that merely contains one is not trusted.
+fn surely_not_applied(message: &str) -> bool {
+    NOT_APPLIED.contains(&message.trim())
 }
 
 #[cfg(test)]
@@ -403,16 +429,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn errors_given_before_etcd_acts_are_told_from_those_after() {
-        assert!(!outcome_unknown("etcdserver: no leader"));
-        assert!(!outcome_unknown(
-            "etcdserver: too many operations in txn request"
-        ));
-        assert!(outcome_unknown("etcdserver: request timed out"));
-        assert!(outcome_unknown(
-            "etcdserver: request timed out, possibly due to previous leader failure"
-        ));
-        assert!(outcome_unknown("etcdserver: leader changed"));
+    fn only_errors_known_to_change_nothing_are_not_applied() {
+        for text in NOT_APPLIED {
+            assert!(surely_not_applied(text), "{text}");
+        }
+        for text in [
+            "etcdserver: request timed out",
+            "etcdserver: request timed out, possibly due to previous leader failure",
+            "etcdserver: request timed out, possibly due to connection lost",
+            "etcdserver: leader changed",
+            "etcdserver: server stopped",
+            "etcdserver: request cancelled",
+            "context deadline exceeded",
+            "context canceled",
+            "transport is closing",
+            "grpc: the client connection is closing",
+            "an error without a message",
+            "etcdserver: no leader, and then something",
+            "",
+        ] {
+            assert!(!surely_not_applied(text), "{text}");
+        }
     }
 
     #[test]
