@@ -130,6 +130,8 @@ pub struct Lost {
     pub resource: String,
     pub since: u64,
     pub asked: u64,
+    /// When it heard the refusal.
+    pub answered: u64,
     pub why: String,
 }
 
@@ -185,11 +187,11 @@ impl History {
         for lost in self.lost.lock().unwrap().iter() {
             let broken = breaks
                 .iter()
-                .any(|b| b.resource == lost.resource && b.asked <= lost.asked);
+                .any(|b| b.resource == lost.resource && b.asked <= lost.answered);
             if !broken {
                 found.push(format!(
-                    "{} lost {:?} (held since {}) while its lease ran: {}",
-                    lost.client, lost.resource, lost.since, lost.why
+                    "{} lost {:?} (held since {}) while its lease ran: {} (asked at {})",
+                    lost.client, lost.resource, lost.since, lost.why, lost.asked
                 ));
             }
         }
@@ -314,7 +316,9 @@ fn releases_undone(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &
             (What::Release(token), Outcome::Done) if r.heard => *token,
             _ => continue,
         };
-        let again = calls.iter().filter(|c| c.asked > r.finished).any(|c| {
+        // (A break's answer names the lock it meant to break, which may
+        // be what its host last saw.)
+        let again = calls.iter().filter(|c| c.asked > r.finished && c.what != What::Break).any(|c| {
             matches!(&c.outcome, Outcome::Status(Some(l)) | Outcome::Lock(l)
                 if l.resource == r.resource && l.client == r.client && l.token == token)
         });

@@ -174,7 +174,9 @@ where
             ttl_ms,
         };
         if let Some(old) = self.held.insert(resource.to_owned(), belief) {
-            self.end_hold(resource, old, from);
+            // It held the old one until now, or until its lease ran out.
+            let to = old.expires_us.map_or(from, |at| at.min(from));
+            self.end_hold(resource, old, to);
         }
     }
 
@@ -458,6 +460,7 @@ where
             resource: resource.to_owned(),
             since,
             asked,
+            answered: now_us(),
             why,
         });
     }
