@@ -9,7 +9,9 @@
 //! `LOCKD_EXPLORE_REPEAT` times).
 //!
 //! `LOCKD_EXPLORE_SECS` (60 by default) bounds the run;
-//! `LOCKD_EXPLORE_FIRST` is the first seed (1 by default).
+//! `LOCKD_EXPLORE_FIRST` is the first seed (1 by default);
+//! `LOCKD_EXPLORE_STOP=1` ends it at the first seed that fails (to time
+//! how long the explorer takes to find a fault, `tests/mutants/`).
 
 use crate::etcd_cluster::EtcdCluster;
 use crate::etcd_faults::{Faulty, Rates, Rng};
@@ -21,6 +23,9 @@ use lockd::etcd::{Etcd, wire};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// The seed counter's value once a run is told to stop.
+const STOPPED: u64 = u64::MAX / 2;
 
 /// What one seed did and found.
 struct Report {
@@ -190,6 +195,7 @@ fn cluster_mode_keeps_its_promises_under_injected_etcd_faults() {
     let only = env_u64("LOCKD_EXPLORE_SEED");
     let repeat = env_u64("LOCKD_EXPLORE_REPEAT").unwrap_or(20);
     let first = env_u64("LOCKD_EXPLORE_FIRST").unwrap_or(1);
+    let stop = env_u64("LOCKD_EXPLORE_STOP").is_some_and(|stop| stop != 0);
     let etcd = EtcdCluster::start(1);
     let urls = etcd.urls();
     let runtime = Runtime::new().unwrap();
@@ -202,6 +208,9 @@ fn cluster_mode_keeps_its_promises_under_injected_etcd_faults() {
             s.spawn(|| {
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= STOPPED {
+                        return;
+                    }
                     let seed = match only {
                         Some(seed) if n < repeat => seed,
                         Some(_) => return,
@@ -224,8 +233,8 @@ fn cluster_mode_keeps_its_promises_under_injected_etcd_faults() {
                         );
                     }
                     reports.lock().unwrap().push(report);
-                    if failed && only.is_some() {
-                        next.store(u64::MAX / 2, Ordering::Relaxed);
+                    if failed && (only.is_some() || stop) {
+                        next.store(STOPPED, Ordering::Relaxed);
                         return;
                     }
                 }

@@ -264,13 +264,17 @@ impl Faulty {
         let Plan { rng, rates, .. } = &mut *plan;
         let writes = call.kind != Kind::Read && call.kind != Kind::Status;
         if rng.chance(rates.refuse) {
-            Some(Fault::Refuse(BEFORE[rng.below(BEFORE.len() as u64) as usize]))
+            Some(Fault::Refuse(
+                BEFORE[rng.below(BEFORE.len() as u64) as usize],
+            ))
         } else if rng.chance(rates.drop) {
             Some(Fault::Drop)
         } else if writes && rng.chance(rates.lose_answer) {
             Some(Fault::LoseAnswer)
         } else if writes && rng.chance(rates.error_after) {
-            Some(Fault::ErrorAfter(AFTER[rng.below(AFTER.len() as u64) as usize]))
+            Some(Fault::ErrorAfter(
+                AFTER[rng.below(AFTER.len() as u64) as usize],
+            ))
         } else if writes && rng.chance(rates.delay) {
             Some(Fault::Delay(Duration::from_millis(20 + rng.below(400))))
         } else {

@@ -67,7 +67,11 @@ impl Outcome {
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Outcome::Lock(l) => write!(f, "lock {} token {} expires {:?}", l.client, l.token, l.expires_ms),
+            Outcome::Lock(l) => write!(
+                f,
+                "lock {} token {} expires {:?}",
+                l.client, l.token, l.expires_ms
+            ),
             Outcome::Done => write!(f, "done"),
             Outcome::Status(None) => write!(f, "free"),
             Outcome::Status(Some(l)) => write!(f, "held by {} token {}", l.client, l.token),
@@ -318,10 +322,13 @@ fn releases_undone(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &
         };
         // (A break's answer names the lock it meant to break, which may
         // be what its host last saw.)
-        let again = calls.iter().filter(|c| c.asked > r.finished && c.what != What::Break).any(|c| {
-            matches!(&c.outcome, Outcome::Status(Some(l)) | Outcome::Lock(l)
+        let again = calls
+            .iter()
+            .filter(|c| c.asked > r.finished && c.what != What::Break)
+            .any(|c| {
+                matches!(&c.outcome, Outcome::Status(Some(l)) | Outcome::Lock(l)
                 if l.resource == r.resource && l.client == r.client && l.token == token)
-        });
+            });
         let at_end = end
             .iter()
             .any(|l| l.resource == r.resource && l.client == r.client && l.token == token);
@@ -341,9 +348,9 @@ fn releases_undone(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &
 /// lengthened it, so it is then not judged.
 fn stale_tokens_regranted(calls: &[CallRecord], found: &mut Vec<String>) {
     for (g, lock) in grants(calls) {
-        let before = calls.iter().filter(|c| {
-            c.client == g.client && c.resource == g.resource && c.asked < g.asked
-        });
+        let before = calls
+            .iter()
+            .filter(|c| c.client == g.client && c.resource == g.resource && c.asked < g.asked);
         let mut lease_ended = Some(0);
         for c in before {
             match &c.outcome {

@@ -97,8 +97,9 @@ impl Batcher {
         batch: Vec<(u64, Write)>,
     ) -> Vec<(u64, Result<TxnResult, EtcdError>)> {
         let now = Instant::now();
-        let (late, batch): (Vec<_>, Vec<_>) =
-            batch.into_iter().partition(|(_, w)| w.deadline <= now + TOO_LATE);
+        let (late, batch): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|(_, w)| w.deadline <= now + TOO_LATE);
         let mut answers: Vec<_> = late
             .into_iter()
             .map(|(id, _)| {
@@ -211,8 +212,14 @@ mod tests {
         let now = Instant::now();
         let soon = now + Duration::from_millis(100);
         let later = now + Duration::from_secs(5);
-        assert_eq!(batch_deadline([soon, later].into_iter()), soon + BATCH_SLACK);
-        assert_eq!(batch_deadline([later, later - BATCH_SLACK / 2].into_iter()), later);
+        assert_eq!(
+            batch_deadline([soon, later].into_iter()),
+            soon + BATCH_SLACK
+        );
+        assert_eq!(
+            batch_deadline([later, later - BATCH_SLACK / 2].into_iter()),
+            later
+        );
         let close = now + Duration::from_millis(300);
         assert_eq!(batch_deadline([close, soon].into_iter()), close);
     }

@@ -260,10 +260,11 @@ impl Lines {
 
     /// The line of waiter key `key` changed.
     fn changed(&self, key: &[u8]) {
-        let Some(line) = key
-            .strip_prefix(self.prefix.as_slice())
-            .and_then(|rest| rest.iter().position(|&b| b == LINE_END).map(|at| &rest[..at]))
-        else {
+        let Some(line) = key.strip_prefix(self.prefix.as_slice()).and_then(|rest| {
+            rest.iter()
+                .position(|&b| b == LINE_END)
+                .map(|at| &rest[..at])
+        }) else {
             return;
         };
         let line = String::from_utf8_lossy(line).into_owned();

@@ -93,7 +93,12 @@ fn host_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut random = std::collections::hash_map::RandomState::new().build_hasher();
     random.write_u64(now_ms());
-    format!("{}-{}-{:016x}", std::process::id(), now_ms(), random.finish())
+    format!(
+        "{}-{}-{:016x}",
+        std::process::id(),
+        now_ms(),
+        random.finish()
+    )
 }
 
 fn now_ms() -> u64 {

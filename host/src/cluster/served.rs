@@ -11,8 +11,8 @@ use crate::commit::{Presence, Then};
 use crate::component::{Reply, Request};
 use crate::error::LockError;
 use crate::metrics::Sample;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Cluster mode as a backend.
@@ -231,7 +231,11 @@ mod tests {
     fn a_waiter_on_its_thread_is_answered_what_it_found() {
         let (tx, rx) = mpsc::channel();
         let then: Then = Box::new(move |result| tx.send(result).unwrap());
-        let started = answer_on_thread(std::thread::Builder::new(), || Err(LockError::WaitTimedOut), then);
+        let started = answer_on_thread(
+            std::thread::Builder::new(),
+            || Err(LockError::WaitTimedOut),
+            then,
+        );
         assert!(started);
         assert!(matches!(rx.recv(), Ok(Err(LockError::WaitTimedOut))));
     }

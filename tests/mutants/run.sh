@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Gives the cluster explorer's teeth a number: puts back, one at a time,
+# each fault the review found in cluster mode (the patches here, against
+# host/src), runs the explorer until its first failing seed, and prints
+# how long it took and what it saw. The checkout is put back however this
+# ends. Usage: bash tests/mutants/run.sh [budget seconds per fault, 300]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+budget=${1:-300}
+current=""
+restore() { if [ -n "$current" ]; then git apply -R "$current"; fi; }
+trap restore EXIT
+for patch in tests/mutants/*.patch; do
+  git apply "$patch"
+  current=$patch
+  cargo build --tests -q 2>/dev/null
+  log=$(mktemp)
+  LOCKD_EXPLORE_STOP=1 LOCKD_EXPLORE_SECS=$budget \
+    cargo test -q --test integration cluster_explore -- --nocapture >"$log" 2>&1 || true
+  found=$(grep -m1 -E '^explorer: seed [0-9]+ FAILED' "$log" || echo "not found within ${budget} s")
+  seen=$(grep -A1 -m1 -E '^explorer: seed [0-9]+ FAILED' "$log" | tail -n1 | cut -c1-160 || true)
+  echo "$(basename "$patch" .patch): $found"
+  [ -n "$seen" ] && echo "    $seen"
+  rm -f "$log"
+  git apply -R "$patch"
+  current=""
+done
