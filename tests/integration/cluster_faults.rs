@@ -372,6 +372,26 @@ fn a_retry_after_the_lease_ran_out_is_a_fresh_take() {
     );
 }
 
+/// Found by the explorer: a retry whose write etcd left open must not
+/// take an earlier try's record (the same `request_id`) for its own: the
+/// earlier try's lease ran out, and the retry's write never landed.
+#[test]
+fn a_retry_whose_write_was_lost_is_not_answered_with_an_earlier_tries_lock() {
+    let h = Hosts::start(2, Duration::ZERO, Duration::ZERO);
+    let request = acquire("m", "c", Some(200), false);
+    let first = granted(h.hosts[0].call(&request, Some("r-1"), soon()));
+    let expires = first.expires_ms.unwrap();
+    crate::support::wait_until("the lease ran out", || now_ms() > expires);
+    h.stores[1].once(write_naming("lock/m"), Fault::Drop);
+    match h.hosts[1].call(&request, Some("r-1"), soon()) {
+        Err(ClusterError::Unknown(_)) => {}
+        other => panic!("a retry whose write never landed was answered {other:?}"),
+    }
+    let again = granted(h.hosts[1].call(&request, Some("r-1"), soon()));
+    assert!(again.token > first.token, "{again:?} after {first:?}");
+    assert_eq!(key(h.holder("m").as_ref()), key(Some(&again)));
+}
+
 /// Finding 7: the holder asking again (reentrantly) after its lease ran
 /// out gets a fresh lock: the clock-skew margin protects a lock from
 /// others' takes, it does not lengthen its holder's lease.

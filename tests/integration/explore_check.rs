@@ -69,12 +69,16 @@ impl std::fmt::Display for Outcome {
         match self {
             Outcome::Lock(l) => write!(
                 f,
-                "lock {} token {} expires {:?}",
-                l.client, l.token, l.expires_ms
+                "lock {} token {} acquired {} expires {:?}",
+                l.client, l.token, l.acquired_ms, l.expires_ms
             ),
             Outcome::Done => write!(f, "done"),
             Outcome::Status(None) => write!(f, "free"),
-            Outcome::Status(Some(l)) => write!(f, "held by {} token {}", l.client, l.token),
+            Outcome::Status(Some(l)) => write!(
+                f,
+                "held by {} token {} acquired {} expires {:?}",
+                l.client, l.token, l.acquired_ms, l.expires_ms
+            ),
             Outcome::Refused(why, _) => write!(f, "refused: {why}"),
             Outcome::NotApplied(why) => write!(f, "did not happen: {why}"),
             Outcome::Unknown(why) => write!(f, "unknown: {why}"),
@@ -204,13 +208,14 @@ impl History {
 }
 
 /// Two clients' holds of one resource overlap (a hold ends where a break
-/// of that resource began: breaking takes the lock away by design).
+/// of that resource began, or where it began itself if a break was under
+/// way then: breaking takes the lock away by design).
 fn two_holders(holds: &[Hold], breaks: &[&CallRecord], found: &mut Vec<String>) {
     let end = |h: &Hold| {
         breaks
             .iter()
-            .filter(|b| b.resource == h.resource && b.asked >= h.from && b.asked < h.to)
-            .map(|b| b.asked)
+            .filter(|b| b.resource == h.resource && b.finished > h.from && b.asked < h.to)
+            .map(|b| b.asked.max(h.from))
             .min()
             .unwrap_or(h.to)
     };

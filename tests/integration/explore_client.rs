@@ -75,6 +75,9 @@ pub struct Client<'w, 's, 'e> {
     rng: Rng,
     held: HashMap<String, Belief>,
     acquires: u64,
+    /// When it last set out to give up its lock of each resource: a lock
+    /// of its taken before then may be going as it looks.
+    released: HashMap<String, u64>,
 }
 
 /// One call as the client makes it.
@@ -104,6 +107,7 @@ where
             rng,
             held: HashMap::new(),
             acquires: 0,
+            released: HashMap::new(),
         }
     }
 
@@ -298,7 +302,13 @@ where
         for _ in 0..3 {
             match self.status(resource) {
                 Some(Outcome::Status(Some(lock))) if lock.client == self.me => {
-                    return self.believe(resource, Some(&lock), ttl_ms);
+                    // Not one it is giving up (a release may be on its
+                    // way to etcd still).
+                    let given_up = self.released.get(resource);
+                    if given_up.is_none_or(|&at| lock.acquired_ms * 1000 >= at) {
+                        self.believe(resource, Some(&lock), ttl_ms);
+                    }
+                    return;
                 }
                 Some(Outcome::Status(_)) => return,
                 _ => {}
@@ -391,6 +401,7 @@ where
         let Some(belief) = self.held.remove(resource) else {
             return;
         };
+        self.released.insert(resource.to_owned(), now_us());
         let (what, request) = match belief.token {
             Some(token) => (
                 What::Release(token),

@@ -79,8 +79,8 @@ pub struct Planned {
 
 /// A write whose outcome is to be settled.
 struct Unsettled<'a> {
-    /// The request id its record carries.
-    id: &'a str,
+    /// The id of the write its record carries.
+    write: &'a str,
     /// Who asked.
     client: &'a str,
     /// Whether it granted its caller a fresh lock.
@@ -185,8 +185,9 @@ impl Cluster {
             if !optimistic && let Some(lock) = retried(request, request_id, &seen, &id, now) {
                 return Ok(Reply::Lock(lock));
             }
+            let write = self.request_id(None, "");
             let decided = self.decide(request, &seen, now).and_then(|decision| {
-                let change = seen.change(&decision.effect, now, &id);
+                let change = seen.change(&decision.effect, now, &id, &write);
                 // Nobody overtakes a waiter: the lock is the first in
                 // line's.
                 match (&change, &seen.head) {
@@ -234,7 +235,7 @@ impl Cluster {
                 Err(EtcdError::Unknown(why)) => {
                     self.unknown.fetch_add(1, Ordering::Relaxed);
                     let unsettled = Unsettled {
-                        id: &id,
+                        write: &write,
                         client: requests::client(request),
                         granted,
                         // A change that freed the lock (and perhaps handed
@@ -340,7 +341,12 @@ impl Cluster {
             return Ok(None);
         }
         Ok(left
-            .change(&decision.effect, now, &head.waiting.request)
+            .change(
+                &decision.effect,
+                now,
+                &head.waiting.request,
+                &change.record.request,
+            )
             .map(|change| Change {
                 handed_over: true,
                 ..change
@@ -364,7 +370,7 @@ impl Cluster {
         // The record carries this request's id; a take's lock is its
         // client's.
         let recorded = seen.revision != 0
-            && seen.record.request == unsettled.id
+            && seen.record.request == unsettled.write
             && (!unsettled.granted || held.is_some_and(|l| l.client == unsettled.client));
         let freed = unsettled
             .freed

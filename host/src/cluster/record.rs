@@ -19,7 +19,7 @@ pub struct Record {
     pub lock: Option<LockInfo>,
     pub delay: Option<LockDelay>,
     pub written_ms: u64,
-    /// The id of the request that wrote it last.
+    /// The id of the write that wrote it last (no two writes share one).
     pub request: String,
     /// The id of the take that got its lock (kept while the lock is
     /// renewed); empty without a lock.

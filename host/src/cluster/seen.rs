@@ -103,10 +103,12 @@ impl Seen {
         Ok(())
     }
 
-    /// What `effect` makes of the record at `now`, written by request
-    /// `id`; `None` when it changes nothing. A lock-delay past its time
-    /// to be forgotten is dropped on the way.
-    pub fn change(&self, effect: &Effect, now: u64, id: &str) -> Option<Change> {
+    /// What `effect` makes of the record at `now`, for request `id`, by
+    /// the write `write` (an id no other write has, so that a write whose
+    /// outcome etcd left open can be told from an earlier try of the same
+    /// request); `None` when it changes nothing. A lock-delay past its
+    /// time to be forgotten is dropped on the way.
+    pub fn change(&self, effect: &Effect, now: u64, id: &str, write: &str) -> Option<Change> {
         let kept_delay = || {
             self.record
                 .delay
@@ -132,7 +134,7 @@ impl Seen {
                 lock,
                 delay,
                 written_ms: now,
-                request: id.to_owned(),
+                request: write.to_owned(),
                 taken_by,
             },
             fresh,

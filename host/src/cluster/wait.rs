@@ -331,7 +331,8 @@ impl Cluster {
             }
             _ => return Ok(None),
         }
-        let Some(change) = seen.change(&decision.effect, now, &place.id) else {
+        let write = self.request_id(None, "");
+        let Some(change) = seen.change(&decision.effect, now, &place.id, &write) else {
             return Ok(None);
         };
         let keys = &place.keys;
