@@ -11,7 +11,7 @@ use lockd::component::{
 };
 use lockd::etcd::{Etcd, Op, wire};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Hosts on one etcd, each behind a fault injector of its own.
@@ -186,13 +186,15 @@ fn names_that_prefix_one_another_have_lines_of_their_own() {
 }
 
 /// Finding 3: a client fails over a waiting acquire to a second host
-/// with the same `request_id`, so it stands in line twice. Handed the
-/// lock through one place, it gives up the other; its release then frees
-/// the lock for the next client, never hands it back to itself.
+/// with the same `request_id`, so it stands in line twice; the second
+/// host cannot delete its place (etcd refuses it that host's writes to
+/// the line). Handed the lock through one place, its release frees the
+/// lock for the next client, never hands it back to its other place.
 #[test]
 fn a_release_never_hands_the_lock_back_to_its_own_second_place_in_line() {
     let h = Hosts::start(2, Duration::ZERO, Duration::ZERO);
     let held = granted(h.hosts[0].call(&acquire("m", "holder", None, false), None, soon()));
+    let refuse = refuse_line_writes(&h.stores[1]);
     let request = acquire("m", "c", None, false);
     let (one, two) = std::thread::scope(|s| {
         let wait_on = |i: usize| {
@@ -206,22 +208,69 @@ fn a_release_never_hands_the_lock_back_to_its_own_second_place_in_line() {
         crate::support::wait_until("c in line on host 0", || h.hosts[0].in_line() == 1);
         let two = wait_on(1);
         crate::support::wait_until("c in line on host 1", || h.hosts[1].in_line() == 1);
+        refuse.store(true, Ordering::SeqCst);
         h.hosts[0].call(&release(&held), None, soon()).unwrap();
         (granted(one.join().unwrap()), granted(two.join().unwrap()))
     });
     assert_eq!(one.token, two.token, "both places answer the one lock");
-    assert!(
-        came_within(Duration::from_secs(5), || h.waiter_keys().is_empty()),
-        "c's second place outlived its wait: {:?}",
-        h.waiter_keys()
-    );
-    h.hosts[1].call(&release(&one), None, soon()).unwrap();
+    assert_eq!(h.waiter_keys().len(), 1, "c's place on host 1 is left");
+    h.hosts[0].call(&release(&one), None, soon()).unwrap();
     let holder = h.holder("m");
     assert!(
         holder.is_none(),
         "c's release handed the lock back: {holder:?}"
     );
+    assert_eq!(h.waiter_keys(), Vec::<String>::new());
     granted(h.hosts[0].call(&acquire("m", "newcomer", None, false), None, soon()));
+}
+
+/// Finding 3: the same, with another client in line between the two
+/// places: a lock handed to the place left behind (its client answered
+/// long ago, and not waiting) is released by the host that left it, as
+/// soon as etcd lets it.
+#[test]
+fn a_lock_handed_to_a_place_whose_take_was_answered_is_released() {
+    let h = Hosts::start(2, Duration::ZERO, Duration::ZERO);
+    let z = granted(h.hosts[0].call(&acquire("m", "z", None, false), None, soon()));
+    let refuse = refuse_line_writes(&h.stores[1]);
+    let deadline = || Instant::now() + Duration::from_secs(30);
+    let take = |client: &str| acquire("m", client, None, false);
+    let x = std::thread::scope(|s| {
+        let a1 = s.spawn(|| h.hosts[0].wait(&take("a"), Some("r"), deadline(), &|| None));
+        crate::support::wait_until("a in line on host 0", || h.hosts[0].in_line() == 1);
+        let x = s.spawn(|| h.hosts[0].wait(&take("x"), None, deadline(), &|| None));
+        crate::support::wait_until("x in line on host 0", || h.hosts[0].in_line() == 2);
+        let a2 = s.spawn(|| h.hosts[1].wait(&take("a"), Some("r"), deadline(), &|| None));
+        crate::support::wait_until("a in line on host 1", || h.hosts[1].in_line() == 1);
+        refuse.store(true, Ordering::SeqCst);
+        h.hosts[0].call(&release(&z), None, soon()).unwrap();
+        let a1 = granted(a1.join().unwrap());
+        assert_eq!(granted(a2.join().unwrap()).token, a1.token);
+        h.hosts[0].call(&release(&a1), None, soon()).unwrap();
+        granted(x.join().unwrap())
+    });
+    // x's release hands the lock to a's place left on host 1; then etcd
+    // takes host 1's writes again.
+    h.hosts[0].call(&release(&x), None, soon()).unwrap();
+    refuse.store(false, Ordering::SeqCst);
+    assert!(
+        came_within(Duration::from_secs(10), || h.holder("m").is_none()),
+        "m held by {:?}, for nobody",
+        h.holder("m")
+    );
+    assert_eq!(h.waiter_keys(), Vec::<String>::new());
+}
+
+/// From now on (once the flag is set), etcd refuses `store`'s writes to
+/// waiter lines, as a member without a leader would.
+fn refuse_line_writes(store: &Faulty) -> Arc<AtomicBool> {
+    let refuse = Arc::new(AtomicBool::new(false));
+    let on = refuse.clone();
+    store.rule(move |call| {
+        (on.load(Ordering::SeqCst) && call.kind == Kind::Write && call.names("wait/"))
+            .then_some(Fault::Refuse("etcdserver: no leader"))
+    });
+    refuse
 }
 
 /// Finding 4: a join whose write etcd carries out after lockd stopped
@@ -308,6 +357,7 @@ fn errors_etcd_gives_after_a_proposal_are_not_taken_for_did_not_happen() {
         "etcdserver: server stopped",
         "etcdserver: request cancelled",
         "transport is closing",
+        "etcdserver: mvcc: database space exceeded",
     ];
     for (i, text) in texts.into_iter().enumerate() {
         let resource = format!("m{i}");

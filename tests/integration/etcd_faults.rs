@@ -39,6 +39,7 @@ pub const AFTER: &[&str] = &[
     "context deadline exceeded",
     "context canceled",
     "transport is closing",
+    "etcdserver: mvcc: database space exceeded",
 ];
 
 /// A small, seeded, reproducible random source (splitmix64).
@@ -96,8 +97,8 @@ pub enum Kind {
 #[derive(Debug, Clone)]
 pub struct Call {
     pub kind: Kind,
-    /// The keys its operations name (a transaction's success branch and
-    /// its nested transactions' too).
+    /// The keys its operations name (in both branches of a transaction
+    /// and of its nested transactions).
     pub keys: Vec<Vec<u8>>,
 }
 
@@ -337,7 +338,12 @@ fn op_keys(ops: &[Op], keys: &mut Vec<Vec<u8>>) {
             | Op::Oldest { key, .. }
             | Op::Put { key, .. }
             | Op::Delete { key, .. } => keys.push(key.clone()),
-            Op::Txn { success, .. } => op_keys(success, keys),
+            Op::Txn {
+                success, failure, ..
+            } => {
+                op_keys(success, keys);
+                op_keys(failure, keys);
+            }
         }
     }
 }
@@ -352,6 +358,7 @@ impl Store for Faulty {
     ) -> Result<TxnResult, EtcdError> {
         let mut keys = Vec::new();
         op_keys(success, &mut keys);
+        op_keys(failure, &mut keys);
         let writes = success.iter().chain(failure).any(Op::writes);
         let kind = if writes { Kind::Write } else { Kind::Read };
         let (compares, success, failure) = (compares.to_vec(), success.to_vec(), failure.to_vec());

@@ -184,7 +184,10 @@ impl History {
         found.extend(self.fenced_out.lock().unwrap().iter().cloned());
         let breaks: Vec<&CallRecord> = calls
             .iter()
-            .filter(|c| c.what == What::Break && !matches!(c.outcome, Outcome::Refused(..)))
+            .filter(|c| {
+                c.what == What::Break
+                    && !matches!(c.outcome, Outcome::Refused(..) | Outcome::NotApplied(_))
+            })
             .collect();
         two_holders(&holds, &breaks, &mut found);
         tokens_in_order(&calls, &mut found);
@@ -263,55 +266,90 @@ fn tokens_in_order(calls: &[CallRecord], found: &mut Vec<String>) {
     }
 }
 
-/// Whether `client` holding `resource` (with `token`, if known), seen by
-/// a look answered at `seen`, has a call to explain it: one answered with
-/// that lock, or one whose outcome is open or was still running.
+/// Whether `client` holding `resource` (with `token` taken at
+/// `acquired_ms`, if known), seen by a look asked at `asked` and answered
+/// at `seen`, has a call to explain it: one answered with that lock, one
+/// answered "done" (`lock`) that took it, or one whose outcome is open or
+/// that was still running, asked before the lock was taken. Only a
+/// waiting acquire whose outcome is open may be handed a lock after it
+/// ended (its place in line may be left behind).
 fn explained(
     calls: &[CallRecord],
     client: &str,
     resource: &str,
     token: Option<u64>,
-    asked: u64,
-    seen: u64,
+    acquired_ms: Option<u64>,
+    (asked, seen): (u64, u64),
 ) -> bool {
+    // Milliseconds of the lock against microseconds of the calls.
+    let taken_after = |at: u64| acquired_ms.is_none_or(|ms| ms * 1000 + 1000 >= at);
+    let taken_before = |at: u64| acquired_ms.is_none_or(|ms| ms * 1000 <= at + 1000);
     calls.iter().any(|c| {
         c.client == client
             && c.resource == resource
             && matches!(c.what, What::Acquire { .. } | What::Lock)
             && c.asked < seen
-            && (c.outcome.open()
-                || c.finished > asked
-                || match &c.outcome {
-                    Outcome::Lock(lock) => token.is_none_or(|t| t == lock.token),
-                    Outcome::Done => true,
-                    _ => false,
-                })
+            && match &c.outcome {
+                Outcome::Lock(lock) => token.is_none_or(|t| t == lock.token),
+                Outcome::Unknown(_) if c.what == (What::Acquire { wait: true }) => {
+                    taken_after(c.asked)
+                }
+                Outcome::Done | Outcome::Unknown(_) => {
+                    taken_after(c.asked) && taken_before(c.finished)
+                }
+                _ => c.finished > asked && taken_after(c.asked),
+            }
     })
 }
 
 /// Every holder seen (by a status, a refusal naming it, the end's read)
 /// has a call to explain it.
 fn unexplained(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &mut Vec<String>) {
-    let mut looks: Vec<(String, String, Option<u64>, u64, u64, String)> = Vec::new();
+    struct Look<'a> {
+        client: &'a str,
+        resource: &'a str,
+        lock: Option<&'a LockInfo>,
+        asked: u64,
+        seen: u64,
+        how: String,
+    }
+    let mut looks = Vec::new();
     for c in calls {
-        let (client, token) = match &c.outcome {
-            Outcome::Status(Some(lock)) => (lock.client.clone(), Some(lock.token)),
-            Outcome::Refused(_, Some(named)) => (named.clone(), None),
+        let (client, lock) = match &c.outcome {
+            Outcome::Status(Some(lock)) => (lock.client.as_str(), Some(lock)),
+            Outcome::Refused(_, Some(named)) => (named.as_str(), None),
             _ => continue,
         };
         let how = format!("{:?} by {} on host {}", c.what, c.client, c.host);
-        looks.push((client, c.resource.clone(), token, c.asked, c.finished, how));
+        let (resource, asked, seen) = (c.resource.as_str(), c.asked, c.finished);
+        looks.push(Look {
+            client,
+            resource,
+            lock,
+            asked,
+            seen,
+            how,
+        });
     }
     for lock in end {
-        let how = "the read at the end".to_owned();
-        let (client, resource) = (lock.client.clone(), lock.resource.clone());
-        looks.push((client, resource, Some(lock.token), end_at, end_at, how));
+        looks.push(Look {
+            client: &lock.client,
+            resource: &lock.resource,
+            lock: Some(lock),
+            asked: end_at,
+            seen: end_at,
+            how: "the read at the end".to_owned(),
+        });
     }
-    for (client, resource, token, asked, seen, how) in looks {
-        if !explained(calls, &client, &resource, token, asked, seen) {
+    for look in looks {
+        let token = look.lock.map(|l| l.token);
+        let acquired = look.lock.map(|l| l.acquired_ms);
+        let when = (look.asked, look.seen);
+        if !explained(calls, look.client, look.resource, token, acquired, when) {
             found.push(format!(
-                "{client} seen holding (or waiting for) {resource:?} (token {token:?}, {how}) \
-                 with no call of its to explain it"
+                "{} seen holding (or waiting for) {:?} (token {token:?}, acquired {acquired:?}, \
+                 {}) with no call of its to explain it",
+                look.client, look.resource, look.how
             ));
         }
     }
@@ -322,25 +360,31 @@ fn unexplained(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &mut 
 fn releases_undone(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &mut Vec<String>) {
     for r in calls {
         let token = match (&r.what, &r.outcome) {
-            (What::Release(token), Outcome::Done) if r.heard => *token,
+            (What::Release(token), Outcome::Done) if r.heard => Some(*token),
+            (What::Unlock, Outcome::Done) if r.heard => None,
             _ => continue,
+        };
+        // The lock it gave up: that token, or (an unlock) any lock of its
+        // taken before it asked.
+        let given_up = |l: &LockInfo| {
+            l.resource == r.resource
+                && l.client == r.client
+                && match token {
+                    Some(token) => l.token == token,
+                    None => l.acquired_ms * 1000 + 1000 < r.asked,
+                }
         };
         // (A break's answer names the lock it meant to break, which may
         // be what its host last saw.)
         let again = calls
             .iter()
             .filter(|c| c.asked > r.finished && c.what != What::Break)
-            .any(|c| {
-                matches!(&c.outcome, Outcome::Status(Some(l)) | Outcome::Lock(l)
-                if l.resource == r.resource && l.client == r.client && l.token == token)
-            });
-        let at_end = end
-            .iter()
-            .any(|l| l.resource == r.resource && l.client == r.client && l.token == token);
+            .any(|c| matches!(&c.outcome, Outcome::Status(Some(l)) | Outcome::Lock(l) if given_up(l)));
+        let at_end = end.iter().any(given_up);
         if again || (at_end && end_at > r.finished) {
             found.push(format!(
-                "{} released {:?} (token {token}) and it was held again",
-                r.client, r.resource
+                "{} gave up {:?} ({:?}, token {token:?}) and it was held again",
+                r.client, r.resource, r.what
             ));
         }
     }

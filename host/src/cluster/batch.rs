@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 /// a read where "not sent" costs nothing.
 const TOO_LATE: Duration = Duration::from_millis(50);
 
-/// How long past its own deadline a write may wait for the others in its
-/// transaction: one write near its deadline must not turn the answers of
-/// all the others into "unknown".
+/// How much sooner than the latest in its batch a write's deadline may
+/// come and still share its transaction: a transaction's deadline is its
+/// earliest write's, and one write near its deadline must not turn the
+/// answers of all the others into "unknown".
 const BATCH_SLACK: Duration = Duration::from_secs(1);
 
 /// Writes per transaction at most. etcd refuses a transaction with more
@@ -42,6 +43,9 @@ pub struct Write {
     pub reads: Vec<Op>,
     pub deadline: Instant,
 }
+
+/// A write waiting for its transaction, by its number.
+type Queued = (u64, Write);
 
 #[derive(Default)]
 pub struct Batcher {
@@ -91,6 +95,13 @@ impl Batcher {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sends `write` in a transaction of its own.
+    fn send_alone(&self, etcd: &dyn Store, write: &Write) -> Result<TxnResult, EtcdError> {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        etcd.txn(&write.guard, &write.ops, &write.reads, write.deadline)
+    }
+
     fn send(
         &self,
         etcd: &dyn Store,
@@ -107,17 +118,25 @@ impl Batcher {
                 (id, Err(EtcdError::NotApplied(why)))
             })
             .collect();
-        if batch.is_empty() {
-            return answers;
+        // A write near its deadline goes alone, first: sent with the
+        // others it would cut their time short (its deadline is the
+        // transaction's), and an answer too late for it is "unknown" for
+        // all of them.
+        let (hurried, batch) = hurried(batch);
+        for (id, write) in hurried {
+            answers.push((id, self.send_alone(etcd, &write)));
+        }
+        match &batch[..] {
+            [] => return answers,
+            [(id, write)] => {
+                answers.push((*id, self.send_alone(etcd, write)));
+                return answers;
+            }
+            _ => {}
         }
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if let [(id, write)] = &batch[..] {
-            let answer = etcd.txn(&write.guard, &write.ops, &write.reads, write.deadline);
-            answers.push((*id, answer));
-            return answers;
-        }
-        let deadline = batch_deadline(batch.iter().map(|(_, w)| w.deadline));
+        let deadline = batch.iter().map(|(_, w)| w.deadline).min().unwrap_or(now);
         let nested: Vec<Op> = batch
             .iter()
             .map(|(_, w)| Op::Txn {
@@ -150,15 +169,15 @@ impl Batcher {
     }
 }
 
-/// The deadline of a transaction carrying writes with `deadlines`: the
-/// latest of them, but at most [`BATCH_SLACK`] after the earliest.
-fn batch_deadline(deadlines: impl Iterator<Item = Instant> + Clone) -> Instant {
-    let earliest = deadlines.clone().min();
-    let latest = deadlines.max();
-    match (earliest, latest) {
-        (Some(earliest), Some(latest)) => latest.min(earliest + BATCH_SLACK),
-        _ => Instant::now(),
-    }
+/// Splits off the writes of `batch` whose deadline comes more than
+/// [`BATCH_SLACK`] before the latest in it.
+fn hurried(batch: Vec<Queued>) -> (Vec<Queued>, Vec<Queued>) {
+    let Some(latest) = batch.iter().map(|(_, w)| w.deadline).max() else {
+        return (Vec::new(), batch);
+    };
+    batch
+        .into_iter()
+        .partition(|(_, w)| w.deadline + BATCH_SLACK < latest)
 }
 
 /// The queued writes to send together: the oldest first, at most one per
@@ -208,20 +227,20 @@ mod tests {
     }
 
     #[test]
-    fn one_write_near_its_deadline_does_not_cut_the_batch_short() {
+    fn a_write_near_its_deadline_does_not_share_a_transaction() {
         let now = Instant::now();
-        let soon = now + Duration::from_millis(100);
-        let later = now + Duration::from_secs(5);
-        assert_eq!(
-            batch_deadline([soon, later].into_iter()),
-            soon + BATCH_SLACK
-        );
-        assert_eq!(
-            batch_deadline([later, later - BATCH_SLACK / 2].into_iter()),
-            later
-        );
-        let close = now + Duration::from_millis(300);
-        assert_eq!(batch_deadline([close, soon].into_iter()), close);
+        let at = |ms: u64, id: u64| {
+            let mut w = write(&format!("r{id}"));
+            w.deadline = now + Duration::from_millis(ms);
+            (id, w)
+        };
+        let ids = |batch: &[(u64, Write)]| batch.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+        let (alone, together) = hurried(vec![at(100, 0), at(5000, 1), at(4500, 2), at(3900, 3)]);
+        assert_eq!(ids(&alone), [0, 3]);
+        assert_eq!(ids(&together), [1, 2]);
+        let (alone, together) = hurried(vec![at(100, 0), at(900, 1)]);
+        assert!(alone.is_empty());
+        assert_eq!(ids(&together), [0, 1]);
     }
 
     #[test]

@@ -85,9 +85,8 @@ struct Unsettled<'a> {
     client: &'a str,
     /// Whether it granted its caller a fresh lock.
     granted: bool,
-    /// For a change that freed the lock: the token of the lock it freed
-    /// (`None` inside if none was recorded).
-    freed: Option<Option<u64>>,
+    /// Whether it freed the lock.
+    freed: bool,
 }
 
 pub fn range(key: &[u8]) -> Op {
@@ -238,9 +237,7 @@ impl Cluster {
                         write: &write,
                         client: requests::client(request),
                         granted,
-                        // A change that freed the lock (and perhaps handed
-                        // it on) happened if the lock it freed is gone.
-                        freed: freed.then(|| seen.record.lock.as_ref().map(|l| l.token)),
+                        freed,
                     };
                     return self.settle(resource, &unsettled, reply, &why, deadline);
                 }
@@ -285,7 +282,8 @@ impl Cluster {
                         key: head.key.clone(),
                         range_end: Vec::new(),
                     });
-                } else if let Some(handed) = self.hand_over(seen, &change, head, now)? {
+                } else if let Some(mut handed) = self.hand_over(seen, &change, head, now)? {
+                    handed.record.handed_to = String::from_utf8_lossy(&head.key).into_owned();
                     change = handed;
                     also.push(Op::Delete {
                         key: head.key.clone(),
@@ -372,9 +370,9 @@ impl Cluster {
         let recorded = seen.revision != 0
             && seen.record.request == unsettled.write
             && (!unsettled.granted || held.is_some_and(|l| l.client == unsettled.client));
-        let freed = unsettled
-            .freed
-            .is_some_and(|token| held.map(|l| l.token) != token);
+        // A change that freed the lock happened if nobody holds it now
+        // (one handing it on is recorded: the record carries its write).
+        let freed = unsettled.freed && held.is_none();
         if !recorded && !freed {
             return Err(unknown());
         }

@@ -50,6 +50,7 @@ impl Cluster {
                         written_ms: now_ms(),
                         request: "import".into(),
                         taken_by: "import".into(),
+                        handed_to: String::new(),
                     };
                     Op::Txn {
                         compares: vec![Compare {

@@ -7,8 +7,10 @@
 //! by the session keeper as soon as etcd lets it.
 
 use super::Store;
-use super::call::LINE_END;
-use crate::etcd::{EtcdError, Op, wire};
+use super::call::{LINE_END, range};
+use super::now_ms;
+use super::record::Record;
+use crate::etcd::{Compare, EtcdError, Op, OpResult, Target, wire};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -40,6 +42,10 @@ pub enum Orphan {
     },
     /// A join's marker, deleted once it is old enough.
     Marker { key: Vec<u8>, since: Instant },
+    /// The key of a second place in line of a take that got its lock
+    /// through another (its caller asked again on another host): a lock
+    /// handed to it before it is deleted is nobody's, and is released.
+    Answered(Vec<u8>),
 }
 
 impl Orphan {
@@ -57,7 +63,7 @@ impl Orphan {
             range_end: Vec::new(),
         };
         match self {
-            Orphan::Key(key) => Some(vec![delete(key)]),
+            Orphan::Key(key) | Orphan::Answered(key) => Some(vec![delete(key)]),
             Orphan::Join { key, marker, lease } => Some(vec![
                 Op::Put {
                     key: marker.clone(),
@@ -154,6 +160,17 @@ impl Lines {
             {
                 continue;
             }
+            if let Orphan::Answered(key) = &orphan {
+                match self.reclaim(etcd, key) {
+                    Ok(true) => {}
+                    Ok(false) => kept.push(orphan),
+                    Err(e) => {
+                        tracing::debug!("deleting {orphan:?}: {e}");
+                        kept.push(orphan);
+                    }
+                }
+                continue;
+            }
             let Some(ops) = orphan.removal() else {
                 kept.push(orphan);
                 continue;
@@ -171,6 +188,71 @@ impl Lines {
             }
         }
         lock(&self.orphans).extend(kept);
+    }
+
+    /// Deletes the key of an answered second place; if it is gone
+    /// already and the lock was handed to it (nobody waits there, nobody
+    /// was told), releases that lock, guarded by the record as read.
+    /// Whether that is done.
+    fn reclaim(&self, etcd: &dyn Store, key: &[u8]) -> Result<bool, EtcdError> {
+        let Some((resource, record_key)) = self.record_of(key) else {
+            return Ok(true);
+        };
+        let deadline = Instant::now() + KEEP_ALIVE;
+        let absent = [Compare {
+            key: key.to_vec(),
+            target: Target::Create(0),
+        }];
+        let delete = [Op::Delete {
+            key: key.to_vec(),
+            range_end: Vec::new(),
+        }];
+        let looked = etcd.txn(&absent, &[range(&record_key)], &delete, deadline)?;
+        let kv = match (looked.succeeded, looked.results.first()) {
+            (true, Some(OpResult::Range(kvs))) => kvs.first(),
+            // It was there: deleted now, before anyone handed it a lock.
+            _ => None,
+        };
+        let Some(kv) = kv else { return Ok(true) };
+        let record = Record::decode(&resource, kv).map_err(EtcdError::NotApplied)?;
+        if record.lock.is_none() || record.handed_to.as_bytes() != key {
+            return Ok(true);
+        }
+        tracing::info!("releasing {resource:?}, handed to a waiter that had its answer");
+        let now = now_ms().max(record.written_ms);
+        let freed = Record {
+            lock: None,
+            delay: record.delay.filter(|delay| delay.forget_ms > now),
+            written_ms: now,
+            request: format!("sweep:{}", kv.mod_revision),
+            ..Record::default()
+        };
+        let write = match freed.is_empty() {
+            true => Op::Delete {
+                key: record_key.clone(),
+                range_end: Vec::new(),
+            },
+            false => Op::Put {
+                key: record_key.clone(),
+                value: freed.encode(None),
+                lease: 0,
+            },
+        };
+        let guard = [Compare {
+            key: record_key,
+            target: Target::Mod(kv.mod_revision),
+        }];
+        // Lost to another write: looked at again at the next sweep.
+        Ok(etcd.txn(&guard, &[write], &[], deadline)?.succeeded)
+    }
+
+    /// The resource of waiter key `key`, and the key of its record.
+    fn record_of(&self, key: &[u8]) -> Option<(String, Vec<u8>)> {
+        let rest = key.strip_prefix(self.prefix.as_slice())?;
+        let resource = &rest[..rest.iter().position(|&b| b == LINE_END)?];
+        let prefix = self.prefix.strip_suffix(b"wait/")?;
+        let record = [prefix, b"lock/", resource].concat();
+        Some((String::from_utf8_lossy(resource).into_owned(), record))
     }
 
     /// Drops session `lease`, which etcd no longer has: the next wait

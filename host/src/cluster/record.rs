@@ -24,6 +24,9 @@ pub struct Record {
     /// The id of the take that got its lock (kept while the lock is
     /// renewed); empty without a lock.
     pub taken_by: String,
+    /// The waiter key its lock was handed to, if it was handed over
+    /// (kept while the lock is renewed).
+    pub handed_to: String,
 }
 
 fn u64_of(value: &Value, field: &str) -> Result<u64, String> {
@@ -62,6 +65,12 @@ impl Record {
                     "taken_by": self.taken_by,
                 }),
             );
+            if !self.handed_to.is_empty() {
+                let lock = value.get_mut("lock").and_then(Value::as_object_mut);
+                if let Some(lock) = lock {
+                    lock.insert("handed_to".into(), self.handed_to.clone().into());
+                }
+            }
             let lock = value.get_mut("lock").and_then(Value::as_object_mut);
             if let Some(lock) = lock {
                 match fresh_base {
@@ -120,9 +129,12 @@ impl Record {
         let request = str_of(&value, "request")?;
         // Records written before locks kept their taker's id: the last
         // writer's.
-        let taken_by = match value.get("lock") {
-            Some(lock) => str_of(lock, "taken_by").unwrap_or_else(|_| request.clone()),
-            None => String::new(),
+        let (taken_by, handed_to) = match value.get("lock") {
+            Some(lock) => (
+                str_of(lock, "taken_by").unwrap_or_else(|_| request.clone()),
+                str_of(lock, "handed_to").unwrap_or_default(),
+            ),
+            None => (String::new(), String::new()),
         };
         Ok(Self {
             lock,
@@ -130,6 +142,7 @@ impl Record {
             written_ms: u64_of(&value, "written_ms")?,
             request,
             taken_by,
+            handed_to,
         })
     }
 }
@@ -181,6 +194,7 @@ mod tests {
             written_ms: 5,
             request: request.into(),
             taken_by: request.into(),
+            handed_to: String::new(),
         }
     }
 
@@ -208,6 +222,7 @@ mod tests {
             written_ms: 1,
             request: "h-2".into(),
             taken_by: String::new(),
+            handed_to: String::new(),
         };
         let read = Record::decode("r", &kv(record.encode(None), 3)).unwrap();
         assert!(read.lock.is_none());

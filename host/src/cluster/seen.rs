@@ -124,10 +124,10 @@ impl Seen {
             Effect::Release => (None, kept_delay(), false),
             Effect::BreakLock(delay) => (None, Some(delay.clone()), false),
         };
-        let taken_by = match (&lock, fresh) {
-            (None, _) => String::new(),
-            (Some(_), true) => id.to_owned(),
-            (Some(_), false) => self.record.taken_by.clone(),
+        let (taken_by, handed_to) = match (&lock, fresh) {
+            (None, _) => (String::new(), String::new()),
+            (Some(_), true) => (id.to_owned(), String::new()),
+            (Some(_), false) => (self.record.taken_by.clone(), self.record.handed_to.clone()),
         };
         Some(Change {
             record: Record {
@@ -136,6 +136,7 @@ impl Seen {
                 written_ms: now,
                 request: write.to_owned(),
                 taken_by,
+                handed_to,
             },
             fresh,
             handed_over: false,

@@ -411,12 +411,14 @@ impl Cluster {
         }
     }
 
-    /// Gives up `place` whatever becomes of it: its key deleted now, or
-    /// by this host's session keeper as soon as etcd lets it.
+    /// Gives up `place` of a take answered with a lock (through another
+    /// place, or held already): its key deleted now, or by this host's
+    /// session keeper as soon as etcd lets it, which also releases a lock
+    /// handed to the key meanwhile.
     fn drop_place(&self, place: &Place) {
         if let Err(e) = self.remove_place(place) {
             tracing::debug!("leaving the line of {:?}: {e}", place.resource);
-            self.lines.orphan(Orphan::Key(place.key.clone()));
+            self.lines.orphan(Orphan::Answered(place.key.clone()));
         }
     }
 

@@ -391,8 +391,9 @@ pub fn error_for(authority: &str, message: &str) -> EtcdError {
 
 /// etcd's errors that say a request changed nothing: refused before it
 /// was proposed (no leader, too many requests, a malformed request), or
-/// rejected whole when applied (a lease or permission missing, the space
-/// quota). An allow-list: any other error, known or not (a timeout, a
+/// rejected whole when applied (a lease or permission missing). Not
+/// "database space exceeded": etcd also answers it after applying a write
+/// that filled the quota. An allow-list: any other error, known or not (a timeout, a
 /// leader change, a stopping server, a cancelled request, the gateway's
 /// transport errors), may follow a proposal that commits, so its outcome
 /// is unknown and the request is not sent again.
@@ -408,7 +409,6 @@ const NOT_APPLIED: &[&str] = &[
     "etcdserver: lease not found",
     "etcdserver: mvcc: required revision has been compacted",
     "etcdserver: mvcc: required revision is a future revision",
-    "etcdserver: mvcc: database space exceeded",
     "etcdserver: permission denied",
     "etcdserver: invalid auth token",
     "etcdserver: user name is empty",
@@ -443,6 +443,7 @@ mod tests {
             "context deadline exceeded",
             "context canceled",
             "transport is closing",
+            "etcdserver: mvcc: database space exceeded",
             "grpc: the client connection is closing",
             "an error without a message",
             "etcdserver: no leader, and then something",
