@@ -364,6 +364,19 @@ fn releases_undone(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &
             (What::Unlock, Outcome::Done) if r.heard => None,
             _ => continue,
         };
+        // A take of its whose outcome is open may land later, even after
+        // this (at its host's time of deciding): a lock it could have
+        // taken is not the one given up.
+        let open_take = |l: &LockInfo| {
+            calls.iter().any(|c| {
+                c.client == r.client
+                    && c.resource == r.resource
+                    && c.outcome.open()
+                    && matches!(c.what, What::Acquire { .. } | What::Lock)
+                    && l.acquired_ms * 1000 + 1000 >= c.asked
+                    && l.acquired_ms * 1000 <= c.finished + 1000
+            })
+        };
         // The lock it gave up: that token, or (an unlock) any lock of its
         // taken before it asked.
         let given_up = |l: &LockInfo| {
@@ -371,7 +384,7 @@ fn releases_undone(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &
                 && l.client == r.client
                 && match token {
                     Some(token) => l.token == token,
-                    None => l.acquired_ms * 1000 + 1000 < r.asked,
+                    None => l.acquired_ms * 1000 + 1000 < r.asked && !open_take(l),
                 }
         };
         // (A break's answer names the lock it meant to break, which may
@@ -379,12 +392,16 @@ fn releases_undone(calls: &[CallRecord], end: &[LockInfo], end_at: u64, found: &
         let again = calls
             .iter()
             .filter(|c| c.asked > r.finished && c.what != What::Break)
-            .any(|c| matches!(&c.outcome, Outcome::Status(Some(l)) | Outcome::Lock(l) if given_up(l)));
-        let at_end = end.iter().any(given_up);
-        if again || (at_end && end_at > r.finished) {
+            .find_map(|c| match &c.outcome {
+                Outcome::Status(Some(l)) | Outcome::Lock(l) if given_up(l) => Some(l),
+                _ => None,
+            });
+        let at_end = end.iter().find(|l| given_up(l) && end_at > r.finished);
+        if let Some(held) = again.or(at_end) {
             found.push(format!(
-                "{} gave up {:?} ({:?}, token {token:?}) and it was held again",
-                r.client, r.resource, r.what
+                "{} gave up {:?} ({:?} asked at {}, token {token:?}) and it was held again: \
+                 token {} acquired {}",
+                r.client, r.resource, r.what, r.asked, held.token, held.acquired_ms
             ));
         }
     }
