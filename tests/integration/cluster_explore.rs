@@ -80,13 +80,19 @@ fn explore(seed: u64, urls: &[String], runtime: &Runtime) -> Report {
             Cluster::with_store(store.clone(), &prefix, runtime, lock_delay, skew).unwrap()
         })
         .collect();
+    // An outage of one host's etcd, some time into the run: its session
+    // runs out, its member pauses, or its member is cut off from the
+    // quorum (refusing everything) while the others go on.
     let outage = rng.below(100);
     let victim = rng.below(n_hosts as u64) as usize;
-    if outage < 15 {
-        stores[victim].hold_keep_alives(Duration::from_secs(7));
-    } else if outage < 35 {
-        stores[victim].pause(Duration::from_millis(300 + rng.below(1200)));
-    }
+    let outage_at = Duration::from_millis(rng.below(2000));
+    let outage_for = Duration::from_millis(300 + rng.below(1700));
+    let start_outage = |store: &Faulty| match outage {
+        0..15 => store.hold_keep_alives(Duration::from_secs(7)),
+        15..35 => store.pause(outage_for),
+        35..60 => store.refuse_all(outage_for),
+        _ => {}
+    };
     let history = History::default();
     let world = World {
         hosts: &hosts,
@@ -103,6 +109,11 @@ fn explore(seed: u64, urls: &[String], runtime: &Runtime) -> Report {
     };
     let clients = 3 + rng.below(3);
     std::thread::scope(|scope| {
+        let victim = &stores[victim];
+        scope.spawn(move || {
+            std::thread::sleep(outage_at);
+            start_outage(victim);
+        });
         for me in 0..clients {
             let client_rng = Rng::new(seed.wrapping_mul(1000).wrapping_add(me));
             let world = &world;

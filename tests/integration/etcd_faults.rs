@@ -179,6 +179,9 @@ struct Plan {
     keep_alives_held: Option<Instant>,
     /// Until then, no request gets an answer (a paused member).
     paused: Option<Instant>,
+    /// Until then, every request is refused (a member cut off from the
+    /// quorum: "no leader").
+    refusing: Option<Instant>,
 }
 
 /// A fault-injecting [`Store`] over a real etcd client.
@@ -201,6 +204,7 @@ impl Faulty {
                 rules: Vec::new(),
                 keep_alives_held: None,
                 paused: None,
+                refusing: None,
             })),
             counts: Arc::default(),
             pending: Arc::default(),
@@ -236,6 +240,12 @@ impl Faulty {
         self.plan.lock().unwrap().paused = Some(Instant::now() + how_long);
     }
 
+    /// Every request is refused for `how_long`, as by a member cut off
+    /// from the quorum.
+    pub fn refuse_all(&self, how_long: Duration) {
+        self.plan.lock().unwrap().refusing = Some(Instant::now() + how_long);
+    }
+
     /// Waits until every held request was let through (and answered).
     pub fn settle(&self) {
         crate::support::wait_until("held etcd requests let through", || {
@@ -253,6 +263,9 @@ impl Faulty {
         if held || plan.paused.is_some_and(|until| now < until) {
             self.counts.held.fetch_add(1, Ordering::Relaxed);
             return Some(Fault::Drop);
+        }
+        if plan.refusing.is_some_and(|until| now < until) && call.kind != Kind::Watch {
+            return Some(Fault::Refuse("etcdserver: no leader"));
         }
         for rule in &mut plan.rules {
             if let Some(fault) = rule(call) {

@@ -5,13 +5,18 @@
 # until its first failing seed, and prints which tests failed, how long
 # the explorer took and what it saw. The checkout is put back however this
 # ends. Usage: bash tests/mutants/run.sh [budget seconds per fault, 300]
+# [names of patches to run, all by default]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 budget=${1:-300}
+shift || true
+patches=()
+if [ $# -eq 0 ]; then patches=(tests/mutants/*.patch); fi
+for name in "$@"; do patches+=("tests/mutants/$name.patch"); done
 current=""
 restore() { if [ -n "$current" ]; then git apply -R "$current"; fi; }
 trap restore EXIT
-for patch in tests/mutants/*.patch; do
+for patch in "${patches[@]}"; do
   git apply "$patch"
   current=$patch
   cargo build --tests -q 2>/dev/null
