@@ -184,7 +184,12 @@ impl Cluster {
             if !optimistic && let Some(lock) = retried(request, request_id, &seen, &id, now) {
                 return Ok(Reply::Lock(lock));
             }
-            let write = self.request_id(None, "");
+            // This try's write: the call's own id is unique to it unless
+            // the caller gave one (the same for every retry).
+            let write = match request_id {
+                None => id.clone(),
+                Some(_) => self.request_id(None, ""),
+            };
             let decided = self.decide(request, &seen, now).and_then(|decision| {
                 let change = seen.change(&decision.effect, now, &id, &write);
                 // Nobody overtakes a waiter: the lock is the first in

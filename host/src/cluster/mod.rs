@@ -86,19 +86,14 @@ pub struct Cluster {
     in_line: AtomicUsize,
 }
 
-/// This host's id in request ids: its process id, start time and 64
-/// random bits, so two hosts never share one (containers all run as
-/// process 1, and may start in the same millisecond).
+/// This host's id in request ids: its process id and 64 random bits, so
+/// two hosts never share one (containers all run as process 1, and may
+/// start in the same millisecond).
 fn host_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut random = std::collections::hash_map::RandomState::new().build_hasher();
     random.write_u64(now_ms());
-    format!(
-        "{}-{}-{:016x}",
-        std::process::id(),
-        now_ms(),
-        random.finish()
-    )
+    format!("{}-{:016x}", std::process::id(), random.finish())
 }
 
 fn now_ms() -> u64 {

@@ -62,12 +62,17 @@ impl Record {
                     "acquired_ms": lock.acquired_ms,
                     "ttl_ms": lock.ttl_ms,
                     "expires_ms": lock.expires_ms,
-                    "taken_by": self.taken_by,
                 }),
             );
-            if !self.handed_to.is_empty() {
-                let lock = value.get_mut("lock").and_then(Value::as_object_mut);
-                if let Some(lock) = lock {
+            // Each only when it says something: the taker's id when it is
+            // not the writer's (read back as the writer's), the key the
+            // lock was handed to when it was.
+            let lock = value.get_mut("lock").and_then(Value::as_object_mut);
+            if let Some(lock) = lock {
+                if self.taken_by != self.request {
+                    lock.insert("taken_by".into(), self.taken_by.clone().into());
+                }
+                if !self.handed_to.is_empty() {
                     lock.insert("handed_to".into(), self.handed_to.clone().into());
                 }
             }
