@@ -122,3 +122,52 @@ fn the_status_page_lists_held_locks() {
     );
     assert_eq!(get(&server, "/nothing-here").0, 404);
 }
+
+/// `/metrics` with `accept` as the request's Accept header (none if
+/// `None`): its Content-Type and body.
+fn scrape(server: &TestServer, accept: Option<&str>) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    let accept = accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"));
+    write!(stream, "GET /metrics HTTP/1.0\r\n{accept}\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap();
+    (content_type, body.to_owned())
+}
+
+#[test]
+fn metrics_are_openmetrics_when_asked_for_and_the_prometheus_text_format_otherwise() {
+    let server = TestServer::start();
+    server.call("lock", &["a", "c"]).unwrap();
+    for accept in [None, Some("*/*"), Some("text/plain")] {
+        let (content_type, body) = scrape(&server, accept);
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(
+            body.contains("# TYPE lockd_requests_total counter\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("lockd_requests_total{method=\"lock\"} 1\n"),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"), "{body}");
+    }
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                      version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (content_type, body) = scrape(&server, Some(prometheus));
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(body.contains("# TYPE lockd_requests counter\n"), "{body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+}

@@ -27,6 +27,7 @@ use workers::Workers;
 mod answer;
 mod caller;
 mod connections;
+mod exposition;
 mod listener;
 mod overflow;
 mod pages;
@@ -302,7 +303,12 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
         },
         (Method::Get | Method::Head, "/") => pages::status(lockd, request.url()),
         (Method::Get | Method::Head, "/metrics") => {
-            pages::metrics(lockd, shared.relayed.as_deref())
+            let accept = request
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Accept"))
+                .map(|h| h.value.as_str());
+            pages::metrics(lockd, shared.relayed.as_deref(), accept)
         }
         (_, "/") => Answer::text(405, "XML-RPC takes POST; the status page GET\n")
             .with("Allow", "GET, HEAD, POST"),

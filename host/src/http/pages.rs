@@ -2,6 +2,7 @@
 //! people, and `/metrics` for Prometheus.
 
 use super::answer::Answer;
+use super::exposition;
 use super::status_page;
 use crate::locks::Lockd;
 use crate::tls::Relayed;
@@ -32,15 +33,15 @@ pub fn status(lockd: &Lockd, url: &str) -> Answer {
     }
 }
 
-/// `/metrics`: lockd's, and with TLS its connections'.
-pub fn metrics(lockd: &Lockd, relayed: Option<&Relayed>) -> Answer {
+/// `/metrics`: lockd's, and with TLS its connections', in OpenMetrics if
+/// the scraper's `accept` asks for it, else in the Prometheus text format.
+pub fn metrics(lockd: &Lockd, relayed: Option<&Relayed>, accept: Option<&str>) -> Answer {
     let transport = relayed.map_or_else(Vec::new, Relayed::samples);
     match lockd.metrics_text_with(transport) {
-        Ok(text) => Answer::new(
-            200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            text,
-        ),
+        Ok(text) if exposition::wants_openmetrics(accept) => {
+            Answer::new(200, exposition::OPENMETRICS, text)
+        }
+        Ok(text) => Answer::new(200, exposition::TEXT_004, exposition::as_text_004(&text)),
         Err(e) => Answer::text(503, format!("{e}\n")),
     }
 }
