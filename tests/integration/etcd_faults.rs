@@ -97,8 +97,8 @@ pub enum Kind {
 #[derive(Debug, Clone)]
 pub struct Call {
     pub kind: Kind,
-    /// The keys its operations name (in both branches of a transaction
-    /// and of its nested transactions).
+    /// The keys it writes (in either branch of a transaction and of its
+    /// nested transactions); a read's, the keys it reads.
     pub keys: Vec<Vec<u8>>,
 }
 
@@ -344,18 +344,18 @@ impl Faulty {
     }
 }
 
-fn op_keys(ops: &[Op], keys: &mut Vec<Vec<u8>>) {
+/// The keys `ops` write, or with `reads` the keys they name at all.
+fn op_keys(ops: &[Op], reads: bool, keys: &mut Vec<Vec<u8>>) {
     for op in ops {
         match op {
-            Op::Range { key, .. }
-            | Op::Oldest { key, .. }
-            | Op::Put { key, .. }
-            | Op::Delete { key, .. } => keys.push(key.clone()),
+            Op::Range { key, .. } | Op::Oldest { key, .. } if reads => keys.push(key.clone()),
+            Op::Range { .. } | Op::Oldest { .. } => {}
+            Op::Put { key, .. } | Op::Delete { key, .. } => keys.push(key.clone()),
             Op::Txn {
                 success, failure, ..
             } => {
-                op_keys(success, keys);
-                op_keys(failure, keys);
+                op_keys(success, reads, keys);
+                op_keys(failure, reads, keys);
             }
         }
     }
@@ -369,10 +369,10 @@ impl Store for Faulty {
         failure: &[Op],
         deadline: Instant,
     ) -> Result<TxnResult, EtcdError> {
-        let mut keys = Vec::new();
-        op_keys(success, &mut keys);
-        op_keys(failure, &mut keys);
         let writes = success.iter().chain(failure).any(Op::writes);
+        let mut keys = Vec::new();
+        op_keys(success, !writes, &mut keys);
+        op_keys(failure, !writes, &mut keys);
         let kind = if writes { Kind::Write } else { Kind::Read };
         let (compares, success, failure) = (compares.to_vec(), success.to_vec(), failure.to_vec());
         self.run(Call { kind, keys }, deadline, move |etcd, deadline| {
