@@ -391,6 +391,13 @@ where
                 }
                 self.end_hold(resource, belief, asked);
             }
+            // It may have happened, and a renewal may shorten the lease:
+            // the client counts on the shorter of the two.
+            Some(Outcome::Unknown(_)) | None => {
+                let belief = self.held.get_mut(resource).unwrap();
+                let renewed = asked + ttl_ms * 1000;
+                belief.expires_us = Some(belief.expires_us.map_or(renewed, |at| at.min(renewed)));
+            }
             _ => {}
         }
     }
