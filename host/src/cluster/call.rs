@@ -109,10 +109,7 @@ fn retried(
 ) -> Option<LockInfo> {
     request_id?;
     requests::taken(request)?;
-    let lock = seen.record.lock.as_ref()?;
-    let running = lock.expires_ms.is_none_or(|at| at > now);
-    let mine = seen.record.taken_by == id && lock.client == requests::client(request);
-    (mine && running).then(|| lock.clone())
+    seen.taken_lock(id, requests::client(request), now)
 }
 
 impl Cluster {
@@ -426,15 +423,6 @@ impl Cluster {
 
 /// Writing the record as `change` leaves it (deleting it if empty).
 pub fn record_op(keys: &Keys, seen: &Seen, change: &Change) -> Op {
-    match change.record.is_empty() {
-        true => Op::Delete {
-            key: keys.record.clone(),
-            range_end: Vec::new(),
-        },
-        false => Op::Put {
-            key: keys.record.clone(),
-            value: change.record.encode(change.fresh.then_some(seen.base)),
-            lease: 0,
-        },
-    }
+    let fresh_base = change.fresh.then_some(seen.base);
+    change.record.write(keys.record.clone(), fresh_base)
 }

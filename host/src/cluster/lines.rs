@@ -227,17 +227,7 @@ impl Lines {
             request: format!("sweep:{}", kv.mod_revision),
             ..Record::default()
         };
-        let write = match freed.is_empty() {
-            true => Op::Delete {
-                key: record_key.clone(),
-                range_end: Vec::new(),
-            },
-            false => Op::Put {
-                key: record_key.clone(),
-                value: freed.encode(None),
-                lease: 0,
-            },
-        };
+        let write = freed.write(record_key.clone(), None);
         let guard = [Compare {
             key: record_key,
             target: Target::Mod(kv.mod_revision),

@@ -10,7 +10,7 @@
 //! `mod_revision`; a later write of the same lock keeps its token.
 
 use crate::component::{LockDelay, LockInfo};
-use crate::etcd::KeyValue;
+use crate::etcd::{KeyValue, Op};
 use serde_json::{Map, Value, json};
 
 /// What is recorded of one resource.
@@ -48,6 +48,23 @@ impl Record {
     /// Whether there is nothing to keep: the key is deleted.
     pub fn is_empty(&self) -> bool {
         self.lock.is_none() && self.delay.is_none()
+    }
+
+    /// The write that records it under `key`: a put of its value (see
+    /// [`Record::encode`] for `fresh_base`), or the key's deletion when
+    /// there is nothing to keep.
+    pub fn write(&self, key: Vec<u8>, fresh_base: Option<u64>) -> Op {
+        match self.is_empty() {
+            true => Op::Delete {
+                key,
+                range_end: Vec::new(),
+            },
+            false => Op::Put {
+                key,
+                value: self.encode(fresh_base),
+                lease: 0,
+            },
+        }
     }
 
     /// The value to write; with `fresh_base` (the token base) the lock is

@@ -3,7 +3,7 @@
 //! this host saw last, per resource.
 
 use super::record::{self, Record, Waiting};
-use crate::component::{Effect, HeldLock};
+use crate::component::{Effect, HeldLock, LockInfo};
 use crate::etcd::{KeyValue, OpResult};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -141,6 +141,14 @@ impl Seen {
             fresh,
             handed_over: false,
         })
+    }
+
+    /// The lock seen, if the take `id` of `client` got it and its lease
+    /// runs at `now`.
+    pub fn taken_lock(&self, id: &str, client: &str, now: u64) -> Option<LockInfo> {
+        let lock = self.record.lock.as_ref()?;
+        let running = lock.expires_ms.is_none_or(|at| at > now);
+        (self.record.taken_by == id && lock.client == client && running).then(|| lock.clone())
     }
 
     /// Whether `change` frees the lock held in what was seen.

@@ -288,7 +288,7 @@ impl Cluster {
         seen.take_record(resource, &cancelled.results[2..])
             .map_err(ClusterError::NotApplied)?;
         let now = now_ms().max(seen.record.written_ms);
-        Ok(match given(&seen, id, client, now) {
+        Ok(match seen.taken_lock(id, client, now) {
             Some(lock) => Joined::Handed(lock),
             None => Joined::Again,
         })
@@ -450,17 +450,9 @@ impl Cluster {
     }
 }
 
-/// The lock in `seen`, if the take `id` of `client` got it and its lease
-/// runs at `now`.
-fn given(seen: &Seen, id: &str, client: &str, now: u64) -> Option<LockInfo> {
-    let lock = seen.record.lock.as_ref()?;
-    let running = lock.expires_ms.is_none_or(|at| at > now);
-    (seen.record.taken_by == id && lock.client == client && running).then(|| lock.clone())
-}
-
 /// The lock in `seen`, if it was handed to (or taken by) the waiter at
 /// `place` and its lease still runs.
 fn handed(seen: &Seen, place: &Place) -> Option<LockInfo> {
     let now = now_ms().max(seen.record.written_ms);
-    given(seen, &place.id, place.client, now)
+    seen.taken_lock(&place.id, place.client, now)
 }
