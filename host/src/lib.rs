@@ -21,6 +21,7 @@ pub mod metrics;
 mod pool_keeper;
 mod pyrepr;
 mod requests;
+pub mod reserve;
 pub mod rpc;
 pub mod socket;
 mod time;

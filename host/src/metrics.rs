@@ -32,6 +32,8 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub lease_expiries: Counter,
     pub breaks: Counter,
+    /// Connections cut off for what they made lockd hold, by reason.
+    cuts: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -44,6 +46,7 @@ impl Default for Metrics {
             batch_size: Histogram::new(BATCH_BUCKETS),
             lease_expiries: Counter::default(),
             breaks: Counter::default(),
+            cuts: Family::default(),
         }
     }
 }
@@ -81,6 +84,13 @@ impl Metrics {
         }
     }
 
+    /// Counts a connection cut off for `reason`.
+    pub fn cut(&self, reason: &'static str) {
+        self.cuts
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
     pub fn observe_request(&self, took: Duration) {
         self.request_seconds.observe(took.as_secs_f64());
     }
@@ -115,6 +125,11 @@ impl Metrics {
             "lockd_journal_bytes",
             "Bytes of changes in the journal not yet emptied into the lock files",
             gauge(gauges.journal_bytes),
+        );
+        registry.register(
+            "lockd_connections_cut",
+            "Connections lockd cut off for what they made it hold, by reason: head (over --max-header), body (over --max-body), queue (requests piled up, answers unread), budget (over --max-buffered)",
+            self.cuts.clone(),
         );
         registry.register(
             "lockd_lease_expiries",

@@ -31,6 +31,7 @@ mod jco;
 mod large;
 mod legacy;
 mod limits;
+mod memory;
 mod names;
 mod observability;
 mod pki;

@@ -24,6 +24,22 @@ pub struct ServeArgs {
     /// The largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "LOCKD_MAX_BODY", default_value_t = ServeConfig::default().max_body)]
     max_body: usize,
+    /// The longest request head accepted (request line, headers and the
+    /// empty line ending them), in bytes; longer ones get 431 and their
+    /// connection is closed, from the first byte past it.
+    #[arg(long, env = "LOCKD_MAX_HEADER", default_value_t = ServeConfig::default().max_header)]
+    max_header: usize,
+    /// The most bytes of requests one connection may have waiting behind
+    /// its request in progress (each counts its head, its body and 2 KiB);
+    /// past it the connection is closed.
+    #[arg(long, env = "LOCKD_MAX_QUEUED", default_value_t = ServeConfig::default().max_queued)]
+    max_queued: usize,
+    /// The most bytes all connections together may make lockd hold (heads
+    /// being read, requests waiting, answers being written); past it the
+    /// connections holding most (64 KiB or more) are closed until the rest
+    /// is within it.
+    #[arg(long, env = "LOCKD_MAX_BUFFERED", default_value_t = ServeConfig::default().max_buffered)]
+    max_buffered: usize,
     /// When a change counts as done: `always` (synced to disk before the
     /// reply; survives power loss) or `none` (written, synced when the OS
     /// decides, as gocept.lockd did; survives a daemon crash, not power loss).
@@ -153,6 +169,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let config = ServeConfig {
         max_body: args.max_body,
+        max_header: args.max_header,
+        max_queued: args.max_queued,
+        max_buffered: args.max_buffered,
         workers: args.workers,
         auth,
         wedged_after: Duration::from_secs_f64(args.wedged_after),

@@ -44,6 +44,14 @@ impl Answer {
             }
             return request.respond(response);
         }
+        let bytes = self.closing_bytes();
+        let mut writer = request.into_writer();
+        writer.write_all(&bytes)?;
+        writer.flush()
+    }
+
+    /// The answer as written when the connection closes after it.
+    pub fn closing_bytes(&self) -> Vec<u8> {
         let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         for (name, value) in &self.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -52,10 +60,9 @@ impl Answer {
             "Content-Length: {}\r\nConnection: close\r\n\r\n",
             self.body.len()
         ));
-        let mut writer = request.into_writer();
-        writer.write_all(head.as_bytes())?;
-        writer.write_all(&self.body)?;
-        writer.flush()
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
     }
 }
 
@@ -67,6 +74,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "",
     }

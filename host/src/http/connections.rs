@@ -12,8 +12,13 @@
 //! or not the client reads its answers, so the queue is bounded: a client
 //! that has [`JUDGED_AT`] requests waiting while an answer to it has been
 //! stuck in writing for [`STUCK`] (it does not read), or [`MAX_QUEUED`]
-//! requests waiting at all, is hung up on (see [`super::peer::hang_up`]),
-//! and the requests it left are dropped unanswered.
+//! requests or `--max-queued` bytes waiting at all, is hung up on (see
+//! [`super::peer::hang_up`]), and the requests it left are dropped
+//! unanswered.
+//!
+//! A connection is remembered while it is open, with the bytes of the
+//! requests it sent: [`super::watch`] holds them against what the kernel
+//! says lockd read from it, to find heads tiny_http is still reading.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -23,7 +28,7 @@ use tiny_http::Request;
 
 /// The most requests a connection may have waiting behind the one in
 /// progress: far more than a client pipelining in earnest sends ahead of
-/// reading its answers (a queued request costs about a kilobyte).
+/// reading its answers.
 pub const MAX_QUEUED: usize = 4096;
 
 /// Requests waiting from which a client that does not read is hung up on.
@@ -33,20 +38,40 @@ pub const JUDGED_AT: usize = 64;
 /// to read.
 pub const STUCK: Duration = Duration::from_secs(1);
 
-/// The connections with a request in progress, and what queues behind it.
-#[derive(Default)]
+/// What lockd holds for a queued request beyond its head and body: the
+/// request's parts and the channels tiny_http orders it by.
+pub const PER_REQUEST: usize = 2048;
+
+/// The connections lockd has taken requests from: what is in progress on
+/// each, what queues behind it, and what each has sent in all.
 pub struct Connections {
-    busy: Mutex<HashMap<SocketAddr, Busy>>,
+    known: Mutex<HashMap<SocketAddr, Connection>>,
+    /// The most bytes of requests a connection may have queued.
+    max_queued: usize,
 }
 
-/// A connection with a request in progress.
+/// One connection lockd has taken a request from.
 #[derive(Default)]
-struct Busy {
-    queued: VecDeque<Request>,
-    /// Since when an answer is being written to it, if one is.
-    writing: Option<Instant>,
+struct Connection {
+    /// Whether a request of it is in progress.
+    busy: bool,
+    /// Requests waiting behind the one in progress, with what each holds.
+    queued: VecDeque<(Request, usize)>,
+    /// What the queued requests hold, in all.
+    queued_bytes: usize,
+    /// Since when an answer is being written to it, and its length.
+    writing: Option<(Instant, usize)>,
+    /// Whether the body of its request in progress is being read.
+    reading_body: bool,
     /// Set once it is to be hung up on.
     overflowed: bool,
+    /// Bytes of its requests taken in so far: heads, and bodies as long
+    /// as they said they are.
+    taken: u64,
+    /// Requests taken in so far.
+    requests: u64,
+    /// The last round of [`Connections::forget_gone`] that saw it open.
+    seen: u64,
 }
 
 /// What became of a request taken in.
@@ -55,41 +80,98 @@ pub enum Admitted {
     Now(Request),
     /// Queued behind its connection's request in progress.
     Queued,
-    /// Queued, and its connection has too many requests waiting now: hang
-    /// up on it.
+    /// Queued, and its connection has too much waiting now: hang up on it.
     Overflowing(SocketAddr),
 }
 
+/// What one connection holds and has sent, as [`Connections::held`] tells.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Bytes of requests taken in so far.
+    pub taken: u64,
+    /// Requests taken in so far.
+    pub requests: u64,
+    /// Bytes of requests queued, and of an answer being written.
+    pub bytes: usize,
+    /// Whether nothing of it is in progress.
+    pub idle: bool,
+    /// Whether a request body of it is being read.
+    pub reading_body: bool,
+}
+
 impl Connections {
+    /// Connections that may each queue `max_queued` bytes of requests.
+    pub fn new(max_queued: usize) -> Self {
+        Self {
+            known: Mutex::default(),
+            max_queued,
+        }
+    }
+
     /// Takes `request` in: in progress now if its connection had nothing
-    /// in progress, or queued behind the request in progress.
-    pub fn admit(&self, request: Request) -> Admitted {
+    /// in progress, or queued behind the request in progress. `size` is
+    /// what it sent (head and declared body), `holds` what queueing it
+    /// holds.
+    pub fn admit(&self, request: Request, size: usize, holds: usize) -> Admitted {
         let Some(&addr) = request.remote_addr() else {
             return Admitted::Now(request);
         };
-        let mut busy = self.lock();
-        let Some(connection) = busy.get_mut(&addr) else {
-            busy.insert(addr, Busy::default());
+        let mut known = self.lock();
+        let connection = known.entry(addr).or_default();
+        connection.taken += size as u64;
+        connection.requests += 1;
+        if !connection.busy {
+            connection.busy = true;
             return Admitted::Now(request);
-        };
-        connection.queued.push_back(request);
+        }
+        connection.queued.push_back((request, holds));
+        connection.queued_bytes += holds;
         let queued = connection.queued.len();
         let unread = connection
             .writing
-            .is_some_and(|since| since.elapsed() >= STUCK);
-        if (queued >= MAX_QUEUED || (queued >= JUDGED_AT && unread)) && !connection.overflowed {
+            .is_some_and(|(since, _)| since.elapsed() >= STUCK);
+        let over = queued >= MAX_QUEUED
+            || connection.queued_bytes > self.max_queued
+            || (queued >= JUDGED_AT && unread);
+        if over && !connection.overflowed {
             connection.overflowed = true;
             return Admitted::Overflowing(addr);
         }
         Admitted::Queued
     }
 
-    /// Notes that an answer to `addr` is being written (`true`) or has
-    /// been (`false`).
-    pub fn writing(&self, addr: Option<SocketAddr>, writing: bool) {
+    /// Notes that an answer of `len` bytes is being written to `addr`
+    /// (`Some`), or has been (`None`).
+    pub fn writing(&self, addr: Option<SocketAddr>, len: Option<usize>) {
         let Some(addr) = addr else { return };
         if let Some(connection) = self.lock().get_mut(&addr) {
-            connection.writing = writing.then(Instant::now);
+            connection.writing = len.map(|len| (Instant::now(), len));
+        }
+    }
+
+    /// Notes that the body of `addr`'s request in progress is being read
+    /// (`true`), or has been, `read` bytes of it (which count as taken in
+    /// when its request did not say how long it is).
+    pub fn reading_body(&self, addr: Option<SocketAddr>, reading: bool, uncounted: usize) {
+        let Some(addr) = addr else { return };
+        if let Some(connection) = self.lock().get_mut(&addr) {
+            connection.reading_body = reading;
+            connection.taken += uncounted as u64;
+        }
+    }
+
+    /// Takes `excess` off the bytes `addr` is counted to have sent.
+    pub fn forgive(&self, addr: SocketAddr, excess: u64) {
+        if let Some(connection) = self.lock().get_mut(&addr) {
+            connection.taken = connection.taken.saturating_sub(excess);
+        }
+    }
+
+    /// Marks `addr` as hung up on: the requests it queued are dropped.
+    pub fn overflowed(&self, addr: Option<SocketAddr>) {
+        let Some(addr) = addr else { return };
+        if let Some(connection) = self.lock().get_mut(&addr) {
+            connection.overflowed = true;
         }
     }
 
@@ -98,24 +180,60 @@ impl Connections {
     /// whether it is one that overflowed (to be dropped, not answered).
     pub fn next(&self, addr: Option<SocketAddr>) -> Option<(Request, bool)> {
         let addr = addr?;
-        let mut busy = self.lock();
-        let connection = busy.get_mut(&addr)?;
+        let mut known = self.lock();
+        let connection = known.get_mut(&addr)?;
         let overflowed = connection.overflowed;
-        let next = connection.queued.pop_front();
-        if next.is_none() {
-            busy.remove(&addr);
+        match connection.queued.pop_front() {
+            Some((request, holds)) => {
+                connection.queued_bytes -= holds;
+                Some((request, overflowed))
+            }
+            None => {
+                connection.busy = false;
+                None
+            }
         }
-        next.map(|request| (request, overflowed))
     }
 
-    /// Connections with a request in progress.
+    /// What each connection holds and has sent.
+    pub fn held(&self) -> HashMap<SocketAddr, Held> {
+        self.lock()
+            .iter()
+            .map(|(&addr, c)| {
+                let writing = c.writing.map_or(0, |(_, len)| len);
+                let held = Held {
+                    taken: c.taken,
+                    requests: c.requests,
+                    bytes: c.queued_bytes + writing,
+                    idle: !c.busy,
+                    reading_body: c.reading_body,
+                };
+                (addr, held)
+            })
+            .collect()
+    }
+
+    /// Round `round` of looking at the open connections saw `open` open:
+    /// forgets the idle ones that neither it nor the round before saw (a
+    /// connection taken in after a look began is kept).
+    pub fn forget_gone(&self, round: u64, open: &std::collections::HashSet<SocketAddr>) {
+        let mut known = self.lock();
+        for (addr, connection) in known.iter_mut() {
+            if open.contains(addr) || connection.seen == 0 {
+                connection.seen = round;
+            }
+        }
+        known.retain(|_, c| c.busy || c.seen + 1 >= round);
+    }
+
+    /// Connections known.
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Busy>> {
-        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Connection>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -123,6 +241,12 @@ impl Connections {
 mod tests {
     use super::*;
     use tiny_http::TestRequest;
+
+    impl Connections {
+        fn admit_one(&self, request: Request) -> Admitted {
+            self.admit(request, 100, 1000)
+        }
+    }
 
     fn request(from: &str, path: &str) -> Request {
         TestRequest::new()
@@ -133,19 +257,19 @@ mod tests {
 
     #[test]
     fn a_later_request_waits_for_the_earlier_one_of_its_connection_only() {
-        let connections = Connections::default();
+        let connections = Connections::new(usize::MAX);
         let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-        let first = connections.admit(request("127.0.0.1:1000", "/1"));
+        let first = connections.admit_one(request("127.0.0.1:1000", "/1"));
         assert!(matches!(first, Admitted::Now(r) if r.url() == "/1"));
         assert!(matches!(
-            connections.admit(request("127.0.0.1:1000", "/2")),
+            connections.admit_one(request("127.0.0.1:1000", "/2")),
             Admitted::Queued
         ));
         assert!(matches!(
-            connections.admit(request("127.0.0.1:1000", "/3")),
+            connections.admit_one(request("127.0.0.1:1000", "/3")),
             Admitted::Queued
         ));
-        let other = connections.admit(request("127.0.0.1:1001", "/x"));
+        let other = connections.admit_one(request("127.0.0.1:1001", "/x"));
         assert!(
             matches!(other, Admitted::Now(_)),
             "another connection's request goes ahead at once"
@@ -159,30 +283,35 @@ mod tests {
                 .next(Some("127.0.0.1:1001".parse().unwrap()))
                 .is_none()
         );
-        assert_eq!(connections.len(), 0, "finished connections are forgotten");
+        assert_eq!(connections.len(), 2, "idle connections are remembered");
+        let open = [a].into_iter().collect();
+        connections.forget_gone(1, &open);
+        connections.forget_gone(2, &open);
+        connections.forget_gone(3, &open);
+        assert_eq!(connections.len(), 1, "closed connections are forgotten");
     }
 
     #[test]
     fn a_connection_queueing_too_many_requests_overflows_once() {
-        let connections = Connections::default();
+        let connections = Connections::new(usize::MAX);
         let from = "127.0.0.1:1000";
         assert!(matches!(
-            connections.admit(request(from, "/0")),
+            connections.admit_one(request(from, "/0")),
             Admitted::Now(_)
         ));
         for i in 1..MAX_QUEUED {
             assert!(matches!(
-                connections.admit(request(from, &format!("/{i}"))),
+                connections.admit_one(request(from, &format!("/{i}"))),
                 Admitted::Queued
             ));
         }
         let addr = from.parse().unwrap();
         assert!(matches!(
-            connections.admit(request(from, "/last")),
+            connections.admit_one(request(from, "/last")),
             Admitted::Overflowing(a) if a == addr
         ));
         assert!(matches!(
-            connections.admit(request(from, "/later")),
+            connections.admit_one(request(from, "/later")),
             Admitted::Queued
         ));
         let (_, overflowed) = connections.next(Some(addr)).unwrap();
@@ -190,25 +319,45 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_queueing_too_many_bytes_overflows() {
+        let connections = Connections::new(10_000);
+        let from = "127.0.0.1:1000";
+        assert!(matches!(
+            connections.admit_one(request(from, "/0")),
+            Admitted::Now(_)
+        ));
+        for i in 1..=10 {
+            let admitted = connections.admit_one(request(from, &format!("/{i}")));
+            assert!(matches!(admitted, Admitted::Queued), "{i}");
+        }
+        let admitted = connections.admit_one(request(from, "/11"));
+        assert!(matches!(admitted, Admitted::Overflowing(_)));
+        let held = connections.held()[&from.parse().unwrap()];
+        assert_eq!(held.bytes, 11_000);
+        assert_eq!((held.taken, held.requests), (1200, 12));
+    }
+
+    #[test]
     fn a_connection_that_does_not_read_overflows_sooner() {
-        let connections = Connections::default();
+        let connections = Connections::new(usize::MAX);
         let from = "127.0.0.1:1000";
         let addr: SocketAddr = from.parse().unwrap();
         assert!(matches!(
-            connections.admit(request(from, "/0")),
+            connections.admit_one(request(from, "/0")),
             Admitted::Now(_)
         ));
-        connections.writing(Some(addr), true);
+        connections.writing(Some(addr), Some(100));
         for i in 1..JUDGED_AT {
-            let admitted = connections.admit(request(from, &format!("/{i}")));
+            let admitted = connections.admit_one(request(from, &format!("/{i}")));
             assert!(
                 matches!(admitted, Admitted::Queued),
                 "{i}: writing only since now"
             );
         }
         // The answer has been stuck in writing for a while now.
-        connections.lock().get_mut(&addr).unwrap().writing = Instant::now().checked_sub(STUCK);
-        let admitted = connections.admit(request(from, "/stuck"));
+        connections.lock().get_mut(&addr).unwrap().writing =
+            Some((Instant::now().checked_sub(STUCK).unwrap(), 100));
+        let admitted = connections.admit_one(request(from, "/stuck"));
         assert!(matches!(admitted, Admitted::Overflowing(_)));
     }
 }

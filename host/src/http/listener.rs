@@ -20,6 +20,13 @@ use tiny_http::Server;
 /// `net.core.somaxconn` (4096 by default).
 const BACKLOG: libc::c_int = 4096;
 
+/// The most bytes of answers a connection may have waiting in the kernel,
+/// unsent, before writing more to it waits (`TCP_NOTSENT_LOWAT`, which
+/// accepted connections inherit): a client that does not read holds this
+/// much and the one answer being written, and its next request is answered
+/// only once the answers before it have left.
+const UNSENT: usize = 64 * 1024;
+
 /// A tiny_http server and a handle on its listening socket.
 pub struct Listener {
     pub server: Arc<Server>,
@@ -34,7 +41,8 @@ pub struct Listener {
 impl Listener {
     /// Listens on `addr`. Accepted connections inherit from the listening
     /// socket (on Linux) `TCP_NODELAY`, so that an answer never waits for
-    /// the client's delayed acknowledgement of its first part, and read and
+    /// the client's delayed acknowledgement of its first part, the bound
+    /// on answers waiting unsent ([`UNSENT`]), and read and
     /// write timeouts of `idle`: a connection silent that long, between
     /// requests or within one, is closed, and a client that does not take
     /// its answer cannot hold a thread for longer.
@@ -55,6 +63,13 @@ impl Listener {
         };
         socket::listen(&listener, BACKLOG)?;
         socket::set(&listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, &1_i32)?;
+        let unsent = UNSENT as libc::c_int;
+        socket::set(
+            &listener,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &unsent,
+        )?;
         if let Some(idle) = idle {
             let tv = socket::timeval(idle);
             socket::set(&listener, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;

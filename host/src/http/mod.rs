@@ -28,11 +28,13 @@ mod answer;
 mod caller;
 mod connections;
 mod exposition;
+mod head;
 mod listener;
 mod overflow;
 mod pages;
 mod peer;
 mod status_page;
+mod watch;
 mod workers;
 
 use answer::Answer;
@@ -43,6 +45,13 @@ pub use listener::{AcceptQueue, Listener};
 pub struct ServeConfig {
     /// Request bodies longer than this get 413.
     pub max_body: usize,
+    /// Request heads longer than this get 431 (see [`watch`]).
+    pub max_header: usize,
+    /// The most bytes of requests one connection may queue behind its
+    /// request in progress.
+    pub max_queued: usize,
+    /// The most all connections together may make lockd hold.
+    pub max_buffered: usize,
     /// Threads always ready to take requests; more are started while
     /// clients stall (see [`workers`]).
     pub workers: usize,
@@ -58,6 +67,9 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             max_body: 1 << 20,
+            max_header: 8 << 10,
+            max_queued: 1 << 20,
+            max_buffered: 64 << 20,
             workers: 16,
             auth: None,
             wedged_after: Duration::from_secs(30),
@@ -73,7 +85,7 @@ struct Shared {
     /// With TLS, who is behind each connection (all come from loopback).
     relayed: Option<Arc<Relayed>>,
     config: ServeConfig,
-    connections: Connections,
+    connections: Arc<Connections>,
     /// Runs the rest of a parked call once its wait ends.
     spawn: Spawn,
     /// Requests taken from tiny_http so far.
@@ -102,7 +114,7 @@ pub fn serve(
         relayed: listener.relayed(),
         lockd,
         config: config.clone(),
-        connections: Connections::default(),
+        connections: Arc::new(Connections::new(config.max_queued)),
         spawn: Arc::new(|job| {
             let started = std::thread::Builder::new()
                 .name("lockd-resume".into())
@@ -130,6 +142,22 @@ pub fn serve(
         },
         None => None,
     };
+    let bounds = watch::Bounds {
+        max_header: config.max_header,
+        max_buffered: config.max_buffered,
+    };
+    let watch = shared.local.map(|local| {
+        watch::Watch::start(
+            local,
+            shared.connections.clone(),
+            shared.metrics.clone(),
+            bounds,
+        )
+    });
+    let watch = match watch.transpose() {
+        Ok(watch) => watch,
+        Err(e) => return Err(format!("starting the connection watch: {e}")),
+    };
     let workers = Workers::start(
         listener.server.clone(),
         config.workers,
@@ -140,6 +168,7 @@ pub fn serve(
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(keeper);
+    drop(watch);
     drain(&listener, &shared, &workers);
     if stop.load(Ordering::Relaxed) {
         Ok(())
@@ -192,10 +221,13 @@ impl workers::Handler for Taker {
         }
         self.0.taken.fetch_add(1, Ordering::Relaxed);
         self.0.in_progress.fetch_add(1, Ordering::Relaxed);
-        match self.0.connections.admit(request) {
+        let head = head::len(&request);
+        let (sent, held) = (head::sent(&request, head), head::held(&request, head));
+        match self.0.connections.admit(request, sent, held) {
             Admitted::Now(request) => Some(request),
             Admitted::Queued => None,
             Admitted::Overflowing(addr) => {
+                self.0.metrics.cut(watch::Reason::Queue.label());
                 // Finding the socket reads every descriptor's name: not
                 // while other requests wait to be taken.
                 let local = self.0.local;
@@ -212,6 +244,21 @@ impl workers::Handler for Taker {
 
     fn handle(&self, request: Request) {
         if request.url() == pool_keeper::PROBE_PATH {
+            if request
+                .body_length()
+                .is_some_and(|len| len > self.0.config.max_body)
+            {
+                let refusal = too_large(self.0.config.max_body);
+                self.0.in_progress.fetch_add(1, Ordering::Relaxed);
+                refuse(
+                    &self.0,
+                    request,
+                    refusal,
+                    watch::Reason::Body,
+                    Instant::now(),
+                );
+                return;
+            }
             let _ = Answer::text(204, "").send(request, true);
             return;
         }
@@ -242,8 +289,10 @@ fn next(shared: &Shared, addr: Option<SocketAddr>) -> Option<Request> {
         if !overflowed {
             return Some(request);
         }
-        // Its socket is shut: tiny_http's error answer fails at once.
-        drop(request);
+        // Its socket is shut: tiny_http's error answer fails at once, and
+        // its body is read only as far as the kernel holds it (a length
+        // past counting panics instead; see `refuse`).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(request)));
         shared.in_progress.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -273,6 +322,28 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
     let taken = Instant::now();
     let lockd = &shared.lockd;
     let config = &shared.config;
+    if head::len(&request) > config.max_header {
+        let max = config.max_header;
+        let refusal = Answer::text(
+            431,
+            format!("request head larger than {max} bytes (--max-header)\n"),
+        );
+        refuse(shared, request, refusal, watch::Reason::Head, taken);
+        return Parked::No;
+    }
+    if request
+        .body_length()
+        .is_some_and(|len| len > config.max_body)
+    {
+        refuse(
+            shared,
+            request,
+            too_large(config.max_body),
+            watch::Reason::Body,
+            taken,
+        );
+        return Parked::No;
+    }
     let path = request
         .url()
         .split('?')
@@ -297,10 +368,25 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
         }
     };
     let answer = match (request.method(), path.as_str()) {
-        (Method::Post, "/" | "/RPC2") => match read_body(&mut request, config.max_body) {
-            Ok(body) => return call(shared, request, &body, role, taken),
-            Err(answer) => answer,
-        },
+        (Method::Post, "/" | "/RPC2") => {
+            let addr = request.remote_addr().copied();
+            shared.connections.reading_body(addr, true, 0);
+            let read = read_body(&mut request, config.max_body);
+            // A body that did not say its length counts as taken in now.
+            let uncounted = match (&read, head::declared(&request)) {
+                (Ok(body), false) => body.len(),
+                _ => 0,
+            };
+            shared.connections.reading_body(addr, false, uncounted);
+            match read {
+                Ok(body) => return call(shared, request, &body, role, taken),
+                Err(answer) if answer.status == 413 => {
+                    refuse(shared, request, answer, watch::Reason::Body, taken);
+                    return Parked::No;
+                }
+                Err(answer) => answer,
+            }
+        }
         (Method::Get | Method::Head, "/") => pages::status(lockd, request.url()),
         (Method::Get | Method::Head, "/metrics") => {
             let accept = request
@@ -392,18 +478,70 @@ fn send(shared: &Shared, request: Request, answer: Answer, taken: Instant) {
     // latency of lockd's work).
     shared.metrics.observe_request(taken.elapsed());
     let addr = request.remote_addr().copied();
-    shared.connections.writing(addr, true);
+    shared.connections.writing(addr, Some(answer.body.len()));
     if let Err(e) = answer.send(request, close) {
         tracing::debug!("writing a response failed: {e}");
     }
-    shared.connections.writing(addr, false);
+    shared.connections.writing(addr, None);
     shared.in_progress.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Answers `request` with `refusal` and cuts its connection off, for
+/// `reason`. The answer is written to the socket directly and the socket
+/// shut before tiny_http drops the request: a request dropped with its
+/// body unread has tiny_http read the rest of the body first, as long as
+/// the client said it is (see [`crate::reserve`]); with the socket shut,
+/// that is what the kernel already holds.
+fn refuse(
+    shared: &Shared,
+    request: Request,
+    refusal: Answer,
+    reason: watch::Reason,
+    taken: Instant,
+) {
+    let addr = request.remote_addr().copied();
+    tracing::debug!(path = request.url(), status = refusal.status, "refused");
+    shared.metrics.observe_request(taken.elapsed());
+    shared.metrics.cut(reason.label());
+    shared.connections.overflowed(addr);
+    let words = refusal.closing_bytes();
+    let cut = match (shared.local, addr) {
+        (Some(local), Some(peer)) => {
+            let cut = peer::Cut {
+                peer,
+                how: libc::SHUT_RDWR,
+                last_words: &words,
+            };
+            peer::cut(local.port(), &[cut])
+        }
+        _ => Ok(0),
+    };
+    match cut {
+        Ok(1) => {
+            // A length past what an address can count makes tiny_http's
+            // allocation panic instead; the connection is cut either way.
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(request)));
+            if dropped.is_err() {
+                tracing::warn!("{addr:?}: a request body of a length past counting, refused");
+            }
+        }
+        Ok(_) | Err(_) => {
+            if let Err(e) = refusal.send(request, true) {
+                tracing::debug!("writing a refusal failed: {e}");
+            }
+        }
+    }
+    shared.in_progress.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn too_large(max: usize) -> Answer {
+    Answer::text(413, format!("request body larger than {max} bytes\n"))
 }
 
 /// The request body, or 413 when it is longer than `max` (without reading
 /// more than `max + 1` bytes of it).
 fn read_body(request: &mut Request, max: usize) -> Result<Vec<u8>, Answer> {
-    let too_large = || Answer::text(413, format!("request body larger than {max} bytes\n"));
+    let too_large = || too_large(max);
     if request.body_length().is_some_and(|len| len > max) {
         return Err(too_large());
     }

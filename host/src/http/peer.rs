@@ -193,6 +193,45 @@ fn ask(request: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
 /// whoever reads from it sees its end, whoever writes to it an error.
 /// Returns whether it was found.
 pub fn hang_up(port: u16, peer: SocketAddr) -> io::Result<bool> {
+    let found = cut(port, &[Cut::new(peer, libc::SHUT_RDWR)])?;
+    Ok(found == 1)
+}
+
+/// One connection to lockd, as found among the process's descriptors.
+#[derive(Debug, Clone, Copy)]
+pub struct Open {
+    /// A descriptor of its socket.
+    pub fd: libc::c_int,
+    pub peer: SocketAddr,
+    /// The bytes lockd has read from it so far.
+    pub read: u64,
+}
+
+/// The TCP connections to lockd's `port`, found among the process's
+/// descriptors (a connection's reading and writing halves are two
+/// descriptors of one socket: each is listed once), each with the bytes
+/// read from it: what the kernel received on it (`tcpi_bytes_received`,
+/// Linux 4.1 and later) less what waits unread. Unlike a socket
+/// diagnostics dump, which walks the kernel's whole table of connections,
+/// this costs a few system calls per descriptor of lockd's.
+pub fn open_on(port: u16) -> io::Result<Vec<Open>> {
+    Ok(sockets_on(port)?
+        .into_iter()
+        .filter_map(|(fd, peer)| {
+            Some(Open {
+                fd,
+                peer,
+                read: bytes_read_on(fd)?,
+            })
+        })
+        .collect())
+}
+
+/// The connected TCP sockets of this process on local `port`: a
+/// descriptor of each, and its peer. (A connection's reading and writing
+/// halves are two descriptors of one socket: each is listed once.)
+fn sockets_on(port: u16) -> io::Result<Vec<(libc::c_int, SocketAddr)>> {
+    let mut sockets: Vec<(libc::c_int, SocketAddr)> = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?
             .file_name()
@@ -201,17 +240,112 @@ pub fn hang_up(port: u16, peer: SocketAddr) -> io::Result<bool> {
         else {
             continue;
         };
-        if local_port(fd) == Some(port) && peer_of(fd) == Some(peer) {
-            // SAFETY: shutdown(2) on a descriptor of this process that is
-            // the client's connection (its two ends were checked just now;
-            // the connection is open, so the descriptor was not reused).
-            if unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            return Ok(true);
+        if local_port(fd) != Some(port) {
+            continue;
+        }
+        let Some(peer) = peer_of(fd) else { continue };
+        if !sockets.iter().any(|&(_, p)| p == peer) {
+            sockets.push((fd, peer));
         }
     }
-    Ok(false)
+    Ok(sockets)
+}
+
+/// The bytes read from the TCP socket `fd` so far.
+fn bytes_read_on(fd: libc::c_int) -> Option<u64> {
+    let mut info = [0_u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    // tcpi_bytes_received: a u64 at offset 128 of struct tcp_info. A
+    // connection shut (by lockd or its client) is not counted: what it
+    // holds is being let go.
+    if rc != 0 || (len as usize) < 136 || u32::from(info[0]) != TCP_ESTABLISHED {
+        return None;
+    }
+    let received = u64::from_ne_bytes(info[128..136].try_into().ok()?);
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD (SIOCINQ) writes one int.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread) } != 0 {
+        return None;
+    }
+    Some(received.saturating_sub(unread.max(0) as u64))
+}
+
+/// Shuts `open`'s connection as `how` says, after writing `last_words`
+/// (as far as the socket takes them at once), if its descriptor is still
+/// that connection's.
+pub fn cut_open(open: &Open, how: libc::c_int, last_words: &[u8]) -> io::Result<bool> {
+    if peer_of(open.fd) != Some(open.peer) {
+        return Ok(false);
+    }
+    shut(open.fd, how, last_words)?;
+    Ok(true)
+}
+
+/// Writes `last_words` to socket `fd` without waiting, then shuts it.
+fn shut(fd: libc::c_int, how: libc::c_int, last_words: &[u8]) -> io::Result<()> {
+    if !last_words.is_empty() {
+        // SAFETY: send(2) of a buffer we own on a descriptor of this
+        // process that is a client's connection; it never blocks and never
+        // raises SIGPIPE.
+        unsafe {
+            libc::send(
+                fd,
+                last_words.as_ptr().cast(),
+                last_words.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+    }
+    // SAFETY: shutdown(2) on a descriptor of this process that is the
+    // client's connection (its two ends were checked just before; the
+    // connection is open, so the descriptor was not reused).
+    if unsafe { libc::shutdown(fd, how) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What to do to one connection.
+pub struct Cut<'a> {
+    pub peer: SocketAddr,
+    /// `SHUT_RD` or `SHUT_RDWR`.
+    pub how: libc::c_int,
+    /// Written (as far as the socket takes it at once) before shutting.
+    pub last_words: &'a [u8],
+}
+
+impl Cut<'_> {
+    pub fn new(peer: SocketAddr, how: libc::c_int) -> Self {
+        Self {
+            peer,
+            how,
+            last_words: &[],
+        }
+    }
+}
+
+/// Shuts down each of `cuts`' connections to lockd's `port` as it says,
+/// finding them among the process's descriptors in one pass. Returns how
+/// many were found.
+pub fn cut(port: u16, cuts: &[Cut<'_>]) -> io::Result<usize> {
+    let mut found = 0;
+    for (fd, peer) in sockets_on(port)? {
+        if let Some(cut) = cuts.iter().find(|c| c.peer == peer) {
+            shut(fd, cut.how, cut.last_words)?;
+            found += 1;
+        }
+    }
+    Ok(found)
 }
 
 /// The local port of a TCP socket `fd`, if it is one.
@@ -365,6 +499,25 @@ mod tests {
         let (_server_side, peer) = listener.accept().unwrap();
         assert!(established(listener.local_addr().unwrap(), peer).unwrap());
         drop(client);
+    }
+
+    #[test]
+    fn the_bytes_read_from_each_connection_are_counted() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server_side, peer) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut client, &[7; 100]).unwrap();
+        let mut first = [0; 60];
+        std::io::Read::read_exact(&mut server_side, &mut first).unwrap();
+        let open = open_on(port).unwrap();
+        let found: Vec<_> = open.iter().filter(|o| o.peer == peer).collect();
+        assert_eq!(found.len(), 1, "{open:?}");
+        assert_eq!(found[0].read, 60);
+        assert!(cut_open(found[0], libc::SHUT_RDWR, b"bye").unwrap());
+        let mut answer = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut answer).unwrap();
+        assert_eq!(answer, b"bye");
     }
 
     #[test]

@@ -1,0 +1,264 @@
+//! What connections make lockd hold, looked at every [`EVERY`]: heads
+//! tiny_http is still reading, and the sum of all a connection holds.
+//!
+//! tiny_http reads a request's head until it ends, with no bound, before
+//! lockd sees the request. The kernel tells (`TCP_INFO` of each socket
+//! among lockd's descriptors, see [`super::peer::open_on`]) how many bytes
+//! lockd has read from each connection;
+//! [`Connections`] knows the bytes of the requests tiny_http turned them
+//! into. What lies between is what tiny_http holds: a head it is still
+//! reading, or requests it has not handed out yet. A connection holding
+//! more than `--max-header` (and [`SLACK`]) so at two looks in a row, with
+//! no request of it taken in between and no body of it being read, is
+//! sending a head without end: it is answered 431, if nothing of it is in
+//! progress, and cut off. A head that ends within the bound is measured
+//! exactly when its request is taken (see [`super::head`]).
+//!
+//! When all that connections hold (those bytes, requests queued behind
+//! one in progress, answers being written) passes `--max-buffered`, the
+//! connections holding most are cut off first, until the rest is within
+//! it; a connection holding less than [`FLOOR`] is never cut for it.
+
+use super::connections::{Connections, Held};
+use super::peer;
+use crate::metrics::Metrics;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often connections are looked at.
+pub const EVERY: Duration = Duration::from_millis(50);
+
+/// How soon connections are looked at again while one holds more than
+/// half the head bound: a head without end costs the CPU that reads it
+/// until it is cut off.
+pub const SOON: Duration = Duration::from_millis(10);
+
+/// What tiny_http may hold of a connection beyond a head at the bound
+/// without it counting as a head without end: what it reads ahead, and
+/// what counting a head back from its parts may miss.
+pub const SLACK: usize = 16 * 1024;
+
+/// A connection holding less is never cut off to keep within
+/// `--max-buffered`.
+pub const FLOOR: usize = 64 * 1024;
+
+/// The bounds looked after.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// `--max-header`.
+    pub max_header: usize,
+    /// `--max-buffered`.
+    pub max_buffered: usize,
+}
+
+/// Why a connection was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A head over `--max-header`.
+    Head,
+    /// Too much queued, or answers not read (see [`Connections`]).
+    Queue,
+    /// The sum of all held over `--max-buffered`.
+    Budget,
+    /// A body over `--max-body`.
+    Body,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Head => "head",
+            Self::Queue => "queue",
+            Self::Budget => "budget",
+            Self::Body => "body",
+        }
+    }
+}
+
+/// The thread looking at connections.
+pub struct Watch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Looks at the connections to `local` every [`EVERY`].
+    pub fn start(
+        local: SocketAddr,
+        connections: Arc<Connections>,
+        metrics: Arc<Metrics>,
+        bounds: Bounds,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut looker = Looker {
+            local,
+            connections,
+            metrics,
+            bounds,
+            round: 0,
+            over: HashMap::new(),
+            last_words: over_the_bound(bounds.max_header),
+        };
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("lockd-watch".into())
+                .spawn(move || {
+                    let mut wait = EVERY;
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(wait);
+                        wait = match looker.look() {
+                            Ok(Look::Calm) => EVERY,
+                            Ok(Look::Growing) => SOON,
+                            Err(e) => {
+                                tracing::warn!("looking at connections: {e}");
+                                EVERY
+                            }
+                        };
+                    }
+                })?
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The 431 answer to a head over `max` bytes, closing the connection.
+pub fn over_the_bound(max: usize) -> Vec<u8> {
+    let body = format!("request head larger than {max} bytes (--max-header)\n");
+    format!(
+        "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// What a look found.
+enum Look {
+    /// Nothing near the head bound.
+    Calm,
+    /// A connection nearing (or past) it.
+    Growing,
+}
+
+struct Looker {
+    local: SocketAddr,
+    connections: Arc<Connections>,
+    metrics: Arc<Metrics>,
+    bounds: Bounds,
+    round: u64,
+    /// Connections over the head bound at the last look, with the
+    /// requests they had sent then.
+    over: HashMap<SocketAddr, u64>,
+    last_words: Vec<u8>,
+}
+
+impl Looker {
+    fn look(&mut self) -> std::io::Result<Look> {
+        self.round += 1;
+        // Requests taken in before the kernel is asked were read before.
+        let before = self.connections.held();
+        let open = peer::open_on(self.local.port())?;
+        let after = self.connections.held();
+        let limit = self.bounds.max_header + SLACK;
+        let mut over = HashMap::new();
+        let mut cuts: Vec<(peer::Open, Reason, bool)> = Vec::new();
+        let mut holders = Vec::with_capacity(open.len());
+        let mut total = 0;
+        let mut look = Look::Calm;
+        for connection in &open {
+            let (addr, read) = (connection.peer, connection.read);
+            let held = after.get(&addr).copied().unwrap_or(Held {
+                idle: true,
+                ..Held::default()
+            });
+            if let Some(earlier) = before.get(&addr) {
+                // Counting heads back can count a byte or so more than was
+                // sent: what a quiet connection was counted beyond what was
+                // read is forgiven, so that it is never credit for later.
+                let quiet = earlier.idle && held.idle && earlier.requests == held.requests;
+                if quiet && earlier.taken > read {
+                    self.connections.forgive(addr, earlier.taken - read);
+                }
+            }
+            let unseen = usize::try_from(read.saturating_sub(held.taken)).unwrap_or(usize::MAX);
+            if unseen > limit / 2 && !held.reading_body {
+                look = Look::Growing;
+            }
+            if unseen > limit && !held.reading_body {
+                // Requests tiny_http read and has not handed out yet are
+                // taken in at the next look; a head is not.
+                let again = self.over.get(&addr) == Some(&held.requests);
+                if again || unseen > 2 * limit {
+                    cuts.push((*connection, Reason::Head, held.idle));
+                    continue;
+                }
+                over.insert(addr, held.requests);
+            }
+            let holds = unseen.saturating_add(held.bytes);
+            total += holds;
+            holders.push((holds, *connection));
+        }
+        self.over = over;
+        if total > self.bounds.max_buffered {
+            holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
+            for (holds, connection) in holders {
+                if total <= self.bounds.max_buffered || holds < FLOOR {
+                    break;
+                }
+                cuts.push((connection, Reason::Budget, false));
+                total -= holds;
+            }
+        }
+        let open: HashSet<SocketAddr> = open.iter().map(|o| o.peer).collect();
+        self.connections.forget_gone(self.round, &open);
+        if !cuts.is_empty() {
+            self.cut(&cuts);
+        }
+        Ok(look)
+    }
+
+    fn cut(&self, cuts: &[(peer::Open, Reason, bool)]) {
+        for (connection, reason, idle) in cuts {
+            let last_words: &[u8] = if *reason == Reason::Head && *idle {
+                &self.last_words
+            } else {
+                &[]
+            };
+            let peer = connection.peer;
+            match peer::cut_open(connection, libc::SHUT_RDWR, last_words) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!("{peer}: cutting it off: {e}");
+                    continue;
+                }
+            }
+            tracing::warn!(
+                "{peer}: {}: cut off",
+                match reason {
+                    Reason::Head => "sends a request head without end",
+                    _ => "holds the most while lockd holds more than --max-buffered",
+                }
+            );
+            self.connections.overflowed(Some(peer));
+            self.metrics.cut(reason.label());
+        }
+    }
+}
