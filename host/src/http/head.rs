@@ -7,6 +7,7 @@
 //! around a header's value that a client adds beyond one space is not
 //! counted.
 
+use super::answer::Answer;
 use super::connections::PER_REQUEST;
 use tiny_http::Request;
 
@@ -42,9 +43,12 @@ pub fn held(request: &Request, head: usize) -> usize {
     head + body + PER_REQUEST
 }
 
-/// Whether `request` said how long its body is (chunked bodies do not).
-pub fn declared(request: &Request) -> bool {
-    request.body_length().is_some()
+/// The refusal of a head over `max` bytes.
+pub fn too_long(max: usize) -> Answer {
+    Answer::text(
+        431,
+        format!("request head larger than {max} bytes (--max-header)\n"),
+    )
 }
 
 #[cfg(test)]

@@ -244,19 +244,10 @@ impl workers::Handler for Taker {
 
     fn handle(&self, request: Request) {
         if request.url() == pool_keeper::PROBE_PATH {
-            if request
-                .body_length()
-                .is_some_and(|len| len > self.0.config.max_body)
-            {
-                let refusal = too_large(self.0.config.max_body);
+            if let Some((refusal, reason)) = over_bounds(&self.0.config, &request) {
+                // Counted in progress as refusing ends it.
                 self.0.in_progress.fetch_add(1, Ordering::Relaxed);
-                refuse(
-                    &self.0,
-                    request,
-                    refusal,
-                    watch::Reason::Body,
-                    Instant::now(),
-                );
+                refuse(&self.0, request, refusal, reason, Instant::now());
                 return;
             }
             let _ = Answer::text(204, "").send(request, true);
@@ -322,26 +313,8 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
     let taken = Instant::now();
     let lockd = &shared.lockd;
     let config = &shared.config;
-    if head::len(&request) > config.max_header {
-        let max = config.max_header;
-        let refusal = Answer::text(
-            431,
-            format!("request head larger than {max} bytes (--max-header)\n"),
-        );
-        refuse(shared, request, refusal, watch::Reason::Head, taken);
-        return Parked::No;
-    }
-    if request
-        .body_length()
-        .is_some_and(|len| len > config.max_body)
-    {
-        refuse(
-            shared,
-            request,
-            too_large(config.max_body),
-            watch::Reason::Body,
-            taken,
-        );
+    if let Some((refusal, reason)) = over_bounds(config, &request) {
+        refuse(shared, request, refusal, reason, taken);
         return Parked::No;
     }
     let path = request
@@ -373,8 +346,8 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
             shared.connections.reading_body(addr, true, 0);
             let read = read_body(&mut request, config.max_body);
             // A body that did not say its length counts as taken in now.
-            let uncounted = match (&read, head::declared(&request)) {
-                (Ok(body), false) => body.len(),
+            let uncounted = match (&read, request.body_length()) {
+                (Ok(body), None) => body.len(),
                 _ => 0,
             };
             shared.connections.reading_body(addr, false, uncounted);
@@ -538,20 +511,28 @@ fn too_large(max: usize) -> Answer {
     Answer::text(413, format!("request body larger than {max} bytes\n"))
 }
 
-/// The request body, or 413 when it is longer than `max` (without reading
-/// more than `max + 1` bytes of it).
-fn read_body(request: &mut Request, max: usize) -> Result<Vec<u8>, Answer> {
-    let too_large = || too_large(max);
-    if request.body_length().is_some_and(|len| len > max) {
-        return Err(too_large());
+/// The refusal of `request`, and why, if its head is over `--max-header`
+/// or its declared body over `--max-body`: checked before anything else,
+/// so that no request with a body too large to read is let go unread.
+fn over_bounds(config: &ServeConfig, request: &Request) -> Option<(Answer, watch::Reason)> {
+    if head::len(request) > config.max_header {
+        return Some((head::too_long(config.max_header), watch::Reason::Head));
     }
-    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0));
+    let declared = request.body_length().unwrap_or(0);
+    (declared > config.max_body).then(|| (too_large(config.max_body), watch::Reason::Body))
+}
+
+/// The request body, or 413 when it turns out longer than `max` (without
+/// reading more than `max + 1` bytes of it).
+fn read_body(request: &mut Request, max: usize) -> Result<Vec<u8>, Answer> {
+    // A declared length over `max` was refused before (`over_bounds`).
+    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0).min(max));
     match request
         .as_reader()
         .take(max as u64 + 1)
         .read_to_end(&mut body)
     {
-        Ok(_) if body.len() > max => Err(too_large()),
+        Ok(_) if body.len() > max => Err(too_large(max)),
         Ok(_) => Ok(body),
         Err(e) => Err(Answer::text(
             400,

@@ -101,7 +101,7 @@ impl Watch {
             bounds,
             round: 0,
             over: HashMap::new(),
-            last_words: over_the_bound(bounds.max_header),
+            last_words: super::head::too_long(bounds.max_header).closing_bytes(),
         };
         let thread = {
             let stop = stop.clone();
@@ -136,17 +136,6 @@ impl Drop for Watch {
             let _ = thread.join();
         }
     }
-}
-
-/// The 431 answer to a head over `max` bytes, closing the connection.
-pub fn over_the_bound(max: usize) -> Vec<u8> {
-    let body = format!("request head larger than {max} bytes (--max-header)\n");
-    format!(
-        "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 /// What a look found.
@@ -198,18 +187,19 @@ impl Looker {
                 }
             }
             let unseen = usize::try_from(read.saturating_sub(held.taken)).unwrap_or(usize::MAX);
-            if unseen > limit / 2 && !held.reading_body {
+            // (A body being read is bounded by `--max-body` instead.)
+            if !held.reading_body && unseen > limit / 2 {
                 look = Look::Growing;
-            }
-            if unseen > limit && !held.reading_body {
-                // Requests tiny_http read and has not handed out yet are
-                // taken in at the next look; a head is not.
-                let again = self.over.get(&addr) == Some(&held.requests);
-                if again || unseen > 2 * limit {
-                    cuts.push((*connection, Reason::Head, held.idle));
-                    continue;
+                if unseen > limit {
+                    // Requests tiny_http read and has not handed out yet
+                    // are taken in by the next look; a head is not.
+                    let again = self.over.get(&addr) == Some(&held.requests);
+                    if again || unseen > 2 * limit {
+                        cuts.push((*connection, Reason::Head, held.idle));
+                        continue;
+                    }
+                    over.insert(addr, held.requests);
                 }
-                over.insert(addr, held.requests);
             }
             let holds = unseen.saturating_add(held.bytes);
             total += holds;
