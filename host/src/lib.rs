@@ -14,6 +14,7 @@ mod commit;
 pub mod component;
 mod error;
 pub mod etcd;
+mod gate;
 mod guard;
 pub mod http;
 mod locks;

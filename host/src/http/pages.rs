@@ -11,6 +11,8 @@ use crate::tls::Relayed;
 /// (`after`).
 pub fn status(lockd: &Lockd, url: &str) -> Answer {
     let query = status_page::Query::parse(url.split_once('?').map_or("", |(_, q)| q));
+    // Counting the locks grows with them: in turn with the lists.
+    let _turn = crate::gate::heavy();
     let page = lockd.count(&query.prefix).and_then(|total| {
         let locks = lockd.list_page(&query.prefix, query.after.as_deref(), status_page::ROWS)?;
         Ok((total, locks))

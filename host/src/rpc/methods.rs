@@ -123,6 +123,12 @@ pub fn method(name: &str) -> Option<&'static Method> {
     METHODS.iter().find(|m| m.name == name)
 }
 
+/// Whether the method called `name` does work that grows with the locks
+/// held (see [`crate::gate`]).
+pub fn grows_with_locks(name: &str) -> bool {
+    name == "lockd.list"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,12 +9,14 @@
 //! transport hands out through [`Spawn`].
 
 use super::{
-    counted, dispatch, encode, entry_call, label, multicall_entries, multicall_result, ops, parse,
+    counted, dispatch, encode, entry_call, label, methods, multicall_entries, multicall_result,
+    ops, parse,
 };
 use crate::auth::Role;
 use crate::backend::Terms;
 use crate::component::Reply;
 use crate::error::LockError;
+use crate::gate::{self, Turn};
 use crate::locks::{self, Lockd, Presence};
 use crate::xmlrpc::{Fault, MethodCall, Value};
 use std::sync::{Arc, Mutex};
@@ -43,14 +45,16 @@ pub enum Answered<R> {
 /// Answers one HTTP request body as [`super::handle_as`] does, except
 /// that a call waiting for a lock does not hold this thread: `reply`
 /// answers it when the wait ends. A caller no longer present leaves the
-/// line, and is given no lock (see [`Lockd::submit_waiting`]); `presence`
-/// tells how to ask, and is called only for calls that may wait.
+/// line, and is given no lock (see [`Lockd::submit_waiting`]). A call
+/// whose answer grows with the locks held waits for its turn (see
+/// [`gate`]) and is not run if its caller left meanwhile. `presence` tells
+/// how to ask, and is called only for calls that may wait.
 pub fn handle_parking<R>(
     lockd: &Arc<Lockd>,
     body: &[u8],
     role: Role,
     spawn: &Spawn,
-    presence: impl FnOnce() -> Option<Presence>,
+    presence: impl Fn() -> Option<Presence>,
     reply: R,
 ) -> Answered<R>
 where
@@ -67,6 +71,11 @@ where
             Err(fault) => Answered::Now(counted(lockd, label, Err(fault)), reply),
         };
     }
+    // Held until the answer is encoded.
+    let _turn = match turn(&call.name, &presence) {
+        Ok(turn) => turn,
+        Err(gone) => return Answered::Now(counted(lockd, label, Err(super::fault(gone))), reply),
+    };
     let op = match step(lockd, &call, role) {
         Step::Done(result) => return Answered::Now(counted(lockd, label, result), reply),
         Step::Wait(op) => op,
@@ -113,6 +122,26 @@ fn submit(lockd: &Arc<Lockd>, op: ops::Op, present: Option<Presence>) -> impl Fn
             result => then(result.and_then(answer)),
         };
         lockd.submit_waiting(op.request, op.terms, present, then);
+    }
+}
+
+/// For a call whose work grows with the locks held, its turn (see
+/// [`gate`]) once it comes; [`LockError::CallerGone`] if its caller has
+/// left by then, so that nobody's list is built for nobody. Other calls
+/// need none.
+fn turn(
+    name: &str,
+    presence: impl FnOnce() -> Option<Presence>,
+) -> Result<Option<Turn<'static>>, LockError> {
+    if !methods::grows_with_locks(name) {
+        return Ok(None);
+    }
+    let present = presence();
+    let gone = || present.as_ref().is_some_and(|present| !present());
+    match gate::heavy_unless(gone) {
+        Some(_) if gone() => Err(LockError::CallerGone),
+        Some(turn) => Ok(Some(turn)),
+        None => Err(LockError::CallerGone),
     }
 }
 
@@ -217,6 +246,14 @@ impl Multicall {
                     continue;
                 }
             };
+            let present = self.present.clone();
+            let turn = match turn(&call.name, move || present) {
+                Ok(turn) => turn,
+                Err(gone) => {
+                    self.finish_entry(Err(gone));
+                    continue;
+                }
+            };
             let op = match step(&self.lockd, &call, self.role) {
                 Step::Done(result) => {
                     self.push(result);
@@ -224,6 +261,7 @@ impl Multicall {
                 }
                 Step::Wait(op) => op,
             };
+            drop(turn);
             let lockd = self.lockd.clone();
             let present = self.present.clone();
             let parked = Arc::new(Mutex::new(Some((self, reply))));
