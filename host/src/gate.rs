@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// How often a waiter looks whether whoever asked for its turn is still
 /// there.
-pub const LOOK_EVERY: Duration = Duration::from_millis(500);
+pub const LOOK_EVERY: Duration = Duration::from_millis(50);
 
 /// Turns for answers that grow with the locks held, as many as the
 /// machine has cores.
@@ -30,6 +30,12 @@ static HEAVY: LazyLock<Gate> =
 /// Waits for a turn to build an answer that grows with the locks held.
 pub fn heavy() -> Turn<'static> {
     HEAVY.enter()
+}
+
+/// A turn for an answer that grows with the locks held, if one is free
+/// and nobody waits for one.
+pub fn try_heavy() -> Option<Turn<'static>> {
+    HEAVY.try_enter()
 }
 
 /// [`heavy`], unless `gone` says the caller left while it waited.
@@ -70,6 +76,16 @@ impl Gate {
             turns: turns.max(1),
             state: Mutex::default(),
         }
+    }
+
+    /// Takes a turn if one is free and nobody waits for one.
+    pub fn try_enter(&self) -> Option<Turn<'_>> {
+        let mut state = self.lock();
+        if state.taken < self.turns && state.line.is_empty() {
+            state.taken += 1;
+            return Some(Turn { gate: self });
+        }
+        None
     }
 
     /// Takes a turn, sleeping until one is free and everyone who asked

@@ -4,6 +4,7 @@
 //! `wit/lockd.wit`); this crate embeds it with wasmtime ([`Lockd`]) and
 //! serves it as XML-RPC over HTTP ([`http::serve`], [`rpc::handle`]).
 
+mod acceptor;
 pub mod auth;
 mod backend;
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod http;
 mod locks;
 pub mod metrics;
 mod pool_keeper;
+mod prompt;
 mod pyrepr;
 mod requests;
 pub mod reserve;

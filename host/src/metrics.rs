@@ -128,7 +128,7 @@ impl Metrics {
         );
         registry.register(
             "lockd_connections_cut",
-            "Connections lockd cut off for what they made it hold, by reason: head (over --max-header), body (over --max-body), queue (requests piled up, answers unread), budget (over --max-buffered)",
+            "Connections lockd cut off for what they made it hold, by reason: head (over --max-header), body (over --max-body), queue (requests piled up, answers unread), budget (over --max-buffered), malformed (a request the front door could not read as HTTP/1.1)",
             self.cuts.clone(),
         );
         registry.register(

@@ -58,6 +58,7 @@ fn waiting_acquire_params(resource: &str, client: &str) -> Vec<Value> {
 
 #[test]
 fn three_hundred_uploads_stalled_in_their_bodies_stop_nobody() {
+    let _alone = crate::support::alone();
     let mut server = TestServer::start();
     let stalled: Vec<TcpStream> = (0..300)
         .map(|_| {
@@ -77,6 +78,7 @@ fn three_hundred_uploads_stalled_in_their_bodies_stop_nobody() {
 
 #[test]
 fn forty_multicalls_each_waiting_for_a_lock_stop_nobody() {
+    let _alone = crate::support::alone();
     let mut server = TestServer::start();
     server.call("lock", &["busy", "holder"]).unwrap();
     let waiting: Vec<TcpStream> = (0..40)
@@ -125,6 +127,7 @@ fn forty_multicalls_each_waiting_for_a_lock_stop_nobody() {
 
 #[test]
 fn forty_connections_pipelining_behind_a_waiting_acquire_stop_nobody() {
+    let _alone = crate::support::alone();
     let mut server = TestServer::start();
     server.call("lock", &["busy", "holder"]).unwrap();
     let _waiting: Vec<TcpStream> = (0..40)
@@ -151,6 +154,7 @@ fn forty_connections_pipelining_behind_a_waiting_acquire_stop_nobody() {
 
 #[test]
 fn forty_connections_that_never_read_their_answers_stop_nobody() {
+    let _alone = crate::support::alone();
     let mut server = TestServer::start();
     // Each client sends 1,000 pipelined calls, each answered with a 6.5 KB
     // list, and reads nothing. With a small receive buffer, its answers
@@ -295,6 +299,7 @@ fn names_xml_cannot_carry_are_refused_and_answers_stay_well_formed() {
 
 #[test]
 fn long_client_names_cost_no_more_per_pair_than_short_ones() {
+    let _alone = crate::support::alone();
     let server = TestServer::start_with(&["--sync", "none"]);
     let printed = crate::support::python("long_names.py", &[&server.url(), "40"]);
     let per_pair = |label: &str| -> f64 {

@@ -26,6 +26,7 @@ mod explore_check;
 mod explore_client;
 mod faults;
 mod fencing;
+mod front;
 mod hostile;
 mod jco;
 mod large;

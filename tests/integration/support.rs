@@ -440,3 +440,14 @@ pub fn http11(body: &str) -> String {
         body.len()
     )
 }
+
+/// Held by tests that load both cores and time fresh clients meanwhile
+/// (hostile clients, attacks on memory): one at a time, so that each
+/// measures its own attack, not another test's.
+static ALONE: Mutex<()> = Mutex::new(());
+
+/// Waits until no other loading test runs; it runs alone until the
+/// guard is dropped.
+pub fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE.lock().unwrap_or_else(|p| p.into_inner())
+}

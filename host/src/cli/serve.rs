@@ -40,6 +40,13 @@ pub struct ServeArgs {
     /// is within it.
     #[arg(long, env = "LOCKD_MAX_BUFFERED", default_value_t = ServeConfig::default().max_buffered)]
     max_buffered: usize,
+    /// When new connections pass through lockd's front door, which reads
+    /// their requests one at a time (a hop more per request): `auto`, for
+    /// 10 s after a connection was cut off for what it made lockd hold
+    /// (pipelining without reading, heads or bodies past the bounds);
+    /// `always`; or `never`. Over IPv4 only.
+    #[arg(long, env = "LOCKD_FRONT", value_enum, default_value_t = http::FrontMode::Auto)]
+    front: http::FrontMode,
     /// When a change counts as done: `always` (synced to disk before the
     /// reply; survives power loss) or `none` (written, synced when the OS
     /// decides, as gocept.lockd did; survives a daemon crash, not power loss).
@@ -138,14 +145,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let idle = (args.idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.idle_timeout));
     let max_connections = args.max_connections.map(|n| n as usize);
     let tls = args.tls.load()?;
+    let doors = http::DoorConfig {
+        max_connections,
+        front: args.front,
+        bounds: http::FrontBounds {
+            max_header: args.max_header,
+            max_body: args.max_body,
+            idle,
+        },
+    };
     let listener = match &tls {
-        None => http::Listener::bind(&args.listen, idle, max_connections),
+        None => http::Listener::bind(&args.listen, idle, doors, lockd.metrics_handle()),
         Some(tls) => http::Listener::bind_tls(
             &args.listen,
             idle,
             max_connections,
             tls.clone(),
             args.tls.handshake_timeout(),
+            lockd.metrics_handle(),
         ),
     }
     .with_context(|| format!("listening on {}", args.listen))?;

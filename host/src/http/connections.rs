@@ -12,9 +12,8 @@
 //! or not the client reads its answers, so the queue is bounded: a client
 //! that has [`JUDGED_AT`] requests waiting while an answer to it has been
 //! stuck in writing for [`STUCK`] (it does not read), or [`MAX_QUEUED`]
-//! requests or `--max-queued` bytes waiting at all, is hung up on (see
-//! [`super::peer::hang_up`]), and the requests it left are dropped
-//! unanswered.
+//! requests or `--max-queued` bytes waiting at all, is hung up on (by
+//! [`super::watch`]), and the requests it left are dropped unanswered.
 //!
 //! A connection is remembered while it is open, with the bytes of the
 //! requests it sent: [`super::watch`] holds them against what the kernel
@@ -93,6 +92,10 @@ pub struct Held {
     pub requests: u64,
     /// Bytes of requests queued, and of an answer being written.
     pub bytes: usize,
+    /// Requests queued behind the one in progress.
+    pub queued: usize,
+    /// Whether it is to be hung up on.
+    pub overflowed: bool,
     /// Whether nothing of it is in progress.
     pub idle: bool,
     /// Whether a request body of it is being read.
@@ -175,6 +178,11 @@ impl Connections {
         }
     }
 
+    /// Whether `addr` was hung up on (or cut off).
+    pub fn is_overflowed(&self, addr: SocketAddr) -> bool {
+        self.lock().get(&addr).is_some_and(|c| c.overflowed)
+    }
+
     /// Called when the request in progress on `addr` has been answered:
     /// the connection's next request, now in progress, if one queues, and
     /// whether it is one that overflowed (to be dropped, not answered).
@@ -205,6 +213,8 @@ impl Connections {
                     taken: c.taken,
                     requests: c.requests,
                     bytes: c.queued_bytes + writing,
+                    queued: c.queued.len(),
+                    overflowed: c.overflowed,
                     idle: !c.busy,
                     reading_body: c.reading_body,
                 };

@@ -4,7 +4,9 @@
 //! tiny_http listens on a loopback port of its own that only the front
 //! connects to.
 
-use super::overflow::{self, Overflow};
+use super::cuts::Cuts;
+use super::doors::{self, DoorConfig, Doors, FrontMode};
+use crate::metrics::Metrics;
 use crate::socket;
 use crate::tls::{Front, FrontConfig, Relayed, ServerTls};
 use std::net::{SocketAddr, TcpListener};
@@ -27,13 +29,24 @@ const BACKLOG: libc::c_int = 4096;
 /// only once the answers before it have left.
 const UNSENT: usize = 64 * 1024;
 
+/// The most bytes a client may have sent that lockd has not read yet,
+/// waiting in the kernel (`SO_RCVBUF`, which accepted connections
+/// inherit; the kernel doubles it for its bookkeeping). Left to itself the
+/// kernel grows it to `net.ipv4.tcp_rmem`'s maximum (32 MiB here) for a
+/// client that keeps sending what lockd does not read yet: a few hundred
+/// such connections put the whole machine's TCP under memory pressure, and
+/// every other connection loses packets.
+pub const UNREAD: libc::c_int = 64 * 1024;
+
 /// A tiny_http server and a handle on its listening socket.
 pub struct Listener {
     pub server: Arc<Server>,
     /// The same socket as the server's, to stop accepting on.
     socket: Arc<TcpListener>,
-    /// Where connections past `--max-connections` go, if there is a bound.
-    overflow: Option<Overflow>,
+    /// The other doors of the port (see [`super::doors`]), if it has them.
+    doors: Option<Doors>,
+    /// Where connections cut off are counted.
+    cuts: Arc<Cuts>,
     /// The TLS front door, if lockd serves TLS.
     front: Option<Front>,
 }
@@ -47,44 +60,41 @@ impl Listener {
     /// requests or within one, is closed, and a client that does not take
     /// its answer cannot hold a thread for longer.
     ///
-    /// With `max_connections`, at most that many connections are open at
-    /// once (see [`super::overflow`]); the others are answered 503.
+    /// With `--max-connections`, at most that many connections are open
+    /// at once; the others are answered 503. New connections pass through
+    /// the front door as `--front` says. (See [`super::doors`].)
     pub fn bind(
         addr: &str,
         idle: Option<Duration>,
-        max_connections: Option<usize>,
+        doors: DoorConfig,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
-        let (listener, overflow) = match max_connections {
-            None => (TcpListener::bind(addr)?, None),
-            Some(_) => {
-                let (serving, overflow) = overflow::bind_pair(addr, BACKLOG)?;
-                (serving, Some(overflow))
+        let needs_doors = doors.max_connections.is_some() || doors.front != FrontMode::Never;
+        let (listener, group) = if needs_doors {
+            let group = doors::bind_group(addr, BACKLOG, UNREAD)?;
+            for socket in group.sockets() {
+                configure(socket, idle)?;
             }
+            (group.serving.try_clone()?, Some(group))
+        } else {
+            let listener = TcpListener::bind(addr)?;
+            socket::set(&listener, libc::SOL_SOCKET, libc::SO_RCVBUF, &UNREAD)?;
+            socket::listen(&listener, BACKLOG)?;
+            configure(&listener, idle)?;
+            (listener, None)
         };
-        socket::listen(&listener, BACKLOG)?;
-        socket::set(&listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, &1_i32)?;
-        let unsent = UNSENT as libc::c_int;
-        socket::set(
-            &listener,
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            &unsent,
-        )?;
-        if let Some(idle) = idle {
-            let tv = socket::timeval(idle);
-            socket::set(&listener, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
-            socket::set(&listener, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
-        }
         let socket = Arc::new(listener.try_clone()?);
-        let overflow = match (overflow, max_connections) {
-            (Some(overflow), Some(max)) => Some(Overflow::start(&listener, overflow, max)?),
-            _ => None,
+        let cuts = Arc::new(Cuts::new(metrics));
+        let doors = match group {
+            Some(group) => Some(Doors::start(group, doors, cuts.clone())?),
+            None => None,
         };
         let server = Server::from_listener(listener, None).map_err(std::io::Error::other)?;
         Ok(Self {
             server: Arc::new(server),
             socket,
-            overflow,
+            doors,
+            cuts,
             front: None,
         })
     }
@@ -98,11 +108,21 @@ impl Listener {
         max_connections: Option<usize>,
         tls: Arc<ServerTls>,
         handshake_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let public = TcpListener::bind(addr)?;
         socket::listen(&public, BACKLOG)?;
         socket::set(&public, libc::IPPROTO_TCP, libc::TCP_NODELAY, &1_i32)?;
-        let mut inner = Self::bind("127.0.0.1:0", idle, None)?;
+        let doors = DoorConfig {
+            max_connections: None,
+            front: FrontMode::Never,
+            bounds: super::front::Bounds {
+                max_header: 0,
+                max_body: 0,
+                idle,
+            },
+        };
+        let mut inner = Self::bind("127.0.0.1:0", idle, doors, metrics)?;
         let upstream = inner
             .server
             .server_addr()
@@ -148,17 +168,47 @@ impl Listener {
         if let Some(front) = &self.front {
             front.stop_accepting();
         }
-        if let Some(overflow) = &self.overflow {
-            overflow.stop();
+        if let Some(doors) = &self.doors {
+            doors.stop();
         }
         // Ends tiny_http's accept loop.
         socket::stop_listening(&*self.socket);
+    }
+
+    /// Where connections cut off for what they made lockd hold are
+    /// counted (they send new connections through the front door).
+    pub fn cuts(&self) -> Arc<Cuts> {
+        self.cuts.clone()
+    }
+
+    /// The clients passing through the front door, if there is one.
+    pub fn front_clients(&self) -> Option<Arc<super::front::Clients>> {
+        self.doors.as_ref().and_then(Doors::front_clients)
     }
 
     /// A view of the connections waiting to be accepted.
     pub fn accept_queue(&self) -> AcceptQueue {
         AcceptQueue(self.socket.clone())
     }
+}
+
+/// Sets what accepted connections inherit from `listener` (see
+/// [`Listener::bind`]).
+fn configure(listener: &TcpListener, idle: Option<Duration>) -> std::io::Result<()> {
+    socket::set(listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, &1_i32)?;
+    let unsent = UNSENT as libc::c_int;
+    socket::set(
+        listener,
+        libc::IPPROTO_TCP,
+        libc::TCP_NOTSENT_LOWAT,
+        &unsent,
+    )?;
+    if let Some(idle) = idle {
+        let tv = socket::timeval(idle);
+        socket::set(listener, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+        socket::set(listener, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
+    }
+    Ok(())
 }
 
 /// The listening socket's queue of connections not accepted yet.

@@ -16,10 +16,11 @@ use crate::pool_keeper::{self, PoolKeeper};
 use crate::rpc::{self, Answered, Spawn};
 use crate::tls::Relayed;
 use connections::{Admitted, Connections};
+use cuts::{Cuts, Reason};
 use std::io::Read as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
 use workers::Workers;
@@ -27,10 +28,13 @@ use workers::Workers;
 mod answer;
 mod caller;
 mod connections;
+mod cuts;
+mod doors;
 mod exposition;
+mod framing;
+mod front;
 mod head;
 mod listener;
-mod overflow;
 mod pages;
 mod peer;
 mod status_page;
@@ -38,6 +42,8 @@ mod watch;
 mod workers;
 
 use answer::Answer;
+pub use doors::{DoorConfig, FrontMode};
+pub use front::Bounds as FrontBounds;
 pub use listener::{AcceptQueue, Listener};
 
 /// How the transport treats requests.
@@ -95,6 +101,8 @@ struct Shared {
     /// Set when the daemon is stopping: answers close their connection.
     draining: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Where connections cut off are counted.
+    cuts: Arc<Cuts>,
 }
 
 /// Serves `listener` until `stop` is set, then stops gracefully (see
@@ -126,6 +134,7 @@ pub fn serve(
         taken: Arc::default(),
         in_progress: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
+        cuts: listener.cuts(),
     });
     let keeper = match listener.server.server_addr().to_ip() {
         Some(addr) => match PoolKeeper::start(
@@ -150,7 +159,8 @@ pub fn serve(
         watch::Watch::start(
             local,
             shared.connections.clone(),
-            shared.metrics.clone(),
+            shared.cuts.clone(),
+            listener.front_clients(),
             bounds,
         )
     });
@@ -227,16 +237,13 @@ impl workers::Handler for Taker {
             Admitted::Now(request) => Some(request),
             Admitted::Queued => None,
             Admitted::Overflowing(addr) => {
-                self.0.metrics.cut(watch::Reason::Queue.label());
-                // Finding the socket reads every descriptor's name: not
-                // while other requests wait to be taken.
-                let local = self.0.local;
-                let spawned = std::thread::Builder::new()
-                    .name("lockd-hang-up".into())
-                    .spawn(move || hang_up(local, addr));
-                if let Err(e) = spawned {
-                    tracing::warn!("hanging up on {addr}: {e}");
-                }
+                // The watch hangs up on it at its next look: finding the
+                // socket reads every descriptor's name, which it does
+                // anyway, once for all.
+                tracing::warn!(
+                    "{addr} sends requests without reading the answers: hanging up on it"
+                );
+                self.0.cuts.cut(Reason::Queue);
                 None
             }
         }
@@ -280,24 +287,15 @@ fn next(shared: &Shared, addr: Option<SocketAddr>) -> Option<Request> {
         if !overflowed {
             return Some(request);
         }
-        // Its socket is shut: tiny_http's error answer fails at once, and
-        // its body is read only as far as the kernel holds it (a length
-        // past counting panics instead; see `refuse`).
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(request)));
+        // Dropped unanswered: tiny_http would write a 500 to its shut
+        // socket, costing more than taking the request in did (thousands
+        // of them after a pipelining flood); taking its writer says it is
+        // answered. Its body is read only as far as the kernel holds it
+        // (a length past counting panics instead; see `refuse`).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drop(request.into_writer());
+        }));
         shared.in_progress.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Hangs up on the client at `addr` of lockd at `local`, which queued
-/// more requests than it reads answers to: it costs its own connection,
-/// not lockd's memory.
-fn hang_up(local: Option<SocketAddr>, addr: SocketAddr) {
-    tracing::warn!("{addr} sends requests without reading the answers: hanging up on it");
-    match local.map(|local| peer::hang_up(local.port(), addr)) {
-        Some(Ok(true)) => {}
-        Some(Ok(false)) => tracing::debug!("{addr}: no such connection any more"),
-        Some(Err(e)) => tracing::warn!("hanging up on {addr}: {e}"),
-        None => {}
     }
 }
 
@@ -354,7 +352,7 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
             match read {
                 Ok(body) => return call(shared, request, &body, role, taken),
                 Err(answer) if answer.status == 413 => {
-                    refuse(shared, request, answer, watch::Reason::Body, taken);
+                    refuse(shared, request, answer, Reason::Body, taken);
                     return Parked::No;
                 }
                 Err(answer) => answer,
@@ -402,18 +400,39 @@ fn call(shared: &Arc<Shared>, request: Request, body: &[u8], role: Role, taken: 
 }
 
 /// Whether the client at `addr` is still connected, for a call that may
-/// wait for a lock. If the kernel cannot be asked, the client is taken to
-/// be there.
+/// wait for a lock or for its turn: not if lockd cut it off (known at
+/// once), nor if the kernel says its connection is no longer established
+/// (asked at most every [`ASK_KERNEL_EVERY`]; if the kernel cannot be
+/// asked, the client is taken to be there).
 fn presence(shared: &Shared, addr: Option<SocketAddr>) -> Option<Presence> {
     let (local, addr) = (shared.local?, addr?);
-    Some(Arc::new(move || match peer::established(local, addr) {
-        Ok(established) => established,
-        Err(e) => {
-            tracing::debug!("asking whether {addr} is still connected: {e}");
-            true
+    let connections = shared.connections.clone();
+    let asked: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
+    Some(Arc::new(move || {
+        if connections.is_overflowed(addr) {
+            return false;
+        }
+        let mut asked = asked.lock().unwrap_or_else(|p| p.into_inner());
+        match *asked {
+            Some((at, established)) if at.elapsed() < ASK_KERNEL_EVERY => established,
+            _ => {
+                let established = match peer::established(local, addr) {
+                    Ok(established) => established,
+                    Err(e) => {
+                        tracing::debug!("asking whether {addr} is still connected: {e}");
+                        true
+                    }
+                };
+                *asked = Some((Instant::now(), established));
+                established
+            }
         }
     }))
 }
+
+/// How often the kernel is asked whether one waiting client is still
+/// connected.
+const ASK_KERNEL_EVERY: Duration = Duration::from_millis(250);
 
 /// A call parked until its lock wait ends.
 struct Waiting {
@@ -465,17 +484,11 @@ fn send(shared: &Shared, request: Request, answer: Answer, taken: Instant) {
 /// body unread has tiny_http read the rest of the body first, as long as
 /// the client said it is (see [`crate::reserve`]); with the socket shut,
 /// that is what the kernel already holds.
-fn refuse(
-    shared: &Shared,
-    request: Request,
-    refusal: Answer,
-    reason: watch::Reason,
-    taken: Instant,
-) {
+fn refuse(shared: &Shared, request: Request, refusal: Answer, reason: Reason, taken: Instant) {
     let addr = request.remote_addr().copied();
     tracing::debug!(path = request.url(), status = refusal.status, "refused");
     shared.metrics.observe_request(taken.elapsed());
-    shared.metrics.cut(reason.label());
+    shared.cuts.cut(reason);
     shared.connections.overflowed(addr);
     let words = refusal.closing_bytes();
     let cut = match (shared.local, addr) {
@@ -514,12 +527,12 @@ fn too_large(max: usize) -> Answer {
 /// The refusal of `request`, and why, if its head is over `--max-header`
 /// or its declared body over `--max-body`: checked before anything else,
 /// so that no request with a body too large to read is let go unread.
-fn over_bounds(config: &ServeConfig, request: &Request) -> Option<(Answer, watch::Reason)> {
+fn over_bounds(config: &ServeConfig, request: &Request) -> Option<(Answer, Reason)> {
     if head::len(request) > config.max_header {
-        return Some((head::too_long(config.max_header), watch::Reason::Head));
+        return Some((head::too_long(config.max_header), Reason::Head));
     }
     let declared = request.body_length().unwrap_or(0);
-    (declared > config.max_body).then(|| (too_large(config.max_body), watch::Reason::Body))
+    (declared > config.max_body).then(|| (too_large(config.max_body), Reason::Body))
 }
 
 /// The request body, or 413 when it turns out longer than `max` (without

@@ -192,6 +192,7 @@ fn ask(request: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
 /// Shuts down the connection from `peer` to lockd's `port` (both ways):
 /// whoever reads from it sees its end, whoever writes to it an error.
 /// Returns whether it was found.
+#[cfg(test)]
 pub fn hang_up(port: u16, peer: SocketAddr) -> io::Result<bool> {
     let found = cut(port, &[Cut::new(peer, libc::SHUT_RDWR)])?;
     Ok(found == 1)
@@ -325,6 +326,7 @@ pub struct Cut<'a> {
 }
 
 impl Cut<'_> {
+    #[cfg(test)]
     pub fn new(peer: SocketAddr, how: libc::c_int) -> Self {
         Self {
             peer,

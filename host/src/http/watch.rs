@@ -20,8 +20,9 @@
 //! it; a connection holding less than [`FLOOR`] is never cut for it.
 
 use super::connections::{Connections, Held};
+use super::cuts::{Cuts, Reason};
+use super::front::Clients;
 use super::peer;
-use crate::metrics::Metrics;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,13 @@ pub const SOON: Duration = Duration::from_millis(10);
 /// what counting a head back from its parts may miss.
 pub const SLACK: usize = 16 * 1024;
 
+/// Requests sent ahead of their answers on all connections straight to
+/// the HTTP server together, in bytes, from which new connections pass
+/// through the front door (see [`super::doors`]): tiny_http reads each
+/// connection's requests as fast as they come, and hundreds of
+/// connections doing so take the cores from everyone else.
+pub const PIPELINED: usize = 1 << 20;
+
 /// A connection holding less is never cut off to keep within
 /// `--max-buffered`.
 pub const FLOOR: usize = 64 * 1024;
@@ -55,30 +63,6 @@ pub struct Bounds {
     pub max_buffered: usize,
 }
 
-/// Why a connection was cut off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// A head over `--max-header`.
-    Head,
-    /// Too much queued, or answers not read (see [`Connections`]).
-    Queue,
-    /// The sum of all held over `--max-buffered`.
-    Budget,
-    /// A body over `--max-body`.
-    Body,
-}
-
-impl Reason {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Head => "head",
-            Self::Queue => "queue",
-            Self::Budget => "budget",
-            Self::Body => "body",
-        }
-    }
-}
-
 /// The thread looking at connections.
 pub struct Watch {
     stop: Arc<AtomicBool>,
@@ -90,14 +74,16 @@ impl Watch {
     pub fn start(
         local: SocketAddr,
         connections: Arc<Connections>,
-        metrics: Arc<Metrics>,
+        cuts: Arc<Cuts>,
+        front: Option<Arc<Clients>>,
         bounds: Bounds,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut looker = Looker {
             local,
             connections,
-            metrics,
+            cuts,
+            front,
             bounds,
             round: 0,
             over: HashMap::new(),
@@ -108,6 +94,7 @@ impl Watch {
             std::thread::Builder::new()
                 .name("lockd-watch".into())
                 .spawn(move || {
+                    crate::prompt::prompt();
                     let mut wait = EVERY;
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(wait);
@@ -149,7 +136,10 @@ enum Look {
 struct Looker {
     local: SocketAddr,
     connections: Arc<Connections>,
-    metrics: Arc<Metrics>,
+    cuts: Arc<Cuts>,
+    /// The front door's clients, which share the port but are not the
+    /// HTTP server's to read.
+    front: Option<Arc<Clients>>,
     bounds: Bounds,
     round: u64,
     /// Connections over the head bound at the last look, with the
@@ -158,18 +148,29 @@ struct Looker {
     last_words: Vec<u8>,
 }
 
+/// Whether a connection from `peer` is lockd's own (the front door's or
+/// the pool keeper's).
+fn from_lockd(peer: SocketAddr) -> bool {
+    peer.ip() == std::net::IpAddr::V4(super::front::OWN_SOURCE)
+}
+
 impl Looker {
     fn look(&mut self) -> std::io::Result<Look> {
         self.round += 1;
         // Requests taken in before the kernel is asked were read before.
         let before = self.connections.held();
-        let open = peer::open_on(self.local.port())?;
+        let mut open = peer::open_on(self.local.port())?;
+        if let Some(front) = &self.front {
+            open.retain(|connection| !front.contains(&connection.peer));
+        }
         let after = self.connections.held();
         let limit = self.bounds.max_header + SLACK;
         let mut over = HashMap::new();
         let mut cuts: Vec<(peer::Open, Reason, bool)> = Vec::new();
         let mut holders = Vec::with_capacity(open.len());
         let mut total = 0;
+        let mut pipelined = 0;
+        let mut hang_ups = Vec::new();
         let mut look = Look::Calm;
         for connection in &open {
             let (addr, read) = (connection.peer, connection.read);
@@ -187,6 +188,23 @@ impl Looker {
                 }
             }
             let unseen = usize::try_from(read.saturating_sub(held.taken)).unwrap_or(usize::MAX);
+            if held.overflowed {
+                // Counted when it overflowed; hung up on here.
+                hang_ups.push(*connection);
+                continue;
+            }
+            // While new connections pass through the front door, one
+            // straight to the HTTP server that sends requests ahead of
+            // its answers is sent there too.
+            let pipelining = held.queued > 0 || (!held.idle && unseen > SLACK);
+            if pipelining && !from_lockd(addr) {
+                if self.cuts.front() {
+                    cuts.push((*connection, Reason::Queue, false));
+                    continue;
+                }
+                pipelined += unseen.saturating_add(held.bytes);
+                look = Look::Growing;
+            }
             // (A body being read is bounded by `--max-body` instead.)
             if !held.reading_body && unseen > limit / 2 {
                 look = Look::Growing;
@@ -206,6 +224,9 @@ impl Looker {
             holders.push((holds, *connection));
         }
         self.over = over;
+        if pipelined > PIPELINED {
+            self.cuts.press();
+        }
         if total > self.bounds.max_buffered {
             holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
             for (holds, connection) in holders {
@@ -221,10 +242,18 @@ impl Looker {
         if !cuts.is_empty() {
             self.cut(&cuts);
         }
+        for connection in &hang_ups {
+            if let Err(e) = peer::cut_open(connection, libc::SHUT_RDWR, &[]) {
+                tracing::warn!("hanging up on {}: {e}", connection.peer);
+            }
+        }
         Ok(look)
     }
 
     fn cut(&self, cuts: &[(peer::Open, Reason, bool)]) {
+        if !cuts.is_empty() {
+            tracing::debug!("cutting off {} connections", cuts.len());
+        }
         for (connection, reason, idle) in cuts {
             let last_words: &[u8] = if *reason == Reason::Head && *idle {
                 &self.last_words
@@ -244,11 +273,12 @@ impl Looker {
                 "{peer}: {}: cut off",
                 match reason {
                     Reason::Head => "sends a request head without end",
+                    Reason::Queue => "pipelines while lockd is under pressure",
                     _ => "holds the most while lockd holds more than --max-buffered",
                 }
             );
             self.connections.overflowed(Some(peer));
-            self.metrics.cut(reason.label());
+            self.cuts.cut(*reason);
         }
     }
 }

@@ -126,15 +126,19 @@ fn submit(lockd: &Arc<Lockd>, op: ops::Op, present: Option<Presence>) -> impl Fn
 }
 
 /// For a call whose work grows with the locks held, its turn (see
-/// [`gate`]) once it comes; [`LockError::CallerGone`] if its caller has
-/// left by then, so that nobody's list is built for nobody. Other calls
-/// need none.
+/// [`gate`]): at once if one is free, else once it comes, and then
+/// [`LockError::CallerGone`] if its caller has left meanwhile (as a
+/// waiting call's, see [`Lockd::submit_waiting`]), so that nobody's list
+/// is built for nobody. Other calls need none.
 fn turn(
     name: &str,
     presence: impl FnOnce() -> Option<Presence>,
 ) -> Result<Option<Turn<'static>>, LockError> {
     if !methods::grows_with_locks(name) {
         return Ok(None);
+    }
+    if let Some(turn) = gate::try_heavy() {
+        return Ok(Some(turn));
     }
     let present = presence();
     let gone = || present.as_ref().is_some_and(|present| !present());

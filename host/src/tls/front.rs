@@ -14,15 +14,14 @@
 
 use super::relay;
 use super::server::{ServerTls, user_of};
+use crate::acceptor::Acceptor;
 use crate::metrics::Sample;
-use crate::socket;
 use rustls::ServerConnection;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A connection thread's stack: a handshake and a relay need little.
@@ -121,10 +120,8 @@ impl Relayed {
 
 /// The TLS front door and its accept thread.
 pub struct Front {
-    socket: Arc<TcpListener>,
     addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
+    acceptor: Acceptor,
     relayed: Arc<Relayed>,
 }
 
@@ -138,26 +135,19 @@ impl Front {
         config: FrontConfig,
     ) -> io::Result<Self> {
         let addr = public.local_addr()?;
-        let socket = Arc::new(public);
-        let stopping = Arc::new(AtomicBool::new(false));
         let relayed = Arc::new(Relayed::default());
-        let acceptor = {
-            let (socket, stopping, relayed) = (socket.clone(), stopping.clone(), relayed.clone());
-            let door = Door {
-                upstream,
-                tls,
-                config,
-                relayed,
-            };
-            std::thread::Builder::new()
-                .name("lockd-tls-accept".into())
-                .spawn(move || door.accept(&socket, &stopping))?
-        };
+        let door = Arc::new(Door {
+            upstream,
+            tls,
+            config,
+            relayed: relayed.clone(),
+        });
+        let acceptor = Acceptor::start("lockd-tls-accept", public, move |stream, client| {
+            door.take(stream, client);
+        })?;
         Ok(Self {
-            socket,
             addr,
-            stopping,
-            acceptor: Some(acceptor),
+            acceptor,
             relayed,
         })
     }
@@ -175,23 +165,12 @@ impl Front {
     /// Whether the accept thread ended without being told to stop (it
     /// panicked): nobody accepts TLS connections any more.
     pub fn failed(&self) -> bool {
-        !self.stopping.load(Ordering::Relaxed)
-            && self.acceptor.as_ref().is_some_and(JoinHandle::is_finished)
+        self.acceptor.failed()
     }
 
     /// New connections are refused from now on; those open stay open.
     pub fn stop_accepting(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        socket::stop_listening(&*self.socket);
-    }
-}
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        self.stop_accepting();
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
+        self.acceptor.stop_accepting();
     }
 }
 
@@ -204,50 +183,26 @@ struct Door {
 }
 
 impl Door {
-    fn accept(self, socket: &TcpListener, stopping: &AtomicBool) {
-        let door = Arc::new(self);
-        let mut last_warning: Option<Instant> = None;
-        loop {
-            let (stream, client) = match socket.accept() {
-                Ok(accepted) => accepted,
-                Err(_) if stopping.load(Ordering::Relaxed) => return,
-                Err(e) => {
-                    // Out of descriptors or memory: the connection stays
-                    // in the queue; try again shortly rather than spin.
-                    // (Others, such as a client gone before it was
-                    // accepted, concern one connection only.)
-                    let exhausted = matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    );
-                    if exhausted {
-                        if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                            tracing::warn!("accepting a TLS connection: {e}");
-                            last_warning = Some(Instant::now());
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    continue;
-                }
-            };
-            if let Some(max) = door.config.max_connections
-                && door.relayed.open() >= max
-            {
-                tracing::debug!("{client}: {max} connections open, closing the new one");
-                continue;
-            }
-            door.relayed.open.fetch_add(1, Ordering::Relaxed);
-            let spawned = {
-                let door = door.clone();
-                std::thread::Builder::new()
-                    .name("lockd-tls".into())
-                    .stack_size(STACK)
-                    .spawn(move || door.serve(stream, client))
-            };
-            if let Err(e) = spawned {
-                door.relayed.open.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!("{client}: starting its TLS thread: {e}");
-            }
+    /// Starts the thread of a connection just accepted, unless as many
+    /// as `--max-connections` are open.
+    fn take(self: &Arc<Self>, stream: TcpStream, client: SocketAddr) {
+        if let Some(max) = self.config.max_connections
+            && self.relayed.open() >= max
+        {
+            tracing::debug!("{client}: {max} connections open, closing the new one");
+            return;
+        }
+        self.relayed.open.fetch_add(1, Ordering::Relaxed);
+        let spawned = {
+            let door = self.clone();
+            std::thread::Builder::new()
+                .name("lockd-tls".into())
+                .stack_size(STACK)
+                .spawn(move || door.serve(stream, client))
+        };
+        if let Err(e) = spawned {
+            self.relayed.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("{client}: starting its TLS thread: {e}");
         }
     }
 
