@@ -1,6 +1,6 @@
 //! Turns for answers whose cost grows with the locks held: lists and the
-//! status page. At most as many are built at once as there are cores; the
-//! others wait in line, first come first served, asleep.
+//! status page. At most half as many are built at once as there are
+//! cores; the others wait in line, first come first served, asleep.
 //!
 //! Without this, a few hundred connections each asking for a list of
 //! every lock would have hundreds of threads building answers side by
@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 /// there.
 pub const LOOK_EVERY: Duration = Duration::from_millis(50);
 
-/// Turns for answers that grow with the locks held, as many as the
-/// machine has cores.
+/// Turns for answers that grow with the locks held: half the machine's
+/// cores (at least one), the other half left to everything else.
 static HEAVY: LazyLock<Gate> =
-    LazyLock::new(|| Gate::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
+    LazyLock::new(|| Gate::new(std::thread::available_parallelism().map_or(1, |n| n.get() / 2)));
 
 /// Waits for a turn to build an answer that grows with the locks held.
 pub fn heavy() -> Turn<'static> {

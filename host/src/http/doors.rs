@@ -258,7 +258,7 @@ impl Router {
         if let Some(max) = self.max {
             // The front door's own connections to the HTTP server are
             // not counted: each of its clients counts once.
-            let through = self.front.as_ref().map_or(0, |f| f.clients().len());
+            let through = self.front.as_ref().map_or(0, |f| f.clients().upstreams());
             match peer::established_on(local) {
                 Ok(open) if open.saturating_sub(through) >= max => return Route::Refuse,
                 Ok(_) => {}

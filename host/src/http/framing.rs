@@ -28,6 +28,9 @@ pub struct RequestHead {
     pub body: Body,
     /// Whether it is a `HEAD` request, whose answer has no body.
     pub head_only: bool,
+    /// Whether it is a `POST`, and to which path (without the query).
+    pub post: bool,
+    pub path: String,
 }
 
 /// An answer's head.
@@ -51,7 +54,7 @@ pub enum Refusal {
 }
 
 /// The most header fields a head may have.
-pub const MAX_FIELDS: usize = 256;
+pub const MAX_FIELDS: usize = 1024;
 
 /// The head at the start of `bytes`, if it is complete there.
 pub fn request(bytes: &[u8]) -> Result<Option<RequestHead>, Refusal> {
@@ -62,6 +65,15 @@ pub fn request(bytes: &[u8]) -> Result<Option<RequestHead>, Refusal> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(refusal(e)),
     };
+    // The HTTP server ends lines at CRLF only: a head it would read
+    // another way than httparse is not passed on.
+    let bare_lf = bytes[..len]
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'));
+    if bare_lf {
+        return Err(Refusal::Malformed("a line ending without CR".into()));
+    }
     let body = match delimiting(parsed.headers)? {
         (None, None) => Body::None,
         (Some(0), None) => Body::None,
@@ -78,10 +90,13 @@ pub fn request(bytes: &[u8]) -> Result<Option<RequestHead>, Refusal> {
             ));
         }
     };
+    let path = parsed.path.unwrap_or_default();
     Ok(Some(RequestHead {
         len,
         body,
         head_only: parsed.method == Some("HEAD"),
+        post: parsed.method == Some("POST"),
+        path: path.split('?').next().unwrap_or_default().to_owned(),
     }))
 }
 
@@ -97,13 +112,16 @@ pub fn answer(bytes: &[u8], to_head: bool) -> Result<Option<AnswerHead>, Refusal
     };
     let status = parsed.code.unwrap_or(0);
     let interim = (100..200).contains(&status);
-    let close = parsed.version == Some(0)
-        || parsed.headers.iter().any(|f| {
+    let says = |token: &str| {
+        parsed.headers.iter().any(|f| {
             f.name.eq_ignore_ascii_case("connection")
                 && String::from_utf8_lossy(f.value)
                     .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
-        });
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    // HTTP/1.0 closes unless it says it keeps the connection alive.
+    let close = says("close") || (parsed.version == Some(0) && !says("keep-alive"));
     let bodiless = interim || to_head || status == 204 || status == 304;
     let body = match delimiting(parsed.headers)? {
         _ if bodiless => Body::None,
@@ -277,6 +295,7 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
             "NOT HTTP\r\n\r\n",
+            "POST / HTTP/1.1\r\nX: a\nContent-Length: 5\r\n\r\n",
         ] {
             assert!(
                 matches!(request(head.as_bytes()), Err(Refusal::Malformed(_))),
@@ -311,6 +330,11 @@ mod tests {
         assert_eq!((a.body, a.close), (Body::UntilClose, true));
         let a = answer_of("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
         assert!(a.close, "HTTP/1.0 closes");
+        let a = answer_of(
+            "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!a.close, "unless it says keep-alive");
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::collections::HashSet;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,9 +63,10 @@ pub struct Front {
 
 /// The clients passing through the front door now, by address: their
 /// connections share the HTTP server's port, but are the front door's to
-/// read (see [`super::watch`]).
+/// read (see [`super::watch`]); and how many of them have a connection to
+/// the HTTP server.
 #[derive(Debug, Default)]
-pub struct Clients(Mutex<HashSet<SocketAddr>>);
+pub struct Clients(Mutex<HashSet<SocketAddr>>, AtomicUsize);
 
 impl Clients {
     /// Whether the connection from `peer` to lockd's port is the front
@@ -73,9 +75,10 @@ impl Clients {
         self.lock().contains(peer)
     }
 
-    /// How many there are.
-    pub fn len(&self) -> usize {
-        self.lock().len()
+    /// How many of them have a connection to the HTTP server, which
+    /// shares its port too.
+    pub fn upstreams(&self) -> usize {
+        self.1.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<SocketAddr>> {
@@ -149,7 +152,8 @@ impl Door {
 
     /// One connection's life, listed in [`Clients`] until it ends.
     fn serve(&self, client: TcpStream, from: SocketAddr) {
-        match Relay::new(client, self.upstream, self.bounds, self.cuts.clone()).run() {
+        let relay = Relay::new(client, self.upstream, self.bounds, self.cuts.clone());
+        match relay.run(self.clients.clone()) {
             Err(e)
                 if matches!(
                     e.kind(),
@@ -169,6 +173,15 @@ impl Door {
 /// A connection to the HTTP server at `upstream`, from [`OWN_SOURCE`].
 fn connect(upstream: SocketAddr) -> io::Result<TcpStream> {
     let stream = socket::tcp_for(upstream)?;
+    // The port is chosen at connect, by the whole address pair: ports in
+    // TIME_WAIT towards the HTTP server are reused, and tens of thousands
+    // of connections a minute do not run out of them.
+    socket::set(
+        &stream,
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        &1_i32,
+    )?;
     socket::bind(&stream, (OWN_SOURCE, 0).into())?;
     socket::connect(&stream, upstream)?;
     let stream = TcpStream::from(stream);
@@ -226,6 +239,8 @@ struct Relay {
     client_done: bool,
     /// Where a client refused is counted.
     cuts: Arc<Cuts>,
+    /// Where the front door's connections to the HTTP server are counted.
+    clients: Option<Arc<Clients>>,
 }
 
 impl Relay {
@@ -242,10 +257,22 @@ impl Relay {
             answered_early: false,
             client_done: false,
             cuts,
+            clients: None,
         }
     }
 
-    fn run(mut self) -> io::Result<()> {
+    /// Relays until the connection ends, counting its connection to the
+    /// HTTP server in `clients` while it has one.
+    fn run(mut self, clients: Arc<Clients>) -> io::Result<()> {
+        self.clients = Some(clients);
+        let ran = self.relay();
+        if let (Some(_), Some(clients)) = (&self.upstream, &self.clients) {
+            clients.1.fetch_sub(1, Ordering::Relaxed);
+        }
+        ran
+    }
+
+    fn relay(&mut self) -> io::Result<()> {
         // Writing to a client that does not read gives up after this.
         self.client.set_write_timeout(self.bounds.idle)?;
         loop {
@@ -299,8 +326,18 @@ impl Relay {
                     {
                         return self.refuse(super::too_large(self.bounds.max_body), Reason::Body);
                     }
+                    // The HTTP server leaves a chunked body it does not
+                    // read where it is, and would read it as requests.
+                    let read = head.post && matches!(head.path.as_str(), "/" | "/RPC2");
+                    if matches!(head.body, Body::Chunked(_)) && !read {
+                        let why = "a chunked body on a request that takes none\n";
+                        return self.refuse(Answer::text(400, why), Reason::Malformed);
+                    }
                     if self.upstream.is_none() {
                         self.upstream = Some(connect(self.upstream_addr)?);
+                        if let Some(clients) = &self.clients {
+                            clients.1.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     self.send_upstream(head.len)?;
                     self.asked = Asked::Body(head.body);
@@ -381,13 +418,17 @@ impl Relay {
         loop {
             match &mut self.answering {
                 Answering::Nothing => {
-                    // The server speaks unasked only to close (a timeout):
-                    // pass that on.
-                    if !self.outbox.is_empty() {
-                        self.client.write_all(&self.outbox)?;
-                        self.outbox.clear();
+                    // The server speaks unasked only to close (a timeout),
+                    // or to answer what it read as more requests than
+                    // were passed on: either way the connection ends.
+                    if self.outbox.is_empty() {
+                        return Ok(true);
                     }
-                    return Ok(true);
+                    let _ = self.client.write_all(&self.outbox);
+                    if let Some(upstream) = &self.upstream {
+                        let _ = upstream.shutdown(std::net::Shutdown::Both);
+                    }
+                    return Ok(false);
                 }
                 Answering::Head(to_head) => {
                     let head = match framing::answer(&self.outbox, *to_head) {
@@ -527,8 +568,10 @@ impl Relay {
             return self.read_client();
         }
         if client & libc::POLLRDHUP != 0 {
-            // The client hung up while its request is in passing: so
-            // does the relay, on its sending side.
+            // The client is done sending while its request is in passing:
+            // what it sent before is kept for after the answer (up to a
+            // head's worth), and the relay says so upstream.
+            self.take_what_is_left();
             self.client_hung_up();
         }
         Ok(true)
@@ -558,6 +601,24 @@ impl Relay {
             Err(_) => {
                 self.client_hung_up();
                 Ok(false)
+            }
+        }
+    }
+
+    /// Reads what a client done sending left unread, up to a head and a
+    /// chunk more than the inbox holds.
+    fn take_what_is_left(&mut self) {
+        let cap = self.bounds.max_header + CHUNK;
+        let mut buffer = [0; CHUNK];
+        while self.inbox.len() < cap {
+            let room = (cap - self.inbox.len()).min(CHUNK);
+            match self.client.peek(&mut buffer[..1]) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            match self.client.read(&mut buffer[..room]) {
+                Ok(n) if n > 0 => self.inbox.extend_from_slice(&buffer[..n]),
+                _ => return,
             }
         }
     }

@@ -196,7 +196,9 @@ impl Looker {
             // While new connections pass through the front door, one
             // straight to the HTTP server that sends requests ahead of
             // its answers is sent there too.
-            let pipelining = held.queued > 0 || (!held.idle && unseen > SLACK);
+            // (A body being read is not requests sent ahead.)
+            let pipelining =
+                !held.reading_body && (held.queued > 0 || (!held.idle && unseen > SLACK));
             if pipelining && !from_lockd(addr) {
                 if self.cuts.front() {
                     cuts.push((*connection, Reason::Queue, false));

@@ -15,7 +15,7 @@ use super::{
 use crate::auth::Role;
 use crate::backend::Terms;
 use crate::component::Reply;
-use crate::error::LockError;
+use crate::error::{LockError, code};
 use crate::gate::{self, Turn};
 use crate::locks::{self, Lockd, Presence};
 use crate::xmlrpc::{Fault, MethodCall, Value};
@@ -74,7 +74,13 @@ where
     // Held until the answer is encoded.
     let _turn = match turn(&call.name, &presence) {
         Ok(turn) => turn,
-        Err(gone) => return Answered::Now(counted(lockd, label, Err(super::fault(gone))), reply),
+        Err(_) => {
+            let gone = Fault::new(
+                code::WAIT_TIMED_OUT,
+                "The caller has gone (its connection is closed) while its list waited its turn",
+            );
+            return Answered::Now(counted(lockd, label, Err(gone)), reply);
+        }
     };
     let op = match step(lockd, &call, role) {
         Step::Done(result) => return Answered::Now(counted(lockd, label, result), reply),
