@@ -95,10 +95,59 @@ fn dispatch(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Value, Fault
 }
 
 fn multicall(lockd: &Lockd, call: &MethodCall, role: Role) -> Result<Value, Fault> {
+    let mut listed = Listed::default();
     let results = multicall_entries(call)?.iter().map(|entry| {
-        multicall_result(entry_call(entry).and_then(|call| dispatch(lockd, &call, role)))
+        let result = entry_call(entry).and_then(|call| {
+            listed.check(&call.name)?;
+            let result = dispatch(lockd, &call, role);
+            listed.note(&call.name, &result);
+            result
+        });
+        multicall_result(result)
     });
     Ok(Value::Array(results.collect()))
+}
+
+/// The most locks one `system.multicall` lists in all, past its first
+/// list (which lists what it asks, as a call of its own would): one
+/// request of `--max-body` could otherwise ask for thousands of lists of
+/// every lock, an answer of gigabytes.
+const MULTICALL_LISTED: usize = if cfg!(test) { 3 } else { 10_000 };
+
+/// The locks a `system.multicall` has listed so far.
+#[derive(Default)]
+struct Listed {
+    locks: usize,
+    lists: usize,
+}
+
+impl Listed {
+    /// Refuses a list once the multicall has listed [`MULTICALL_LISTED`]
+    /// locks.
+    fn check(&self, name: &str) -> Result<(), Fault> {
+        if methods::grows_with_locks(name) && self.lists > 0 && self.locks >= MULTICALL_LISTED {
+            return Err(Fault::new(
+                code::INVALID_REQUEST,
+                format!(
+                    "this system.multicall has listed {} locks already (at most \
+                     {MULTICALL_LISTED} past its first list): list the rest in calls of their \
+                     own, a page at a time (limit, after)",
+                    self.locks
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts what an entry called `name` listed.
+    fn note(&mut self, name: &str, result: &Result<Value, Fault>) {
+        if methods::grows_with_locks(name) {
+            self.lists += 1;
+            if let Ok(Value::Array(locks)) = result {
+                self.locks += locks.len();
+            }
+        }
+    }
 }
 
 /// The entries of a `system.multicall`.
@@ -174,6 +223,47 @@ mod tests {
         assert_eq!(answer(&lockd, "unlock", &p("r", "a")), Ok(Value::Nil));
         assert_eq!(answer(&lockd, "unlock", &p("r", "a")).unwrap_err().code, 2);
         assert_eq!(answer(&lockd, "lock", &p("", "a")).unwrap_err().code, 4);
+    }
+
+    #[test]
+    fn a_multicall_lists_a_bounded_number_of_locks_past_its_first_list() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lockd = Lockd::open(tmp.path()).unwrap();
+        for r in ["a", "b"] {
+            answer(&lockd, "lock", &[r.into(), "c".into()]).unwrap();
+        }
+        let entry = |name: &str, params: Vec<Value>| {
+            Value::Struct(vec![
+                ("methodName".into(), Value::from(name)),
+                ("params".into(), Value::Array(params)),
+            ])
+        };
+        let list = || entry("lockd.list", vec!["".into()]);
+        let calls = vec![
+            list(),
+            list(),
+            list(),
+            entry("lockd.status", vec!["a".into()]),
+        ];
+        let Ok(Value::Array(results)) = answer(&lockd, "system.multicall", &[Value::Array(calls)])
+        else {
+            panic!("multicall is not an array");
+        };
+        // 2 locks, then 4 (at most 3 past the first list): the third list
+        // is refused, and the call after it still runs.
+        assert!(
+            matches!(&results[0], Value::Array(r) if matches!(&r[0], Value::Array(l) if l.len() == 2))
+        );
+        assert!(
+            matches!(&results[1], Value::Array(r) if matches!(&r[0], Value::Array(l) if l.len() == 2))
+        );
+        assert_eq!(
+            results[2].member("faultCode"),
+            Some(&Value::Int(code::INVALID_REQUEST)),
+            "{:?}",
+            results[2]
+        );
+        assert!(matches!(&results[3], Value::Array(_)), "{:?}", results[3]);
     }
 
     #[test]

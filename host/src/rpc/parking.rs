@@ -9,8 +9,8 @@
 //! transport hands out through [`Spawn`].
 
 use super::{
-    counted, dispatch, encode, entry_call, label, methods, multicall_entries, multicall_result,
-    ops, parse,
+    Listed, counted, dispatch, encode, entry_call, label, methods, multicall_entries,
+    multicall_result, ops, parse,
 };
 use crate::auth::Role;
 use crate::backend::Terms;
@@ -223,6 +223,7 @@ struct Multicall {
     present: Option<Presence>,
     entries: std::vec::IntoIter<Value>,
     results: Vec<Value>,
+    listed: Listed,
 }
 
 impl Multicall {
@@ -239,6 +240,7 @@ impl Multicall {
             present,
             results: Vec::with_capacity(entries.len()),
             entries: entries.clone().into_iter(),
+            listed: Listed::default(),
         })
     }
 
@@ -256,6 +258,10 @@ impl Multicall {
                     continue;
                 }
             };
+            if let Err(fault) = self.listed.check(&call.name) {
+                self.push(Err(fault));
+                continue;
+            }
             let present = self.present.clone();
             let turn = match turn(&call.name, move || present) {
                 Ok(turn) => turn,
@@ -266,6 +272,7 @@ impl Multicall {
             };
             let op = match step(&self.lockd, &call, self.role) {
                 Step::Done(result) => {
+                    self.listed.note(&call.name, &result);
                     self.push(result);
                     continue;
                 }
