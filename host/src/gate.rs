@@ -80,12 +80,17 @@ impl Gate {
 
     /// Takes a turn if one is free and nobody waits for one.
     pub fn try_enter(&self) -> Option<Turn<'_>> {
-        let mut state = self.lock();
-        if state.taken < self.turns && state.line.is_empty() {
+        self.take_free(&mut self.lock())
+            .then(|| Turn { gate: self })
+    }
+
+    /// Takes a turn in `state` if one is free and nobody waits for one.
+    fn take_free(&self, state: &mut State) -> bool {
+        let free = state.taken < self.turns && state.line.is_empty();
+        if free {
             state.taken += 1;
-            return Some(Turn { gate: self });
         }
-        None
+        free
     }
 
     /// Takes a turn, sleeping until one is free and everyone who asked
@@ -100,8 +105,7 @@ impl Gate {
     /// waits): whoever asked for the turn is no longer there.
     pub fn enter_unless(&self, gone: impl Fn() -> bool) -> Option<Turn<'_>> {
         let mut state = self.lock();
-        if state.taken < self.turns && state.line.is_empty() {
-            state.taken += 1;
+        if self.take_free(&mut state) {
             return Some(Turn { gate: self });
         }
         let waiter = Arc::new(Waiter {
@@ -166,6 +170,8 @@ mod tests {
         let first = gate.enter();
         let second = gate.enter();
         assert_eq!(gate.lock().taken, 2);
+        assert!(gate.try_enter().is_none(), "no turn is free");
+        assert_eq!(gate.lock().taken, 2, "asking for none gives none back");
         std::thread::scope(|scope| {
             let (entered, told) = mpsc::channel();
             let gate = &gate;

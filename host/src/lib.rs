@@ -21,7 +21,6 @@ pub mod http;
 mod locks;
 pub mod metrics;
 mod pool_keeper;
-mod prompt;
 mod pyrepr;
 mod requests;
 pub mod reserve;

@@ -5,7 +5,7 @@
 //! [`super::doors`]).
 
 use crate::metrics::Metrics;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use std::time::Duration;
 pub enum Reason {
     /// A head over `--max-header`.
     Head,
-    /// Too much queued, or answers not read (see [`Connections`]).
+    /// Too much queued, answers not read, or requests pipelined straight
+    /// to the HTTP server while the front door is in use.
     Queue,
     /// The sum of all held over `--max-buffered`.
     Budget,
@@ -26,9 +27,10 @@ pub enum Reason {
 
 impl Reason {
     /// Whether it sends new connections through the front door (see
-    /// [`super::doors`]): requests piling up do, a head or a body past
-    /// its bound does not (refusing it where it arrives costs less than
-    /// passing every connection through the front door).
+    /// [`super::doors`]): requests piling up and heads without end do; a
+    /// body past its bound or a malformed request does not (refusing it
+    /// where it arrives costs less than passing every connection through
+    /// the front door).
     pub fn presses(self) -> bool {
         matches!(self, Self::Head | Self::Queue | Self::Budget)
     }
@@ -47,21 +49,19 @@ impl Reason {
 /// Where cut-off connections are counted.
 pub struct Cuts {
     metrics: Arc<Metrics>,
-    /// Those cut off for a reason that [`presses`](Reason::presses).
-    pressing: AtomicU64,
     /// Whether new connections pass through the front door now.
     front: AtomicBool,
-    /// Wakes the router when pressure is noted.
-    noted: (Mutex<u64>, Condvar),
+    /// Pressure noted so far (see [`Cuts::press`]), and what wakes the
+    /// router when it is.
+    pressing: (Mutex<u64>, Condvar),
 }
 
 impl Cuts {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
-            pressing: AtomicU64::new(0),
             front: AtomicBool::new(false),
-            noted: (Mutex::new(0), Condvar::new()),
+            pressing: (Mutex::new(0), Condvar::new()),
         }
     }
 
@@ -75,16 +75,15 @@ impl Cuts {
 
     /// Notes pressure without a connection cut off: as much as one.
     pub fn press(&self) {
-        self.pressing.fetch_add(1, Ordering::Relaxed);
-        let (noted, woken) = &self.noted;
-        *noted.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let (pressing, woken) = &self.pressing;
+        *pressing.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         woken.notify_all();
     }
 
     /// Waits until pressure is noted, or for `at_most`.
     pub fn wait(&self, at_most: Duration) {
-        let (noted, woken) = &self.noted;
-        let guard = noted.lock().unwrap_or_else(|p| p.into_inner());
+        let (pressing, woken) = &self.pressing;
+        let guard = pressing.lock().unwrap_or_else(|p| p.into_inner());
         let seen = *guard;
         let _ = woken.wait_timeout_while(guard, at_most, |now| *now == seen);
     }
@@ -101,8 +100,9 @@ impl Cuts {
         self.front.load(Ordering::Relaxed)
     }
 
-    /// Connections cut off so far for pressing reasons.
+    /// Pressure noted so far: connections cut off for pressing reasons,
+    /// and presses without a cut.
     pub fn pressing(&self) -> u64 {
-        self.pressing.load(Ordering::Relaxed)
+        *self.pressing.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -152,6 +152,7 @@ impl Doors {
             cuts,
             seen: 0,
             pressed_until: None,
+            counted: None,
             now: Route::Serve,
         };
         router.now = router.next(local);
@@ -218,12 +219,14 @@ struct Router {
     seen: u64,
     /// Until when the front door is in use, after the last cut seen.
     pressed_until: Option<Instant>,
+    /// When open connections were last counted, and whether they were
+    /// `max` or more.
+    counted: Option<(Instant, bool)>,
     now: Route,
 }
 
 impl Router {
     fn run(mut self, serving: &TcpListener, local: SocketAddr, stop: &AtomicBool) {
-        crate::prompt::prompt();
         while !stop.load(Ordering::Relaxed) {
             // Pressure is acted on at once; the count of connections and
             // the calm after pressure every LOOK_EVERY.
@@ -255,15 +258,8 @@ impl Router {
 
     /// The door for new connections now.
     fn next(&mut self, local: SocketAddr) -> Route {
-        if let Some(max) = self.max {
-            // The front door's own connections to the HTTP server are
-            // not counted: each of its clients counts once.
-            let through = self.front.as_ref().map_or(0, |f| f.clients().upstreams());
-            match peer::established_on(local) {
-                Ok(open) if open.saturating_sub(through) >= max => return Route::Refuse,
-                Ok(_) => {}
-                Err(e) => tracing::warn!("counting open connections: {e}"),
-            }
+        if self.full(local) {
+            return Route::Refuse;
         }
         let cuts = self.cuts.pressing();
         if cuts != self.seen {
@@ -278,6 +274,33 @@ impl Router {
         } else {
             Route::Serve
         }
+    }
+
+    /// Whether `--max-connections` are open. They are counted (a dump of
+    /// the port's connections) at most every [`LOOK_EVERY`], however
+    /// often pressure wakes the router.
+    fn full(&mut self, local: SocketAddr) -> bool {
+        let Some(max) = self.max else {
+            return false;
+        };
+        if self
+            .counted
+            .is_some_and(|(at, _)| at.elapsed() < LOOK_EVERY)
+        {
+            return self.counted.is_some_and(|(_, full)| full);
+        }
+        // The front door's own connections to the HTTP server are not
+        // counted: each of its clients counts once.
+        let through = self.front.as_ref().map_or(0, |f| f.clients().upstreams());
+        let full = match peer::established_on(local) {
+            Ok(open) => open.saturating_sub(through) >= max,
+            Err(e) => {
+                tracing::warn!("counting open connections: {e}");
+                false
+            }
+        };
+        self.counted = Some((Instant::now(), full));
+        full
     }
 }
 

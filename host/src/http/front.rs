@@ -152,8 +152,8 @@ impl Door {
 
     /// One connection's life, listed in [`Clients`] until it ends.
     fn serve(&self, client: TcpStream, from: SocketAddr) {
-        let relay = Relay::new(client, self.upstream, self.bounds, self.cuts.clone());
-        match relay.run(self.clients.clone()) {
+        let relay = Relay::new(client, self.upstream, self.bounds, self);
+        match relay.run() {
             Err(e)
                 if matches!(
                     e.kind(),
@@ -240,11 +240,11 @@ struct Relay {
     /// Where a client refused is counted.
     cuts: Arc<Cuts>,
     /// Where the front door's connections to the HTTP server are counted.
-    clients: Option<Arc<Clients>>,
+    clients: Arc<Clients>,
 }
 
 impl Relay {
-    fn new(client: TcpStream, upstream_addr: SocketAddr, bounds: Bounds, cuts: Arc<Cuts>) -> Self {
+    fn new(client: TcpStream, upstream_addr: SocketAddr, bounds: Bounds, door: &Door) -> Self {
         Self {
             client,
             upstream_addr,
@@ -256,18 +256,17 @@ impl Relay {
             answering: Answering::Nothing,
             answered_early: false,
             client_done: false,
-            cuts,
-            clients: None,
+            cuts: door.cuts.clone(),
+            clients: door.clients.clone(),
         }
     }
 
     /// Relays until the connection ends, counting its connection to the
-    /// HTTP server in `clients` while it has one.
-    fn run(mut self, clients: Arc<Clients>) -> io::Result<()> {
-        self.clients = Some(clients);
+    /// HTTP server in [`Clients`] while it has one.
+    fn run(mut self) -> io::Result<()> {
         let ran = self.relay();
-        if let (Some(_), Some(clients)) = (&self.upstream, &self.clients) {
-            clients.1.fetch_sub(1, Ordering::Relaxed);
+        if self.upstream.is_some() {
+            self.clients.1.fetch_sub(1, Ordering::Relaxed);
         }
         ran
     }
@@ -335,9 +334,7 @@ impl Relay {
                     }
                     if self.upstream.is_none() {
                         self.upstream = Some(connect(self.upstream_addr)?);
-                        if let Some(clients) = &self.clients {
-                            clients.1.fetch_add(1, Ordering::Relaxed);
-                        }
+                        self.clients.1.fetch_add(1, Ordering::Relaxed);
                     }
                     self.send_upstream(head.len)?;
                     self.asked = Asked::Body(head.body);
@@ -449,7 +446,7 @@ impl Relay {
                 }
                 Answering::Body(Body::None | Body::Length(0), close) => {
                     let close = *close;
-                    if !self.answered()? || close {
+                    if !self.answered() || close {
                         return Ok(false);
                     }
                 }
@@ -470,7 +467,7 @@ impl Relay {
                         .feed(&self.outbox)
                         .map_err(|_| io::Error::other("an answer of malformed chunks"))?;
                     self.send_client(n)?;
-                    if ended && (!self.answered()? || close) {
+                    if ended && (!self.answered() || close) {
                         return Ok(false);
                     }
                 }
@@ -485,13 +482,13 @@ impl Relay {
 
     /// An answer has been passed on whole: the next request may be read.
     /// False if the client is done sending and nothing of it is left.
-    fn answered(&mut self) -> io::Result<bool> {
+    fn answered(&mut self) -> bool {
         self.answering = Answering::Nothing;
         match self.asked {
             Asked::Sent => self.asked = Asked::Head,
             _ => self.answered_early = true,
         }
-        Ok(!(self.client_done && self.inbox.is_empty()))
+        !(self.client_done && self.inbox.is_empty())
     }
 
     /// Passes the first `n` bytes of the outbox on to the client.

@@ -12,8 +12,8 @@
 //! dump.
 //!
 //! For the rare connection lockd must end itself (a client that piles up
-//! requests without reading answers), [`hang_up`] finds its socket among
-//! the process's descriptors by its two ends and shuts it down.
+//! requests without reading answers), [`cut`] finds its socket among the
+//! process's descriptors by its two ends and shuts it down.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -189,15 +189,6 @@ fn ask(request: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
     }
 }
 
-/// Shuts down the connection from `peer` to lockd's `port` (both ways):
-/// whoever reads from it sees its end, whoever writes to it an error.
-/// Returns whether it was found.
-#[cfg(test)]
-pub fn hang_up(port: u16, peer: SocketAddr) -> io::Result<bool> {
-    let found = cut(port, &[Cut::new(peer, libc::SHUT_RDWR)])?;
-    Ok(found == 1)
-}
-
 /// One connection to lockd, as found among the process's descriptors.
 #[derive(Debug, Clone, Copy)]
 pub struct Open {
@@ -323,17 +314,6 @@ pub struct Cut<'a> {
     pub how: libc::c_int,
     /// Written (as far as the socket takes it at once) before shutting.
     pub last_words: &'a [u8],
-}
-
-impl Cut<'_> {
-    #[cfg(test)]
-    pub fn new(peer: SocketAddr, how: libc::c_int) -> Self {
-        Self {
-            peer,
-            how,
-            last_words: &[],
-        }
-    }
 }
 
 /// Shuts down each of `cuts`' connections to lockd's `port` as it says,
@@ -530,11 +510,19 @@ mod tests {
         let (_server_side, peer) = listener.accept().unwrap();
         let bystander = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_bystander_side, _) = listener.accept().unwrap();
-        assert!(hang_up(port, peer).unwrap());
+        let hang_up = |peer| {
+            let both = Cut {
+                peer,
+                how: libc::SHUT_RDWR,
+                last_words: &[],
+            };
+            cut(port, &[both]).unwrap() == 1
+        };
+        assert!(hang_up(peer));
         assert_eq!(std::io::Read::read(&mut client, &mut [0; 1]).unwrap(), 0);
         let local = listener.local_addr().unwrap();
         assert!(established(local, bystander.local_addr().unwrap()).unwrap());
         let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert!(!hang_up(port, nobody).unwrap());
+        assert!(!hang_up(nobody));
     }
 }

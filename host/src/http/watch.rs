@@ -94,7 +94,6 @@ impl Watch {
             std::thread::Builder::new()
                 .name("lockd-watch".into())
                 .spawn(move || {
-                    crate::prompt::prompt();
                     let mut wait = EVERY;
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(wait);
@@ -253,9 +252,6 @@ impl Looker {
     }
 
     fn cut(&self, cuts: &[(peer::Open, Reason, bool)]) {
-        if !cuts.is_empty() {
-            tracing::debug!("cutting off {} connections", cuts.len());
-        }
         for (connection, reason, idle) in cuts {
             let last_words: &[u8] = if *reason == Reason::Head && *idle {
                 &self.last_words
