@@ -278,6 +278,10 @@ where
         for attempt in 0..3 {
             let heard = self.call(ask.clone());
             match heard {
+                // A reused request id may be answered with the lock an
+                // earlier acquire took, one this client has since given
+                // up (docs/cluster.md): not believed held.
+                Some(Outcome::Lock(lock)) if self.given_up(resource, &lock) => return,
                 Some(Outcome::Lock(lock)) => return self.believe(resource, Some(&lock), ttl_ms),
                 Some(Outcome::Refused(..) | Outcome::NotApplied(_) | Outcome::Ended(_)) => return,
                 // Not learnt: the same request again elsewhere, if it
@@ -302,10 +306,7 @@ where
         for _ in 0..3 {
             match self.status(resource) {
                 Some(Outcome::Status(Some(lock))) if lock.client == self.me => {
-                    // Not one it is giving up (a release may be on its
-                    // way to etcd still).
-                    let given_up = self.released.get(resource);
-                    if given_up.is_none_or(|&at| lock.acquired_ms * 1000 >= at) {
+                    if !self.given_up(resource, &lock) {
                         self.believe(resource, Some(&lock), ttl_ms);
                     }
                     return;
@@ -314,6 +315,15 @@ where
                 _ => {}
             }
         }
+    }
+
+    /// Whether `lock` was taken before this client last set out to give
+    /// up its lock of `resource`: one it is giving up, whose release may
+    /// be on its way to etcd still.
+    fn given_up(&self, resource: &str, lock: &LockInfo) -> bool {
+        self.released
+            .get(resource)
+            .is_some_and(|&at| lock.acquired_ms * 1000 < at)
     }
 
     fn lock(&mut self, resource: &str) {
