@@ -32,7 +32,6 @@ mod jco;
 mod large;
 mod legacy;
 mod limits;
-mod memory;
 mod names;
 mod observability;
 mod pki;

@@ -81,6 +81,10 @@ pub enum Admitted {
     Queued,
     /// Queued, and its connection has too much waiting now: hang up on it.
     Overflowing(SocketAddr),
+    /// Its connection was hung up on or cut off: to be dropped unanswered.
+    /// (tiny_http read it before; its socket stays open, and so the
+    /// connection known, while a request of it waits to be handed out.)
+    Dropped(Request),
 }
 
 /// What one connection holds and has sent, as [`Connections::held`] tells.
@@ -123,6 +127,9 @@ impl Connections {
         let connection = known.entry(addr).or_default();
         connection.taken += size as u64;
         connection.requests += 1;
+        if connection.overflowed {
+            return Admitted::Dropped(request);
+        }
         if !connection.busy {
             connection.busy = true;
             return Admitted::Now(request);
@@ -322,10 +329,36 @@ mod tests {
         ));
         assert!(matches!(
             connections.admit_one(request(from, "/later")),
-            Admitted::Queued
+            Admitted::Dropped(r) if r.url() == "/later"
         ));
         let (_, overflowed) = connections.next(Some(addr)).unwrap();
         assert!(overflowed, "what it left is dropped");
+    }
+
+    #[test]
+    fn a_connection_cut_off_with_nothing_in_progress_has_what_comes_after_dropped() {
+        let connections = Connections::new(usize::MAX);
+        let from = "127.0.0.1:1000";
+        let addr = from.parse().unwrap();
+        assert!(matches!(
+            connections.admit_one(request(from, "/0")),
+            Admitted::Now(_)
+        ));
+        assert!(connections.next(Some(addr)).is_none());
+        connections.overflowed(Some(addr));
+        for i in 1..3 {
+            assert!(
+                matches!(
+                    connections.admit_one(request(from, &format!("/{i}"))),
+                    Admitted::Dropped(_)
+                ),
+                "request {i} of a connection cut off is not answered"
+            );
+        }
+        assert!(matches!(
+            connections.admit_one(request("127.0.0.1:1001", "/x")),
+            Admitted::Now(_)
+        ));
     }
 
     #[test]

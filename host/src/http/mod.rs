@@ -246,6 +246,10 @@ impl workers::Handler for Taker {
                 self.0.cuts.cut(Reason::Queue);
                 None
             }
+            Admitted::Dropped(request) => {
+                drop_unanswered(&self.0, request);
+                None
+            }
         }
     }
 
@@ -287,16 +291,21 @@ fn next(shared: &Shared, addr: Option<SocketAddr>) -> Option<Request> {
         if !overflowed {
             return Some(request);
         }
-        // Dropped unanswered: tiny_http would write a 500 to its shut
-        // socket, costing more than taking the request in did (thousands
-        // of them after a pipelining flood); taking its writer says it is
-        // answered. Its body is read only as far as the kernel holds it
-        // (a length past counting panics instead; see `refuse`).
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            drop(request.into_writer());
-        }));
-        shared.in_progress.fetch_sub(1, Ordering::Relaxed);
+        drop_unanswered(shared, request);
     }
+}
+
+/// Drops a request of a connection that was hung up on. Unanswered:
+/// tiny_http would write a 500 to its shut socket, costing more than
+/// taking the request in did (thousands of them after a pipelining
+/// flood); taking its writer says it is answered. Its body is read only
+/// as far as the kernel holds it (a length past counting panics instead;
+/// see `refuse`).
+fn drop_unanswered(shared: &Shared, request: Request) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(request.into_writer());
+    }));
+    shared.in_progress.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Whether a request waits for a lock, to be answered later.

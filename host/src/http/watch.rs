@@ -198,11 +198,21 @@ impl Looker {
             // (A body being read is not requests sent ahead.)
             let pipelining =
                 !held.reading_body && (held.queued > 0 || (!held.idle && unseen > SLACK));
+            // More read than a head may be: requests tiny_http has not
+            // handed out yet (their connection's first ones, in a flood),
+            // or a head without end.
+            let over_head = !held.reading_body && unseen > limit;
+            if (pipelining || over_head) && !from_lockd(addr) && self.cuts.front() {
+                // Nothing of it came out as a request yet: for all lockd
+                // knows, one head.
+                let reason = match held.requests {
+                    0 => Reason::Head,
+                    _ => Reason::Queue,
+                };
+                cuts.push((*connection, reason, held.idle));
+                continue;
+            }
             if pipelining && !from_lockd(addr) {
-                if self.cuts.front() {
-                    cuts.push((*connection, Reason::Queue, false));
-                    continue;
-                }
                 pipelined += unseen.saturating_add(held.bytes);
                 look = Look::Growing;
             }

@@ -261,10 +261,6 @@ fn attacker_connection(addr: &str, receive: Option<libc::c_int>) -> std::io::Res
 }
 
 #[test]
-#[ignore = "issue 23, in progress: fresh clients wait p99 7-11 ms and RSS stays 120-250 MiB \
-            above idle, but in the first second of the flood (before the front door is in \
-            use and the connections straight to tiny_http are cut off) one waits 0.5-2.3 s in \
-            a debug build"]
 fn two_hundred_connections_pipelining_lists_without_reading_cost_nobody_else() {
     let _alone = crate::support::alone();
     let mut server = TestServer::start();
