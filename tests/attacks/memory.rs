@@ -331,6 +331,7 @@ fn head_of(size: usize) -> Vec<u8> {
 
 #[test]
 fn a_head_at_the_bound_is_served_and_one_byte_more_is_refused() {
+    let _alone = crate::support::alone();
     let server = TestServer::start_with(&["--max-header", "4096"]);
     let (status, body) = raw_http(&server.addr, &head_of(4096));
     assert_eq!(status, 200, "{body}");
@@ -348,6 +349,7 @@ fn a_head_at_the_bound_is_served_and_one_byte_more_is_refused() {
 
 #[test]
 fn a_content_length_past_any_memory_is_refused_and_the_daemon_lives_on() {
+    let _alone = crate::support::alone();
     let mut server = TestServer::start();
     // A terabyte, ten, and lengths past what an address can count.
     let lengths = [

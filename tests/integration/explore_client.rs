@@ -75,8 +75,9 @@ pub struct Client<'w, 's, 'e> {
     rng: Rng,
     held: HashMap<String, Belief>,
     acquires: u64,
-    /// When it last set out to give up its lock of each resource: a lock
-    /// of its taken before then may be going as it looks.
+    /// When it last set out to give up its lock of each resource, if
+    /// whether it did is unknown: a lock of its taken before then may be
+    /// going as it looks (its release may land late).
     released: HashMap<String, u64>,
 }
 
@@ -318,8 +319,11 @@ where
     }
 
     /// Whether `lock` was taken before this client last set out to give
-    /// up its lock of `resource`: one it is giving up, whose release may
-    /// be on its way to etcd still.
+    /// up its lock of `resource` and did not learn whether it did: one it
+    /// is giving up, whose release may be on its way to etcd still. (A
+    /// release known not to have happened leaves the lock the client's:
+    /// answered again, by a reentrant acquire or a reused request id, it
+    /// is believed.)
     fn given_up(&self, resource: &str, lock: &LockInfo) -> bool {
         self.released
             .get(resource)
@@ -418,7 +422,8 @@ where
         let Some(belief) = self.held.remove(resource) else {
             return;
         };
-        self.released.insert(resource.to_owned(), now_us());
+        let setting_out = now_us();
+        self.released.remove(resource);
         let (what, request) = match belief.token {
             Some(token) => (
                 What::Release(token),
@@ -476,6 +481,9 @@ where
                     maybe_done = true;
                 }
             }
+        }
+        if maybe_done {
+            self.released.insert(resource.to_owned(), setting_out);
         }
         let to = stopped.unwrap_or_else(now_us);
         let to = belief.expires_us.map_or(to, |at| at.min(to));

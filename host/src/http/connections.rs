@@ -49,6 +49,16 @@ pub struct Connections {
     max_queued: usize,
 }
 
+/// How long a connection hung up on stays known after its socket is gone
+/// from lockd's descriptors, so that what it sent and tiny_http still
+/// holds is dropped as it comes out: a socket lockd shut and its client
+/// then closed has no peer to list it by, while tiny_http may still hand
+/// out what it read before (a flood's backlog drains within seconds).
+/// lockd, which shut it first, keeps its addresses in `TIME_WAIT` for
+/// 60 s, so a new connection from them within this time is all but
+/// impossible; one would be hung up on at the watch's next look.
+const DROPPING: Duration = Duration::from_secs(10);
+
 /// One connection lockd has taken a request from.
 #[derive(Default)]
 struct Connection {
@@ -62,8 +72,8 @@ struct Connection {
     writing: Option<(Instant, usize)>,
     /// Whether the body of its request in progress is being read.
     reading_body: bool,
-    /// Set once it is to be hung up on.
-    overflowed: bool,
+    /// Since when it is to be hung up on, if it is.
+    overflowed: Option<Instant>,
     /// Bytes of its requests taken in so far: heads, and bodies as long
     /// as they said they are.
     taken: u64,
@@ -82,8 +92,10 @@ pub enum Admitted {
     /// Queued, and its connection has too much waiting now: hang up on it.
     Overflowing(SocketAddr),
     /// Its connection was hung up on or cut off: to be dropped unanswered.
-    /// (tiny_http read it before; its socket stays open, and so the
-    /// connection known, while a request of it waits to be handed out.)
+    /// (tiny_http read it before. A request waiting in tiny_http's queue
+    /// holds its connection's socket, which the watch sees, shut or not,
+    /// and so the connection stays known; and while that socket exists,
+    /// no new connection can have its addresses.)
     Dropped(Request),
 }
 
@@ -127,7 +139,7 @@ impl Connections {
         let connection = known.entry(addr).or_default();
         connection.taken += size as u64;
         connection.requests += 1;
-        if connection.overflowed {
+        if connection.overflowed.is_some() {
             return Admitted::Dropped(request);
         }
         if !connection.busy {
@@ -143,8 +155,8 @@ impl Connections {
         let over = queued >= MAX_QUEUED
             || connection.queued_bytes > self.max_queued
             || (queued >= JUDGED_AT && unread);
-        if over && !connection.overflowed {
-            connection.overflowed = true;
+        if over && connection.overflowed.is_none() {
+            connection.overflowed = Some(Instant::now());
             return Admitted::Overflowing(addr);
         }
         Admitted::Queued
@@ -177,17 +189,21 @@ impl Connections {
         }
     }
 
-    /// Marks `addr` as hung up on: the requests it queued are dropped.
+    /// Marks `addr` as hung up on: the requests it queued, and those
+    /// still to come out of tiny_http's queue, are dropped. (It may have
+    /// none taken in yet: a connection cut off in a flood.)
     pub fn overflowed(&self, addr: Option<SocketAddr>) {
         let Some(addr) = addr else { return };
-        if let Some(connection) = self.lock().get_mut(&addr) {
-            connection.overflowed = true;
-        }
+        let mut known = self.lock();
+        let connection = known.entry(addr).or_default();
+        connection.overflowed.get_or_insert_with(Instant::now);
     }
 
     /// Whether `addr` was hung up on (or cut off).
     pub fn is_overflowed(&self, addr: SocketAddr) -> bool {
-        self.lock().get(&addr).is_some_and(|c| c.overflowed)
+        self.lock()
+            .get(&addr)
+            .is_some_and(|c| c.overflowed.is_some())
     }
 
     /// Called when the request in progress on `addr` has been answered:
@@ -197,7 +213,7 @@ impl Connections {
         let addr = addr?;
         let mut known = self.lock();
         let connection = known.get_mut(&addr)?;
-        let overflowed = connection.overflowed;
+        let overflowed = connection.overflowed.is_some();
         match connection.queued.pop_front() {
             Some((request, holds)) => {
                 connection.queued_bytes -= holds;
@@ -221,7 +237,7 @@ impl Connections {
                     requests: c.requests,
                     bytes: c.queued_bytes + writing,
                     queued: c.queued.len(),
-                    overflowed: c.overflowed,
+                    overflowed: c.overflowed.is_some(),
                     idle: !c.busy,
                     reading_body: c.reading_body,
                 };
@@ -232,7 +248,8 @@ impl Connections {
 
     /// Round `round` of looking at the open connections saw `open` open:
     /// forgets the idle ones that neither it nor the round before saw (a
-    /// connection taken in after a look began is kept).
+    /// connection taken in after a look began is kept), but for those
+    /// hung up on less than [`DROPPING`] ago.
     pub fn forget_gone(&self, round: u64, open: &std::collections::HashSet<SocketAddr>) {
         let mut known = self.lock();
         for (addr, connection) in known.iter_mut() {
@@ -240,7 +257,9 @@ impl Connections {
                 connection.seen = round;
             }
         }
-        known.retain(|_, c| c.busy || c.seen + 1 >= round);
+        known.retain(|_, c| {
+            c.busy || c.seen + 1 >= round || c.overflowed.is_some_and(|at| at.elapsed() < DROPPING)
+        });
     }
 
     /// Connections known.
@@ -346,6 +365,12 @@ mod tests {
         ));
         assert!(connections.next(Some(addr)).is_none());
         connections.overflowed(Some(addr));
+        // Its socket gone from lockd's descriptors (shut, then closed by
+        // its client), while tiny_http still hands out what it read.
+        let none = std::collections::HashSet::new();
+        for round in 1..5 {
+            connections.forget_gone(round, &none);
+        }
         for i in 1..3 {
             assert!(
                 matches!(
@@ -359,6 +384,22 @@ mod tests {
             connections.admit_one(request("127.0.0.1:1001", "/x")),
             Admitted::Now(_)
         ));
+    }
+
+    #[test]
+    fn a_connection_cut_off_before_any_request_of_it_came_out_has_them_all_dropped() {
+        let connections = Connections::new(usize::MAX);
+        let from = "127.0.0.1:1000";
+        connections.overflowed(Some(from.parse().unwrap()));
+        for i in 0..3 {
+            assert!(
+                matches!(
+                    connections.admit_one(request(from, &format!("/{i}"))),
+                    Admitted::Dropped(_)
+                ),
+                "request {i}"
+            );
+        }
     }
 
     #[test]

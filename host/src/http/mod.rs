@@ -224,17 +224,28 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// tiny_http hands them out.
 struct Taker(Arc<Shared>);
 
+/// What a worker does with a request it took.
+enum Taken {
+    Serve(Request),
+    /// A request of a connection that was cut off, dropped unanswered
+    /// (outside the lock all requests are taken under: dropping it may
+    /// read what the kernel holds of its body).
+    Drop(Request),
+}
+
 impl workers::Handler for Taker {
-    fn admit(&self, request: Request) -> Option<Request> {
+    type Admitted = Taken;
+
+    fn admit(&self, request: Request) -> Option<Taken> {
         if request.url() == pool_keeper::PROBE_PATH {
-            return Some(request);
+            return Some(Taken::Serve(request));
         }
         self.0.taken.fetch_add(1, Ordering::Relaxed);
         self.0.in_progress.fetch_add(1, Ordering::Relaxed);
         let head = head::len(&request);
         let (sent, held) = (head::sent(&request, head), head::held(&request, head));
         match self.0.connections.admit(request, sent, held) {
-            Admitted::Now(request) => Some(request),
+            Admitted::Now(request) => Some(Taken::Serve(request)),
             Admitted::Queued => None,
             Admitted::Overflowing(addr) => {
                 // The watch hangs up on it at its next look: finding the
@@ -246,14 +257,15 @@ impl workers::Handler for Taker {
                 self.0.cuts.cut(Reason::Queue);
                 None
             }
-            Admitted::Dropped(request) => {
-                drop_unanswered(&self.0, request);
-                None
-            }
+            Admitted::Dropped(request) => Some(Taken::Drop(request)),
         }
     }
 
-    fn handle(&self, request: Request) {
+    fn handle(&self, taken: Taken) {
+        let request = match taken {
+            Taken::Serve(request) => request,
+            Taken::Drop(request) => return drop_unanswered(&self.0, request),
+        };
         if request.url() == pool_keeper::PROBE_PATH {
             if let Some((refusal, reason)) = over_bounds(&self.0.config, &request) {
                 // Counted in progress as refusing ends it.

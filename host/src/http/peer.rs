@@ -195,8 +195,10 @@ pub struct Open {
     /// A descriptor of its socket.
     pub fd: libc::c_int,
     pub peer: SocketAddr,
-    /// The bytes lockd has read from it so far.
-    pub read: u64,
+    /// The bytes lockd has read from it so far; `None` once it is no
+    /// longer established (shut by lockd or its client: what it holds is
+    /// being let go).
+    pub read: Option<u64>,
 }
 
 /// The TCP connections to lockd's `port`, found among the process's
@@ -209,12 +211,10 @@ pub struct Open {
 pub fn open_on(port: u16) -> io::Result<Vec<Open>> {
     Ok(sockets_on(port)?
         .into_iter()
-        .filter_map(|(fd, peer)| {
-            Some(Open {
-                fd,
-                peer,
-                read: bytes_read_on(fd)?,
-            })
+        .map(|(fd, peer)| Open {
+            fd,
+            peer,
+            read: bytes_read_on(fd),
         })
         .collect())
 }
@@ -495,11 +495,19 @@ mod tests {
         let open = open_on(port).unwrap();
         let found: Vec<_> = open.iter().filter(|o| o.peer == peer).collect();
         assert_eq!(found.len(), 1, "{open:?}");
-        assert_eq!(found[0].read, 60);
+        assert_eq!(found[0].read, Some(60));
         assert!(cut_open(found[0], libc::SHUT_RDWR, b"bye").unwrap());
         let mut answer = Vec::new();
         std::io::Read::read_to_end(&mut client, &mut answer).unwrap();
         assert_eq!(answer, b"bye");
+        let open = open_on(port).unwrap();
+        let shut: Vec<_> = open.iter().filter(|o| o.peer == peer).collect();
+        assert_eq!(
+            shut.len(),
+            1,
+            "a shut socket still held is listed: {open:?}"
+        );
+        assert_eq!(shut[0].read, None, "and counts nothing");
     }
 
     #[test]

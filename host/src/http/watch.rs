@@ -172,7 +172,11 @@ impl Looker {
         let mut hang_ups = Vec::new();
         let mut look = Look::Calm;
         for connection in &open {
-            let (addr, read) = (connection.peer, connection.read);
+            // Shut (by lockd or its client): what it holds is being let
+            // go; it stays known while its socket is (see `forget_gone`).
+            let (addr, Some(read)) = (connection.peer, connection.read) else {
+                continue;
+            };
             let held = after.get(&addr).copied().unwrap_or(Held {
                 idle: true,
                 ..Held::default()

@@ -26,11 +26,14 @@ const LINGER: Duration = Duration::from_secs(10);
 
 /// What workers do with the requests they take.
 pub trait Handler: Send + Sync + 'static {
+    /// What admitting a request leaves to handle.
+    type Admitted: Send;
     /// Takes a request in, in the order requests leave tiny_http's queue
-    /// (one at a time); returns it if it is to be handled now.
-    fn admit(&self, request: Request) -> Option<Request>;
-    /// Handles an admitted request, side by side with other workers.
-    fn handle(&self, request: Request);
+    /// (one at a time, so quickly: every worker waits on it); returns what
+    /// is to be handled now, if anything.
+    fn admit(&self, request: Request) -> Option<Self::Admitted>;
+    /// Handles what was admitted, side by side with other workers.
+    fn handle(&self, admitted: Self::Admitted);
 }
 
 /// The worker pool of one server.
