@@ -229,3 +229,45 @@ fn an_acquire_waiting_longer_than_a_plain_call_takes_gets_its_lock() {
         token.trim().parse().ok()
     );
 }
+
+#[test]
+fn bench_against_another_binary_runs_both_by_turns_and_prints_the_ratio() {
+    let (code, out, err) = lockd_out(&[
+        "bench",
+        "--against",
+        LOCKD,
+        "--rounds",
+        "2",
+        "--duration",
+        "0.2",
+        "--connections",
+        "1",
+        "--sync",
+        "none",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let runs = |side: &str| {
+        out.lines()
+            .filter(|l| l.starts_with(&format!("{side} --sync=none")))
+            .count()
+    };
+    assert_eq!((runs("this"), runs("other")), (2, 2), "{out}");
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("none ") && l.contains('x'))
+        .unwrap_or_else(|| panic!("no summary line: {out}"));
+    let fields: Vec<&str> = summary.split_whitespace().collect();
+    assert_eq!(fields[1], "1", "{summary}");
+    assert_eq!(
+        fields.len(),
+        7,
+        "sync, conns, two medians, ratio, two rounds: {summary}"
+    );
+
+    let (code, _, err) = lockd_out(&["bench", "--against", LOCKD, "--rounds", "0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--rounds"), "{err}");
+    let (code, _, err) = lockd_out(&["bench", "--against", "/nonexistent/lockd"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/lockd"), "{err}");
+}

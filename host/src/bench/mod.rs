@@ -3,6 +3,7 @@
 //! throughput, latency and the daemon's peak memory, optionally next to
 //! another server speaking the same protocol (the ratio is printed).
 
+mod against;
 mod connection;
 mod etcd;
 
@@ -40,6 +41,9 @@ pub struct BenchConfig {
     /// Also measure a daemon serving TLS with these files, next to plain
     /// HTTP.
     pub tls: Option<BenchTls>,
+    /// Another lockd binary to measure by turns with this one, and how
+    /// many rounds.
+    pub against: Option<(PathBuf, usize)>,
 }
 
 /// The certificate and key a TLS daemon shows, and the CA that signed it.
@@ -71,6 +75,9 @@ impl Figures {
 pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
     if !config.etcd.is_empty() {
         return etcd::run(config, &config.etcd);
+    }
+    if let Some((other, rounds)) = &config.against {
+        return against::run(config, other, *rounds);
     }
     let workload = match config.contended {
         Some(k) => format!("contended on {k} resources"),
@@ -230,8 +237,17 @@ impl Daemon {
         cpus: Option<&str>,
         tls: Option<&Arc<ClientConfig>>,
     ) -> anyhow::Result<(Self, String, Duration)> {
+        Self::start_binary(&std::env::current_exe()?, args, cpus, tls)
+    }
+
+    /// [`start`](Self::start), of the lockd binary at `lockd`.
+    fn start_binary(
+        lockd: &Path,
+        args: &[&str],
+        cpus: Option<&str>,
+        tls: Option<&Arc<ClientConfig>>,
+    ) -> anyhow::Result<(Self, String, Duration)> {
         let start = Instant::now();
-        let lockd = std::env::current_exe()?;
         let mut command = match cpus {
             Some(cpus) => {
                 let mut taskset = Command::new("taskset");

@@ -125,6 +125,15 @@ struct BenchArgs {
     /// The CA that signed --tls-cert, for the load's connections to trust.
     #[arg(long, requires = "tls_cert")]
     tls_ca: Option<std::path::PathBuf>,
+    /// Another lockd binary (an older build) to measure by turns with this
+    /// one, in the same sitting: prints the ratio of the medians per sync
+    /// mode and connection count.
+    #[arg(long, conflicts_with_all = ["baseline", "etcd", "tls_cert", "contended", "preload", "storm"])]
+    against: Option<std::path::PathBuf>,
+    /// Rounds with --against: each runs both binaries, the first of the
+    /// pair alternating.
+    #[arg(long, default_value_t = 3, requires = "against")]
+    rounds: usize,
 }
 
 /// Runs the command line.
@@ -180,6 +189,7 @@ pub fn run() -> ExitCode {
                     }
                     _ => None,
                 },
+                against: args.against.map(|other| (other, args.rounds)),
             };
             match crate::bench::run(&config) {
                 Ok(()) => ExitCode::SUCCESS,
