@@ -279,9 +279,10 @@ where
         for attempt in 0..3 {
             let heard = self.call(ask.clone());
             match heard {
-                // A reused request id may be answered with the lock an
-                // earlier acquire took, one this client has since given
-                // up (docs/cluster.md): not believed held.
+                // A reentrant acquire, or one reusing a request id
+                // (docs/cluster.md), may be answered with a lock this
+                // client has since given up: not believed held while its
+                // release may still land.
                 Some(Outcome::Lock(lock)) if self.given_up(resource, &lock) => return,
                 Some(Outcome::Lock(lock)) => return self.believe(resource, Some(&lock), ttl_ms),
                 Some(Outcome::Refused(..) | Outcome::NotApplied(_) | Outcome::Ended(_)) => return,

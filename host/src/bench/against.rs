@@ -8,7 +8,7 @@
 //! a fresh daemon and lock directory, the first of the pair alternating
 //! between rounds so that a drift within a round falls on each alike.
 
-use super::{BenchConfig, Daemon, Figures, load, print_line};
+use super::{BenchConfig, Daemon, Figures, load, print_header, print_line};
 use anyhow::Context as _;
 use std::path::Path;
 
@@ -38,10 +38,7 @@ pub fn run(config: &BenchConfig, other: &Path, rounds: usize) -> anyhow::Result<
     );
     println!("# this:  {}", this.display());
     println!("# other: {}", other.display());
-    println!(
-        "{:<28} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}",
-        "server", "conns", "ops/s", "p50 us", "p99 us", "p999 us", "peak RSS", "ratio"
-    );
+    print_header();
     let mut summary = Vec::new();
     for sync in config.syncs.iter().map(|s| s.name()) {
         for &conns in &config.connections {

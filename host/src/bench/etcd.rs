@@ -4,7 +4,7 @@
 //! `/v3/lock/lock` and `/v3/lock/unlock` on distinct names), and one
 //! guarded etcd transaction's round trip alone (the floor of a lock).
 
-use super::{BenchConfig, Daemon, Figures, drive, load, micros, print_line};
+use super::{BenchConfig, Daemon, Figures, drive, load, micros, print_header, print_line};
 use crate::etcd::{Compare, Etcd, Op, Target};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,10 +19,7 @@ pub fn run(config: &BenchConfig, urls: &[String]) -> anyhow::Result<()> {
         urls.join(","),
         config.duration.as_secs_f64()
     );
-    println!(
-        "{:<28} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}",
-        "server", "conns", "ops/s", "p50 us", "p99 us", "p999 us", "peak RSS", "ratio"
-    );
+    print_header();
     let txn = guarded_txns(urls, config.duration.min(Duration::from_secs(3)))?;
     print_line("etcd guarded txn alone", 1, &txn, None, None);
     let prefix = format!("lockd-bench-{}/", std::process::id());

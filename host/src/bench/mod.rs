@@ -87,10 +87,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         "lockd bench: lock/unlock over keep-alive connections, {workload}, {} s per run",
         config.duration.as_secs_f64()
     );
-    println!(
-        "{:<28} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}",
-        "server", "conns", "ops/s", "p50 us", "p99 us", "p999 us", "peak RSS", "ratio"
-    );
+    print_header();
     for sync in config.syncs.iter().map(|s| s.name()) {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("locks");
@@ -146,6 +143,14 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         daemon.stop();
     }
     Ok(())
+}
+
+/// The column heads of [`print_line`]'s lines.
+fn print_header() {
+    println!(
+        "{:<28} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "server", "conns", "ops/s", "p50 us", "p99 us", "p999 us", "peak RSS", "ratio"
+    );
 }
 
 fn print_line(name: &str, conns: usize, f: &Figures, rss_kib: Option<u64>, ratio: Option<f64>) {

@@ -371,15 +371,7 @@ mod tests {
         for round in 1..5 {
             connections.forget_gone(round, &none);
         }
-        for i in 1..3 {
-            assert!(
-                matches!(
-                    connections.admit_one(request(from, &format!("/{i}"))),
-                    Admitted::Dropped(_)
-                ),
-                "request {i} of a connection cut off is not answered"
-            );
-        }
+        assert_dropped(&connections, from, 1..3);
         assert!(matches!(
             connections.admit_one(request("127.0.0.1:1001", "/x")),
             Admitted::Now(_)
@@ -391,13 +383,18 @@ mod tests {
         let connections = Connections::new(usize::MAX);
         let from = "127.0.0.1:1000";
         connections.overflowed(Some(from.parse().unwrap()));
-        for i in 0..3 {
+        assert_dropped(&connections, from, 0..3);
+    }
+
+    /// Requests `paths` of the connection `from`, each dropped unanswered.
+    fn assert_dropped(connections: &Connections, from: &str, paths: std::ops::Range<usize>) {
+        for i in paths {
             assert!(
                 matches!(
                     connections.admit_one(request(from, &format!("/{i}"))),
                     Admitted::Dropped(_)
                 ),
-                "request {i}"
+                "request {i} of a connection cut off is not answered"
             );
         }
     }
