@@ -13,7 +13,7 @@ use crate::error::LockError;
 use crate::metrics::Metrics;
 use crate::requests::{self, reentrant, taken};
 pub use queue::Presence;
-use queue::{Deliveries, Line, Pending, Queue, Taker};
+use queue::{Deliveries, Line, Pending, Queue, Slot, Taker};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -85,21 +85,27 @@ impl Committer {
     /// lock to be free, if given). Whoever finds no batch running becomes
     /// the leader (see [`lead`](Self::lead)); the others sleep until they
     /// are handed their result, or the next batch to lead. Each waiter is
-    /// woken by name: no herd.
+    /// woken by name (no herd), once the leader has let go of the queue,
+    /// and takes its result from its own slot.
     pub fn submit(&self, request: Request, deadline: Option<Instant>) -> Result<Reply, LockError> {
+        let slot = Slot::new();
         let mut queue = lock(&self.queue);
-        let ticket = queue.push(request, Taker::Wake(std::thread::current()), deadline, None);
+        queue.push(request, Taker::Wake(slot.clone()), deadline, None);
         loop {
-            if let Some(result) = queue.done.remove(&ticket) {
-                return result;
-            }
             if !queue.leader && !queue.pending.is_empty() {
                 queue = self.lead(queue);
-            } else {
-                drop(queue);
-                std::thread::park();
-                queue = lock(&self.queue);
             }
+            if let Some(result) = slot.take() {
+                return result;
+            }
+            drop(queue);
+            std::thread::park();
+            // Woken with a result, or to lead the next batch (or for
+            // nothing: parking may end by itself).
+            if let Some(result) = slot.take() {
+                return result;
+            }
+            queue = lock(&self.queue);
         }
     }
 
@@ -220,13 +226,13 @@ impl Committer {
             }
             queue.leader = false;
             let next_leader = queue.pending.iter().find_map(|p| match &p.taker {
-                Taker::Wake(waiter) => Some(waiter.clone()),
+                Taker::Wake(slot) => Some(slot.thread().clone()),
                 Taker::Call(_) => None,
             });
-            if let Some(waiter) = next_leader {
-                waiter.unpark();
-            }
-            if !out.calls.is_empty() {
+            out.wakes.extend(next_leader);
+            if !out.is_empty() {
+                // Woken only now: a thread woken while the queue is locked
+                // would wait for it at once.
                 drop(queue);
                 out.run();
                 queue = lock(&self.queue);

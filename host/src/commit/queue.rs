@@ -4,7 +4,7 @@
 use crate::component::{Reply, Request};
 use crate::error::LockError;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 use std::time::Instant;
 
@@ -16,7 +16,6 @@ use super::Then;
 pub(super) struct Queue {
     next_ticket: u64,
     pub(super) pending: VecDeque<Pending>,
-    pub(super) done: HashMap<u64, Result<Reply, LockError>>,
     /// Whether some thread is running a batch right now.
     pub(super) leader: bool,
     /// Per resource, the clients waiting to take it, oldest first.
@@ -63,22 +62,61 @@ impl Pending {
     }
 }
 
+/// Where a thread waiting in [`Committer::submit`] finds its result:
+/// filled under the queue's lock, the thread woken after it is let go,
+/// so that it takes its result without waiting for the lock.
+pub(super) struct Slot {
+    result: Mutex<Option<Result<Reply, LockError>>>,
+    thread: Thread,
+}
+
+impl Slot {
+    /// A slot for the current thread.
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            result: Mutex::new(None),
+            thread: std::thread::current(),
+        })
+    }
+
+    /// The result, once it is there.
+    pub(super) fn take(&self) -> Option<Result<Reply, LockError>> {
+        self.result.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The thread to wake when it has its turn to lead a batch.
+    pub(super) fn thread(&self) -> &Thread {
+        &self.thread
+    }
+}
+
 /// Who takes a result.
 pub(super) enum Taker {
     /// A thread waiting in [`Committer::submit`], woken by name.
-    Wake(Thread),
+    Wake(Arc<Slot>),
     /// A function, called by the thread that has the result.
     Call(Then),
 }
 
-/// Results to hand out once the queue is unlocked.
+/// Results to hand out once the queue is unlocked: threads to wake (each
+/// finds its result in its slot) and functions to call.
 #[derive(Default)]
 pub(super) struct Deliveries {
+    pub(super) wakes: Vec<Thread>,
     pub(super) calls: Vec<(Then, Result<Reply, LockError>)>,
 }
 
 impl Deliveries {
+    pub(super) fn is_empty(&self) -> bool {
+        self.wakes.is_empty() && self.calls.is_empty()
+    }
+
+    /// Wakes the threads first (they run their answers on their own),
+    /// then calls the functions.
     pub(super) fn run(self) {
+        for thread in self.wakes {
+            thread.unpark();
+        }
         for (then, result) in self.calls {
             then(result);
         }
@@ -106,7 +144,8 @@ impl Queue {
         ticket
     }
 
-    /// Hands `result` to whoever waits for `pending`: a thread at once, a
+    /// Hands `result` to whoever waits for `pending`: into a thread's
+    /// slot at once (the thread woken once the queue is unlocked), to a
     /// function once the queue is unlocked.
     pub(super) fn deliver(
         &mut self,
@@ -115,10 +154,10 @@ impl Queue {
         out: &mut Deliveries,
     ) {
         match pending.taker {
-            Taker::Wake(waiter) => {
-                self.done.insert(pending.ticket, result);
-                if waiter.id() != std::thread::current().id() {
-                    waiter.unpark();
+            Taker::Wake(slot) => {
+                *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                if slot.thread.id() != std::thread::current().id() {
+                    out.wakes.push(slot.thread.clone());
                 }
             }
             Taker::Call(then) => out.calls.push((then, result)),

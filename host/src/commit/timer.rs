@@ -32,7 +32,7 @@ impl Committer {
             if sweep {
                 queue.sweep_at = None;
             }
-            if sweep || !out.calls.is_empty() {
+            if sweep || !out.is_empty() {
                 drop(queue);
                 out.run();
                 if sweep {
