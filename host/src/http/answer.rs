@@ -2,7 +2,9 @@
 //! connection must close after it (tiny_http does not let a response say
 //! `Connection: close`).
 
+use std::cell::RefCell;
 use std::io::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
 use tiny_http::{Header, Request, Response};
 
 /// Status, headers and body of one answer.
@@ -52,18 +54,48 @@ impl Answer {
 
     /// The answer as written when the connection closes after it.
     pub fn closing_bytes(&self) -> Vec<u8> {
-        let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        self.bytes("", "Connection: close\r\n")
+    }
+
+    /// The answer as tiny_http writes it on a connection that stays open
+    /// (its `Server` and `Date` headers first), for writing it without
+    /// tiny_http.
+    pub fn keep_alive_bytes(&self) -> Vec<u8> {
+        let date = DATE.with_borrow_mut(|(second, text)| {
+            let now = SystemTime::now();
+            let this = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            if *second != this || text.is_empty() {
+                *second = this;
+                *text = httpdate::fmt_http_date(now);
+            }
+            text.clone()
+        });
+        self.bytes(&format!("Server: tiny-http (Rust)\r\nDate: {date}\r\n"), "")
+    }
+
+    fn bytes(&self, first: &str, connection: &str) -> Vec<u8> {
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n{first}",
+            self.status,
+            reason(self.status)
+        );
         for (name, value) in &self.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            "Content-Length: {}\r\n{connection}\r\n",
             self.body.len()
         ));
         let mut bytes = head.into_bytes();
         bytes.extend_from_slice(&self.body);
         bytes
     }
+}
+
+thread_local! {
+    /// The `Date` header's text, made once a second per thread: the
+    /// second and its text.
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
 }
 
 fn reason(status: u16) -> &'static str {

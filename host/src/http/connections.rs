@@ -19,9 +19,11 @@
 //! requests it sent: [`super::watch`] holds them against what the kernel
 //! says lockd read from it, to find heads tiny_http is still reading.
 
-use std::collections::{HashMap, VecDeque};
+use super::peer;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tiny_http::Request;
 
@@ -59,6 +61,23 @@ pub struct Connections {
 /// impossible; one would be hung up on at the watch's next look.
 const DROPPING: Duration = Duration::from_secs(10);
 
+/// The most connections lockd keeps a copy of the socket of (one more
+/// descriptor each); the others' answers are written as before.
+pub const MAX_ADOPTED: usize = 4096;
+
+/// The most sockets copied at one look.
+const ADOPTED_PER_LOOK: usize = 64;
+
+/// A connection as the watch found it among lockd's descriptors.
+#[derive(Debug, Clone, Copy)]
+pub struct Sighting {
+    /// A descriptor of its socket (which may be closed and reused by the
+    /// time it is used: see [`peer::adopt`]).
+    pub fd: libc::c_int,
+    /// Whether it is established (not shut by lockd or its client).
+    pub established: bool,
+}
+
 /// One connection lockd has taken a request from.
 #[derive(Default)]
 struct Connection {
@@ -81,6 +100,9 @@ struct Connection {
     requests: u64,
     /// The last round of [`Connections::forget_gone`] that saw it open.
     seen: u64,
+    /// lockd's own copy of its socket's descriptor, once the watch has
+    /// found it established (see [`Connections::socket_of`]).
+    socket: Option<Arc<OwnedFd>>,
 }
 
 /// What became of a request taken in.
@@ -246,20 +268,66 @@ impl Connections {
             .collect()
     }
 
-    /// Round `round` of looking at the open connections saw `open` open:
-    /// forgets the idle ones that neither it nor the round before saw (a
-    /// connection taken in after a look began is kept), but for those
-    /// hung up on less than [`DROPPING`] ago.
-    pub fn forget_gone(&self, round: u64, open: &std::collections::HashSet<SocketAddr>) {
+    /// Round `round` of looking at the open connections to lockd's `port`
+    /// saw `open` open: forgets the idle ones that neither it nor the
+    /// round before saw (a connection taken in after a look began is
+    /// kept), but for those hung up on less than [`DROPPING`] ago; keeps a
+    /// copy of the socket of those established (see `socket_of`), and
+    /// lets go of those no longer.
+    pub fn forget_gone(&self, round: u64, open: &HashMap<SocketAddr, Sighting>, port: u16) {
         let mut known = self.lock();
+        let mut adopted = known.values().filter(|c| c.socket.is_some()).count();
+        // A few system calls each, under the lock requests are taken in
+        // under: a storm of new connections is adopted over a few looks.
+        let most = (adopted + ADOPTED_PER_LOOK).min(MAX_ADOPTED);
         for (addr, connection) in known.iter_mut() {
-            if open.contains(addr) || connection.seen == 0 {
+            let sighting = open.get(addr);
+            if sighting.is_some() || connection.seen == 0 {
                 connection.seen = round;
+            }
+            match sighting {
+                // A connection that has been answered once is likely to
+                // ask again: its answers can be written without a thread
+                // of their own (see `socket_of`).
+                Some(s) if s.established && connection.socket.is_none() => {
+                    if connection.requests > 1 && adopted < most {
+                        connection.socket = peer::adopt(s.fd, *addr, port).map(Arc::new);
+                        adopted += usize::from(connection.socket.is_some());
+                    }
+                }
+                Some(s) if s.established => {}
+                // Shut or gone: its socket is let go.
+                _ => connection.socket = None,
             }
         }
         known.retain(|_, c| {
             c.busy || c.seen + 1 >= round || c.overflowed.is_some_and(|at| at.elapsed() < DROPPING)
         });
+    }
+
+    /// lockd's own copy of the socket of the connection at `addr`, if it
+    /// has one: the socket that connection was found to have, for as long
+    /// as the copy is held. (A client that reconnects from the same
+    /// address before the copy is let go has a new socket, which the copy
+    /// is not: writing to it fails, as the old one is shut.)
+    pub fn socket_of(&self, addr: SocketAddr) -> Option<Arc<OwnedFd>> {
+        self.lock().get(&addr)?.socket.clone()
+    }
+
+    /// Lets go of the copy of `addr`'s socket, which failed.
+    pub fn drop_socket(&self, addr: SocketAddr) {
+        if let Some(connection) = self.lock().get_mut(&addr) {
+            connection.socket = None;
+        }
+    }
+
+    /// The descriptors of lockd's own copies of sockets, which the watch
+    /// does not look at.
+    pub fn own_sockets(&self) -> HashSet<libc::c_int> {
+        self.lock()
+            .values()
+            .filter_map(|c| Some(c.socket.as_ref()?.as_raw_fd()))
+            .collect()
     }
 
     /// Connections known.
@@ -320,10 +388,14 @@ mod tests {
                 .is_none()
         );
         assert_eq!(connections.len(), 2, "idle connections are remembered");
-        let open = [a].into_iter().collect();
-        connections.forget_gone(1, &open);
-        connections.forget_gone(2, &open);
-        connections.forget_gone(3, &open);
+        let sighting = Sighting {
+            fd: -1,
+            established: true,
+        };
+        let open = [(a, sighting)].into_iter().collect();
+        connections.forget_gone(1, &open, 0);
+        connections.forget_gone(2, &open, 0);
+        connections.forget_gone(3, &open, 0);
         assert_eq!(connections.len(), 1, "closed connections are forgotten");
     }
 
@@ -367,9 +439,9 @@ mod tests {
         connections.overflowed(Some(addr));
         // Its socket gone from lockd's descriptors (shut, then closed by
         // its client), while tiny_http still hands out what it read.
-        let none = std::collections::HashSet::new();
+        let none = HashMap::new();
         for round in 1..5 {
-            connections.forget_gone(round, &none);
+            connections.forget_gone(round, &none, 0);
         }
         assert_dropped(&connections, from, 1..3);
         assert!(matches!(

@@ -17,8 +17,9 @@ use crate::rpc::{self, Answered, Spawn};
 use crate::tls::Relayed;
 use connections::{Admitted, Connections};
 use cuts::{Cuts, Reason};
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -399,10 +400,12 @@ fn respond(shared: &Arc<Shared>, mut request: Request) -> Parked {
 
 /// Answers an XML-RPC call now, or parks it until its lock wait ends.
 fn call(shared: &Arc<Shared>, request: Request, body: &[u8], role: Role, taken: Instant) -> Parked {
+    let socket = socket_for(shared, &request);
     let waiting = Waiting {
         shared: shared.clone(),
         request,
         taken,
+        socket,
     };
     let addr = waiting.request.remote_addr().copied();
     let present = || presence(shared, addr);
@@ -455,11 +458,15 @@ fn presence(shared: &Shared, addr: Option<SocketAddr>) -> Option<Presence> {
 /// connected.
 const ASK_KERNEL_EVERY: Duration = Duration::from_millis(250);
 
-/// A call parked until its lock wait ends.
+/// A call parked until its lock wait ends, or until the batch its change
+/// is committed in has run.
 struct Waiting {
     shared: Arc<Shared>,
     request: Request,
     taken: Instant,
+    /// lockd's copy of the connection's socket, if its answer can be
+    /// written from the thread that has it (see [`socket_for`]).
+    socket: Option<Arc<OwnedFd>>,
 }
 
 impl rpc::Later for Waiting {
@@ -472,6 +479,82 @@ impl rpc::Later for Waiting {
             serve_connection(&self.shared, next);
         }
     }
+
+    /// A connection whose socket lockd holds a copy of, and whose answer
+    /// leaves it open, is answered from the thread that has the result.
+    fn prompt(&self) -> bool {
+        self.socket.is_some()
+    }
+
+    /// Writes what the socket takes at once; the rest, and the
+    /// connection's next requests, on a thread of their own.
+    fn answer_here(self, xml: String, spawn: &rpc::Spawn) {
+        let Waiting {
+            shared,
+            request,
+            taken,
+            socket,
+        } = self;
+        let addr = request.remote_addr().copied();
+        let bytes = Answer::new(200, "text/xml", xml).keep_alive_bytes();
+        shared.metrics.observe_request(taken.elapsed());
+        // Taken first: tiny_http's own writes to the connection (a 400 to
+        // a malformed next request, say) wait until it is dropped.
+        let mut writer = request.into_writer();
+        let sent = match socket.as_deref().map(|s| peer::send_now(s, &bytes)) {
+            Some(Ok(sent)) => sent,
+            Some(Err(e)) => {
+                // Its socket failed: lockd's copy is let go, and the
+                // answer written as any other (to the socket tiny_http
+                // has, which is this client's in any case).
+                tracing::debug!("writing an answer at once: {e}");
+                if let Some(addr) = addr {
+                    shared.connections.drop_socket(addr);
+                }
+                0
+            }
+            None => 0,
+        };
+        if sent == bytes.len() {
+            drop(writer);
+            shared.in_progress.fetch_sub(1, Ordering::Relaxed);
+            if let Some(next) = next(&shared, addr) {
+                spawn(Box::new(move || serve_connection(&shared, next)));
+            }
+            return;
+        }
+        shared.connections.writing(addr, Some(bytes.len()));
+        spawn(Box::new(move || {
+            let written = writer
+                .write_all(&bytes[sent..])
+                .and_then(|()| writer.flush());
+            if let Err(e) = written {
+                tracing::debug!("writing a response failed: {e}");
+            }
+            drop(writer);
+            shared.connections.writing(addr, None);
+            shared.in_progress.fetch_sub(1, Ordering::Relaxed);
+            if let Some(next) = next(&shared, addr) {
+                serve_connection(&shared, next);
+            }
+        }));
+    }
+}
+
+/// lockd's copy of the socket of `request`'s connection, if its answer
+/// may be written straight to it: the watch has found the connection
+/// established, and it stays open after the answer (HTTP/1.1, no
+/// `Connection: close`, lockd not stopping).
+fn socket_for(shared: &Shared, request: &Request) -> Option<Arc<OwnedFd>> {
+    let closes = request.http_version() != &tiny_http::HTTPVersion(1, 1)
+        || shared.draining.load(Ordering::Relaxed)
+        || request.headers().iter().any(|h| {
+            h.field.equiv("Connection") && h.value.as_str().to_ascii_lowercase().contains("close")
+        });
+    if closes {
+        return None;
+    }
+    shared.connections.socket_of(*request.remote_addr()?)
 }
 
 /// Writes `answer` to `request`'s connection.
@@ -519,7 +602,7 @@ fn refuse(shared: &Shared, request: Request, refusal: Answer, reason: Reason, ta
                 how: libc::SHUT_RDWR,
                 last_words: &words,
             };
-            peer::cut(local.port(), &[cut])
+            peer::cut(local.port(), &shared.connections.own_sockets(), &[cut])
         }
         _ => Ok(0),
     };

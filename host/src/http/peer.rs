@@ -15,6 +15,7 @@
 //! requests without reading answers), [`cut`] finds its socket among the
 //! process's descriptors by its two ends and shuts it down.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -208,8 +209,10 @@ pub struct Open {
 /// Linux 4.1 and later) less what waits unread. Unlike a socket
 /// diagnostics dump, which walks the kernel's whole table of connections,
 /// this costs a few system calls per descriptor of lockd's.
-pub fn open_on(port: u16) -> io::Result<Vec<Open>> {
-    Ok(sockets_on(port)?
+/// Descriptors in `own` (lockd's own copies, see [`adopt`]) are not
+/// looked at.
+pub fn open_on(port: u16, own: &HashSet<libc::c_int>) -> io::Result<Vec<Open>> {
+    Ok(sockets_on(port, own)?
         .into_iter()
         .map(|(fd, peer)| Open {
             fd,
@@ -222,7 +225,7 @@ pub fn open_on(port: u16) -> io::Result<Vec<Open>> {
 /// The connected TCP sockets of this process on local `port`: a
 /// descriptor of each, and its peer. (A connection's reading and writing
 /// halves are two descriptors of one socket: each is listed once.)
-fn sockets_on(port: u16) -> io::Result<Vec<(libc::c_int, SocketAddr)>> {
+fn sockets_on(port: u16, own: &HashSet<libc::c_int>) -> io::Result<Vec<(libc::c_int, SocketAddr)>> {
     let mut sockets: Vec<(libc::c_int, SocketAddr)> = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?
@@ -232,7 +235,7 @@ fn sockets_on(port: u16) -> io::Result<Vec<(libc::c_int, SocketAddr)>> {
         else {
             continue;
         };
-        if local_port(fd) != Some(port) {
+        if own.contains(&fd) || local_port(fd) != Some(port) {
             continue;
         }
         let Some(peer) = peer_of(fd) else { continue };
@@ -319,15 +322,58 @@ pub struct Cut<'a> {
 /// Shuts down each of `cuts`' connections to lockd's `port` as it says,
 /// finding them among the process's descriptors in one pass. Returns how
 /// many were found.
-pub fn cut(port: u16, cuts: &[Cut<'_>]) -> io::Result<usize> {
+pub fn cut(port: u16, own: &HashSet<libc::c_int>, cuts: &[Cut<'_>]) -> io::Result<usize> {
     let mut found = 0;
-    for (fd, peer) in sockets_on(port)? {
+    for (fd, peer) in sockets_on(port, own)? {
         if let Some(cut) = cuts.iter().find(|c| c.peer == peer) {
             shut(fd, cut.how, cut.last_words)?;
             found += 1;
         }
     }
     Ok(found)
+}
+
+/// A copy of descriptor `fd` (as found among the process's descriptors)
+/// if it is the connection from `peer` to lockd's `port`. The copy is
+/// checked, not `fd`: `fd` may have been closed and its number reused
+/// since it was found, but the copy stays the socket it was checked to
+/// be for as long as it is held (and keeps that socket, shut or not,
+/// from being freed: drop it once the connection ends).
+pub fn adopt(fd: libc::c_int, peer: SocketAddr, port: u16) -> Option<OwnedFd> {
+    // SAFETY: fcntl(2) F_DUPFD_CLOEXEC makes a new descriptor of whatever
+    // `fd` is now (or fails); the new one is owned from here on.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if copy < 0 {
+        return None;
+    }
+    // SAFETY: `copy` was just made and is not owned elsewhere.
+    let copy = unsafe { OwnedFd::from_raw_fd(copy) };
+    let ours =
+        peer_of(copy.as_raw_fd()) == Some(peer) && local_port(copy.as_raw_fd()) == Some(port);
+    ours.then_some(copy)
+}
+
+/// Writes what `socket` takes of `bytes` at once: how much. Never
+/// blocks, never raises SIGPIPE.
+pub fn send_now(socket: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: send(2) of a buffer we own, of the length we pass, on a
+    // descriptor we own.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(0),
+            _ => Err(e),
+        };
+    }
+    Ok(sent as usize)
 }
 
 /// The local port of a TCP socket `fd`, if it is one.
@@ -492,7 +538,7 @@ mod tests {
         std::io::Write::write_all(&mut client, &[7; 100]).unwrap();
         let mut first = [0; 60];
         std::io::Read::read_exact(&mut server_side, &mut first).unwrap();
-        let open = open_on(port).unwrap();
+        let open = open_on(port, &HashSet::new()).unwrap();
         let found: Vec<_> = open.iter().filter(|o| o.peer == peer).collect();
         assert_eq!(found.len(), 1, "{open:?}");
         assert_eq!(found[0].read, Some(60));
@@ -500,7 +546,7 @@ mod tests {
         let mut answer = Vec::new();
         std::io::Read::read_to_end(&mut client, &mut answer).unwrap();
         assert_eq!(answer, b"bye");
-        let open = open_on(port).unwrap();
+        let open = open_on(port, &HashSet::new()).unwrap();
         let shut: Vec<_> = open.iter().filter(|o| o.peer == peer).collect();
         assert_eq!(
             shut.len(),
@@ -524,7 +570,7 @@ mod tests {
                 how: libc::SHUT_RDWR,
                 last_words: &[],
             };
-            cut(port, &[both]).unwrap() == 1
+            cut(port, &HashSet::new(), &[both]).unwrap() == 1
         };
         assert!(hang_up(peer));
         assert_eq!(std::io::Read::read(&mut client, &mut [0; 1]).unwrap(), 0);
@@ -532,5 +578,63 @@ mod tests {
         assert!(established(local, bystander.local_addr().unwrap()).unwrap());
         let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert!(!hang_up(nobody));
+    }
+
+    #[test]
+    fn a_copy_is_adopted_only_of_the_connection_it_is_checked_to_be_and_is_not_listed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        let fd = server_side.as_raw_fd();
+        let copy = adopt(fd, peer, port).expect("the connection's own socket");
+        assert_ne!(copy.as_raw_fd(), fd);
+        let elsewhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(adopt(fd, elsewhere, port).is_none(), "another peer's");
+        assert!(adopt(fd, peer, port + 1).is_none(), "another port's");
+        let file = tempfile::tempfile().unwrap();
+        assert!(
+            adopt(file.as_raw_fd(), peer, port).is_none(),
+            "not a socket"
+        );
+        let own = [copy.as_raw_fd()].into_iter().collect();
+        let open = open_on(port, &own).unwrap();
+        assert!(
+            open.iter().all(|o| o.fd != copy.as_raw_fd()),
+            "lockd's own copies are not listed: {open:?}"
+        );
+        assert_eq!(open.iter().filter(|o| o.peer == peer).count(), 1);
+        // The copy stays the connection's once tiny_http's descriptors of
+        // it are closed (and their numbers free for anything).
+        drop(server_side);
+        assert_eq!(send_now(&copy, b"late").unwrap(), 4);
+        let mut client = client;
+        let mut got = [0; 4];
+        std::io::Read::read_exact(&mut client, &mut got).unwrap();
+        assert_eq!(&got, b"late");
+    }
+
+    #[test]
+    fn sending_at_once_stops_where_the_socket_is_full_instead_of_waiting() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A client that never reads.
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        let copy = adopt(server_side.as_raw_fd(), peer, port).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        let full = (0..10_000).any(|_| {
+            let n = send_now(&copy, &chunk).unwrap();
+            sent += n;
+            n < chunk.len()
+        });
+        assert!(full, "the socket took {sent} bytes without filling up");
+        assert_eq!(send_now(&copy, &chunk).unwrap(), 0, "full: nothing more");
+        drop(server_side);
+        // Shut by its client: an error, not a signal.
+        drop(_client);
+        let failed = (0..100).any(|_| send_now(&copy, b"x").is_err());
+        assert!(failed, "writing to a connection its client closed fails");
     }
 }

@@ -19,11 +19,11 @@
 //! connections holding most are cut off first, until the rest is within
 //! it; a connection holding less than [`FLOOR`] is never cut for it.
 
-use super::connections::{Connections, Held};
+use super::connections::{Connections, Held, Sighting};
 use super::cuts::{Cuts, Reason};
 use super::front::Clients;
 use super::peer;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,7 +158,8 @@ impl Looker {
         self.round += 1;
         // Requests taken in before the kernel is asked were read before.
         let before = self.connections.held();
-        let mut open = peer::open_on(self.local.port())?;
+        let own = self.connections.own_sockets();
+        let mut open = peer::open_on(self.local.port(), &own)?;
         if let Some(front) = &self.front {
             open.retain(|connection| !front.contains(&connection.peer));
         }
@@ -252,8 +253,18 @@ impl Looker {
                 total -= holds;
             }
         }
-        let open: HashSet<SocketAddr> = open.iter().map(|o| o.peer).collect();
-        self.connections.forget_gone(self.round, &open);
+        let open: HashMap<SocketAddr, Sighting> = open
+            .iter()
+            .map(|o| {
+                let sighting = Sighting {
+                    fd: o.fd,
+                    established: o.read.is_some(),
+                };
+                (o.peer, sighting)
+            })
+            .collect();
+        self.connections
+            .forget_gone(self.round, &open, self.local.port());
         if !cuts.is_empty() {
             self.cut(&cuts);
         }

@@ -28,9 +28,24 @@ pub type Job = Box<dyn FnOnce() + Send>;
 pub type Spawn = Arc<dyn Fn(Job) + Send + Sync>;
 
 /// Who answers a call that waited for its lock, once the wait has ended.
-pub trait Later: Send + 'static {
+pub trait Later: Send + Sized + 'static {
     /// Sends `xml`, the answer; runs on a thread from [`Spawn`].
     fn answer(self, xml: String);
+
+    /// Whether it can be answered from whichever thread has the result
+    /// (see [`answer_here`](Self::answer_here)): then every call that
+    /// changes locks is, the caller's thread not waiting for the batch
+    /// its change is committed in.
+    fn prompt(&self) -> bool {
+        false
+    }
+
+    /// Sends `xml` from the thread that has it (the one that committed
+    /// the batch, say), which must not block: what cannot be written at
+    /// once is left to a thread from `spawn`.
+    fn answer_here(self, xml: String, spawn: &Spawn) {
+        spawn(Box::new(move || self.answer(xml)));
+    }
 }
 
 /// Whether a call was answered on the caller's thread.
@@ -82,7 +97,7 @@ where
             return Answered::Now(counted(lockd, label, Err(gone)), reply);
         }
     };
-    let op = match step(lockd, &call, role) {
+    let op = match step(lockd, &call, role, reply.prompt()) {
         Step::Done(result) => return Answered::Now(counted(lockd, label, result), reply),
         Step::Wait(op) => op,
     };
@@ -92,6 +107,16 @@ where
         metrics.call(label, result.as_ref().err().map(|f| f.code));
         encode(result)
     };
+    if op.terms.deadline.is_none() {
+        // Answered by whichever thread has the result, this one included
+        // if it commits the batch: it must not wait for that to end (it
+        // may commit batch after batch while others' calls come in).
+        let spawn = spawn.clone();
+        submit(lockd, op, None)(Box::new(move |result| {
+            reply.answer_here(finish(result), &spawn);
+        }));
+        return Answered::Later;
+    }
     let replier = Arc::new(Mutex::new(Some(reply)));
     let parked = replier.clone();
     let spawn = spawn.clone();
@@ -166,9 +191,11 @@ enum Step {
     Wait(ops::Op),
 }
 
-fn step(lockd: &Lockd, call: &MethodCall, role: Role) -> Step {
+/// With `prompt`, every change is submitted to be answered later (see
+/// [`Later::prompt`]).
+fn step(lockd: &Lockd, call: &MethodCall, role: Role, prompt: bool) -> Step {
     match ops::op(lockd, call, role) {
-        Ok(Some(op)) if op.terms.deadline.is_some() => Step::Wait(op),
+        Ok(Some(op)) if prompt || op.terms.deadline.is_some() => Step::Wait(op),
         Ok(Some(op)) => Step::Done(
             lockd
                 .submit(op.request, op.terms)
@@ -270,7 +297,7 @@ impl Multicall {
                     continue;
                 }
             };
-            let op = match step(&self.lockd, &call, self.role) {
+            let op = match step(&self.lockd, &call, self.role, false) {
                 Step::Done(result) => {
                     self.listed.note(&call.name, &result);
                     self.push(result);
