@@ -38,6 +38,7 @@ mod head;
 mod listener;
 mod pages;
 mod peer;
+mod resume;
 mod status_page;
 mod watch;
 mod workers;
@@ -46,6 +47,7 @@ use answer::Answer;
 pub use doors::{DoorConfig, FrontMode};
 pub use front::Bounds as FrontBounds;
 pub use listener::{AcceptQueue, Listener};
+use resume::Resume;
 
 /// How the transport treats requests.
 #[derive(Debug, Clone)]
@@ -93,7 +95,8 @@ struct Shared {
     relayed: Option<Arc<Relayed>>,
     config: ServeConfig,
     connections: Arc<Connections>,
-    /// Runs the rest of a parked call once its wait ends.
+    /// Goes on with a connection on another thread: the rest of a parked
+    /// call once its wait ends, an answer the socket did not take at once.
     spawn: Spawn,
     /// Requests taken from tiny_http so far.
     taken: Arc<AtomicU64>,
@@ -124,14 +127,10 @@ pub fn serve(
         lockd,
         config: config.clone(),
         connections: Arc::new(Connections::new(config.max_queued)),
-        spawn: Arc::new(|job| {
-            let started = std::thread::Builder::new()
-                .name("lockd-resume".into())
-                .spawn(job);
-            if let Err(e) = started {
-                tracing::error!("starting a thread to answer a waiting call: {e}");
-            }
-        }),
+        spawn: {
+            let resume = Resume::default();
+            Arc::new(move |job| resume.run(job))
+        },
         taken: Arc::default(),
         in_progress: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
