@@ -139,7 +139,12 @@ impl Committer {
             queue.leader = true;
             let mut out = Deliveries::default();
             let batch = self.take_batch(&mut queue, &mut out);
+            // Those refused a place are told now, not after the batch.
+            let refused = std::mem::take(&mut out.wakes);
             drop(queue);
+            for thread in refused {
+                thread.unpark();
+            }
             let requests: Vec<Request> = batch.iter().map(|p| p.request.clone()).collect();
             let results = self.run(&requests);
             queue = lock(&self.queue);

@@ -74,8 +74,14 @@ pub struct Sighting {
     /// A descriptor of its socket (which may be closed and reused by the
     /// time it is used: see [`peer::adopt`]).
     pub fd: libc::c_int,
+    /// Its address on lockd's side.
+    pub local: SocketAddr,
     /// Whether it is established (not shut by lockd or its client).
     pub established: bool,
+    /// Whether another connection has the same peer address (to another
+    /// of lockd's addresses): requests do not tell which is whose, so
+    /// neither's socket is copied.
+    pub shared: bool,
 }
 
 /// One connection lockd has taken a request from.
@@ -268,13 +274,12 @@ impl Connections {
             .collect()
     }
 
-    /// Round `round` of looking at the open connections to lockd's `port`
-    /// saw `open` open: forgets the idle ones that neither it nor the
+    /// Round `round` of looking at the open connections saw `open` open: forgets the idle ones that neither it nor the
     /// round before saw (a connection taken in after a look began is
     /// kept), but for those hung up on less than [`DROPPING`] ago; keeps a
     /// copy of the socket of those established (see `socket_of`), and
     /// lets go of those no longer.
-    pub fn forget_gone(&self, round: u64, open: &HashMap<SocketAddr, Sighting>, port: u16) {
+    pub fn forget_gone(&self, round: u64, open: &HashMap<SocketAddr, Sighting>) {
         let mut known = self.lock();
         let mut adopted = known.values().filter(|c| c.socket.is_some()).count();
         // A few system calls each, under the lock requests are taken in
@@ -289,13 +294,13 @@ impl Connections {
                 // A connection that has been answered once is likely to
                 // ask again: its answers can be written without a thread
                 // of their own (see `socket_of`).
-                Some(s) if s.established && connection.socket.is_none() => {
+                Some(s) if s.established && !s.shared && connection.socket.is_none() => {
                     if connection.requests > 1 && adopted < most {
-                        connection.socket = peer::adopt(s.fd, *addr, port).map(Arc::new);
+                        connection.socket = peer::adopt(s.fd, *addr, s.local).map(Arc::new);
                         adopted += usize::from(connection.socket.is_some());
                     }
                 }
-                Some(s) if s.established => {}
+                Some(s) if s.established && !s.shared => {}
                 // Shut or gone: its socket is let go.
                 _ => connection.socket = None,
             }
@@ -390,12 +395,14 @@ mod tests {
         assert_eq!(connections.len(), 2, "idle connections are remembered");
         let sighting = Sighting {
             fd: -1,
+            local: "127.0.0.1:8000".parse().unwrap(),
             established: true,
+            shared: false,
         };
         let open = [(a, sighting)].into_iter().collect();
-        connections.forget_gone(1, &open, 0);
-        connections.forget_gone(2, &open, 0);
-        connections.forget_gone(3, &open, 0);
+        connections.forget_gone(1, &open);
+        connections.forget_gone(2, &open);
+        connections.forget_gone(3, &open);
         assert_eq!(connections.len(), 1, "closed connections are forgotten");
     }
 
@@ -441,7 +448,7 @@ mod tests {
         // its client), while tiny_http still hands out what it read.
         let none = HashMap::new();
         for round in 1..5 {
-            connections.forget_gone(round, &none, 0);
+            connections.forget_gone(round, &none);
         }
         assert_dropped(&connections, from, 1..3);
         assert!(matches!(

@@ -488,6 +488,19 @@ impl rpc::Later for Waiting {
     /// Writes what the socket takes at once; the rest, and the
     /// connection's next requests, on a thread of their own.
     fn answer_here(self, xml: String, spawn: &rpc::Spawn) {
+        // Written at once only to a socket holding nothing unsent (so that
+        // what tiny_http may hold for it, below, fits without waiting),
+        // and while lockd is not stopping (its answers close their
+        // connections); otherwise as any answer, on a thread that may
+        // wait for the client.
+        let prompt = !self.shared.draining.load(Ordering::Relaxed)
+            && self
+                .socket
+                .as_deref()
+                .is_some_and(|socket| peer::unsent(socket) == Some(0));
+        if !prompt {
+            return spawn(Box::new(move || self.answer(xml)));
+        }
         let Waiting {
             shared,
             request,
@@ -495,14 +508,27 @@ impl rpc::Later for Waiting {
             socket,
         } = self;
         let addr = request.remote_addr().copied();
+        tracing::debug!(
+            method = %request.method(),
+            path = request.url(),
+            status = 200,
+            "request"
+        );
         let bytes = Answer::new(200, "text/xml", xml).keep_alive_bytes();
         shared.metrics.observe_request(taken.elapsed());
-        // Taken first: tiny_http's own writes to the connection (a 400 to
-        // a malformed next request, say) wait until it is dropped.
+        // tiny_http writes to the connection by itself only the 505 to a
+        // request of a later HTTP version, into its buffer: flushed first
+        // (into a socket holding nothing, so at once), it goes out before
+        // this answer, in the order of the requests. Holding the writer
+        // makes tiny_http's next such write wait until it is dropped.
         let mut writer = request.into_writer();
-        let sent = match socket.as_deref().map(|s| peer::send_now(s, &bytes)) {
-            Some(Ok(sent)) => sent,
-            Some(Err(e)) => {
+        let flushed = writer.flush();
+        let sent = match (
+            flushed,
+            socket.as_deref().map(|s| peer::send_now(s, &bytes)),
+        ) {
+            (Ok(()), Some(Ok(sent))) => sent,
+            (Ok(()), Some(Err(e))) => {
                 // Its socket failed: lockd's copy is let go, and the
                 // answer written as any other (to the socket tiny_http
                 // has, which is this client's in any case).
@@ -512,13 +538,25 @@ impl rpc::Later for Waiting {
                 }
                 0
             }
-            None => 0,
+            _ => 0,
         };
         if sent == bytes.len() {
             drop(writer);
             shared.in_progress.fetch_sub(1, Ordering::Relaxed);
-            if let Some(next) = next(&shared, addr) {
-                spawn(Box::new(move || serve_connection(&shared, next)));
+            // The connection's next request, if it sent one meanwhile, on
+            // another thread: even dropping one (of a connection hung up
+            // on) may wait for the client.
+            if let Some((next, overflowed)) = shared.connections.next(addr) {
+                spawn(Box::new(move || {
+                    if overflowed {
+                        drop_unanswered(&shared, next);
+                        if let Some(next) = self::next(&shared, addr) {
+                            serve_connection(&shared, next);
+                        }
+                    } else {
+                        serve_connection(&shared, next);
+                    }
+                }));
             }
             return;
         }

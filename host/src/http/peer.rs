@@ -196,6 +196,11 @@ pub struct Open {
     /// A descriptor of its socket.
     pub fd: libc::c_int,
     pub peer: SocketAddr,
+    /// Its address on lockd's side.
+    pub local: SocketAddr,
+    /// Whether another connection from the same peer is open, to another
+    /// of lockd's addresses.
+    pub shared: bool,
     /// The bytes lockd has read from it so far; `None` once it is no
     /// longer established (shut by lockd or its client: what it holds is
     /// being let go).
@@ -214,19 +219,31 @@ pub struct Open {
 pub fn open_on(port: u16, own: &HashSet<libc::c_int>) -> io::Result<Vec<Open>> {
     Ok(sockets_on(port, own)?
         .into_iter()
-        .map(|(fd, peer)| Open {
-            fd,
-            peer,
-            read: bytes_read_on(fd),
+        .map(|found| Open {
+            fd: found.fd,
+            peer: found.peer,
+            local: found.local,
+            shared: found.shared,
+            read: bytes_read_on(found.fd),
         })
         .collect())
+}
+
+/// A socket of this process on lockd's port.
+struct Found {
+    fd: libc::c_int,
+    peer: SocketAddr,
+    local: SocketAddr,
+    /// Whether another socket has the same peer (to another of lockd's
+    /// addresses: a client address shared through NAT, say).
+    shared: bool,
 }
 
 /// The connected TCP sockets of this process on local `port`: a
 /// descriptor of each, and its peer. (A connection's reading and writing
 /// halves are two descriptors of one socket: each is listed once.)
-fn sockets_on(port: u16, own: &HashSet<libc::c_int>) -> io::Result<Vec<(libc::c_int, SocketAddr)>> {
-    let mut sockets: Vec<(libc::c_int, SocketAddr)> = Vec::new();
+fn sockets_on(port: u16, own: &HashSet<libc::c_int>) -> io::Result<Vec<Found>> {
+    let mut sockets: Vec<Found> = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?
             .file_name()
@@ -235,12 +252,21 @@ fn sockets_on(port: u16, own: &HashSet<libc::c_int>) -> io::Result<Vec<(libc::c_
         else {
             continue;
         };
-        if own.contains(&fd) || local_port(fd) != Some(port) {
+        if own.contains(&fd) {
             continue;
         }
+        let Some(local) = local_of(fd).filter(|local| local.port() == port) else {
+            continue;
+        };
         let Some(peer) = peer_of(fd) else { continue };
-        if !sockets.iter().any(|&(_, p)| p == peer) {
-            sockets.push((fd, peer));
+        match sockets.iter_mut().find(|s| s.peer == peer) {
+            Some(same) => same.shared |= same.local != local,
+            None => sockets.push(Found {
+                fd,
+                peer,
+                local,
+                shared: false,
+            }),
         }
     }
     Ok(sockets)
@@ -324,9 +350,9 @@ pub struct Cut<'a> {
 /// many were found.
 pub fn cut(port: u16, own: &HashSet<libc::c_int>, cuts: &[Cut<'_>]) -> io::Result<usize> {
     let mut found = 0;
-    for (fd, peer) in sockets_on(port, own)? {
-        if let Some(cut) = cuts.iter().find(|c| c.peer == peer) {
-            shut(fd, cut.how, cut.last_words)?;
+    for socket in sockets_on(port, own)? {
+        if let Some(cut) = cuts.iter().find(|c| c.peer == socket.peer) {
+            shut(socket.fd, cut.how, cut.last_words)?;
             found += 1;
         }
     }
@@ -334,12 +360,12 @@ pub fn cut(port: u16, own: &HashSet<libc::c_int>, cuts: &[Cut<'_>]) -> io::Resul
 }
 
 /// A copy of descriptor `fd` (as found among the process's descriptors)
-/// if it is the connection from `peer` to lockd's `port`. The copy is
+/// if it is the connection from `peer` to lockd's `local` address. The copy is
 /// checked, not `fd`: `fd` may have been closed and its number reused
 /// since it was found, but the copy stays the socket it was checked to
 /// be for as long as it is held (and keeps that socket, shut or not,
 /// from being freed: drop it once the connection ends).
-pub fn adopt(fd: libc::c_int, peer: SocketAddr, port: u16) -> Option<OwnedFd> {
+pub fn adopt(fd: libc::c_int, peer: SocketAddr, local: SocketAddr) -> Option<OwnedFd> {
     // SAFETY: fcntl(2) F_DUPFD_CLOEXEC makes a new descriptor of whatever
     // `fd` is now (or fails); the new one is owned from here on.
     let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
@@ -348,9 +374,16 @@ pub fn adopt(fd: libc::c_int, peer: SocketAddr, port: u16) -> Option<OwnedFd> {
     }
     // SAFETY: `copy` was just made and is not owned elsewhere.
     let copy = unsafe { OwnedFd::from_raw_fd(copy) };
-    let ours =
-        peer_of(copy.as_raw_fd()) == Some(peer) && local_port(copy.as_raw_fd()) == Some(port);
+    let ours = peer_of(copy.as_raw_fd()) == Some(peer) && local_of(copy.as_raw_fd()) == Some(local);
     ours.then_some(copy)
+}
+
+/// The bytes written to `socket` not yet taken by its client (`SIOCOUTQ`).
+pub fn unsent(socket: &OwnedFd) -> Option<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int, on a descriptor we own.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    (rc == 0).then(|| usize::try_from(queued).unwrap_or(usize::MAX))
 }
 
 /// Writes what `socket` takes of `bytes` at once: how much. Never
@@ -376,16 +409,20 @@ pub fn send_now(socket: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
     Ok(sent as usize)
 }
 
-/// The local port of a TCP socket `fd`, if it is one.
-fn local_port(fd: libc::c_int) -> Option<u16> {
+/// The local end of a socket `fd`, if it is an IP socket.
+fn local_of(fd: libc::c_int) -> Option<SocketAddr> {
     let (family, bytes) = address(fd, libc::getsockname)?;
-    port_of(family, &bytes)
+    socket_addr(family, &bytes)
 }
 
 /// The remote end of a socket `fd`, if it is a connected IP socket.
 fn peer_of(fd: libc::c_int) -> Option<SocketAddr> {
     let (family, bytes) = address(fd, libc::getpeername)?;
-    let port = port_of(family, &bytes)?;
+    socket_addr(family, &bytes)
+}
+
+fn socket_addr(family: libc::c_int, bytes: &[u8]) -> Option<SocketAddr> {
+    let port = port_of(family, bytes)?;
     let ip = match family {
         libc::AF_INET => IpAddr::from(<[u8; 4]>::try_from(&bytes[4..8]).ok()?),
         libc::AF_INET6 => IpAddr::from(<[u8; 16]>::try_from(&bytes[8..24]).ok()?),
@@ -587,14 +624,19 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, peer) = listener.accept().unwrap();
         let fd = server_side.as_raw_fd();
-        let copy = adopt(fd, peer, port).expect("the connection's own socket");
+        let local = listener.local_addr().unwrap();
+        let copy = adopt(fd, peer, local).expect("the connection's own socket");
         assert_ne!(copy.as_raw_fd(), fd);
         let elsewhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert!(adopt(fd, elsewhere, port).is_none(), "another peer's");
-        assert!(adopt(fd, peer, port + 1).is_none(), "another port's");
+        assert!(adopt(fd, elsewhere, local).is_none(), "another peer's");
+        let other_address = SocketAddr::new("127.0.0.2".parse().unwrap(), port);
+        assert!(
+            adopt(fd, peer, other_address).is_none(),
+            "to another address"
+        );
         let file = tempfile::tempfile().unwrap();
         assert!(
-            adopt(file.as_raw_fd(), peer, port).is_none(),
+            adopt(file.as_raw_fd(), peer, local).is_none(),
             "not a socket"
         );
         let own = [copy.as_raw_fd()].into_iter().collect();
@@ -617,11 +659,12 @@ mod tests {
     #[test]
     fn sending_at_once_stops_where_the_socket_is_full_instead_of_waiting() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         // A client that never reads.
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, peer) = listener.accept().unwrap();
-        let copy = adopt(server_side.as_raw_fd(), peer, port).unwrap();
+        let local = listener.local_addr().unwrap();
+        let copy = adopt(server_side.as_raw_fd(), peer, local).unwrap();
+        assert_eq!(unsent(&copy), Some(0), "nothing written yet");
         let chunk = vec![b'x'; 64 * 1024];
         let mut sent = 0;
         let full = (0..10_000).any(|_| {
@@ -631,6 +674,7 @@ mod tests {
         });
         assert!(full, "the socket took {sent} bytes without filling up");
         assert_eq!(send_now(&copy, &chunk).unwrap(), 0, "full: nothing more");
+        assert!(unsent(&copy).unwrap() > 0, "what the client has not taken");
         drop(server_side);
         // Shut by its client: an error, not a signal.
         drop(_client);

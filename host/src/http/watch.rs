@@ -258,13 +258,14 @@ impl Looker {
             .map(|o| {
                 let sighting = Sighting {
                     fd: o.fd,
+                    local: o.local,
                     established: o.read.is_some(),
+                    shared: o.shared,
                 };
                 (o.peer, sighting)
             })
             .collect();
-        self.connections
-            .forget_gone(self.round, &open, self.local.port());
+        self.connections.forget_gone(self.round, &open);
         if !cuts.is_empty() {
             self.cut(&cuts);
         }

@@ -97,7 +97,10 @@ where
             return Answered::Now(counted(lockd, label, Err(gone)), reply);
         }
     };
-    let op = match step(lockd, &call, role, reply.prompt()) {
+    // A call whose answer grows with the locks held keeps its turn until
+    // its answer is written, on this thread.
+    let prompt = reply.prompt() && !methods::grows_with_locks(&call.name);
+    let op = match step(lockd, &call, role, prompt) {
         Step::Done(result) => return Answered::Now(counted(lockd, label, result), reply),
         Step::Wait(op) => op,
     };
