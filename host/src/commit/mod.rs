@@ -140,11 +140,9 @@ impl Committer {
             let mut out = Deliveries::default();
             let batch = self.take_batch(&mut queue, &mut out);
             // Those refused a place are told now, not after the batch.
-            let refused = std::mem::take(&mut out.wakes);
+            let refused = std::mem::take(&mut out);
             drop(queue);
-            for thread in refused {
-                thread.unpark();
-            }
+            refused.run();
             let requests: Vec<Request> = batch.iter().map(|p| p.request.clone()).collect();
             let results = self.run(&requests);
             queue = lock(&self.queue);

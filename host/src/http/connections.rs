@@ -78,9 +78,9 @@ pub struct Sighting {
     pub local: SocketAddr,
     /// Whether it is established (not shut by lockd or its client).
     pub established: bool,
-    /// Whether another connection has the same peer address (to another
-    /// of lockd's addresses): requests do not tell which is whose, so
-    /// neither's socket is copied.
+    /// Whether another connection has, or may have, the same peer address
+    /// (to another of lockd's addresses; lockd listening on all of them):
+    /// requests do not tell which is whose, so no socket is copied.
     pub shared: bool,
 }
 

@@ -488,7 +488,7 @@ impl rpc::Later for Waiting {
     /// Writes what the socket takes at once; the rest, and the
     /// connection's next requests, on a thread of their own.
     fn answer_here(self, xml: String, spawn: &rpc::Spawn) {
-        // Written at once only to a socket holding nothing unsent (so that
+        // Written at once only to a socket holding nothing outstanding (so that
         // what tiny_http may hold for it, below, fits without waiting),
         // and while lockd is not stopping (its answers close their
         // connections); otherwise as any answer, on a thread that may
@@ -497,7 +497,7 @@ impl rpc::Later for Waiting {
             && self
                 .socket
                 .as_deref()
-                .is_some_and(|socket| peer::unsent(socket) == Some(0));
+                .is_some_and(|socket| peer::outstanding(socket) == Some(0));
         if !prompt {
             return spawn(Box::new(move || self.answer(xml)));
         }
@@ -522,13 +522,13 @@ impl rpc::Later for Waiting {
         // this answer, in the order of the requests. Holding the writer
         // makes tiny_http's next such write wait until it is dropped.
         let mut writer = request.into_writer();
-        let flushed = writer.flush();
-        let sent = match (
-            flushed,
-            socket.as_deref().map(|s| peer::send_now(s, &bytes)),
-        ) {
-            (Ok(()), Some(Ok(sent))) => sent,
-            (Ok(()), Some(Err(e))) => {
+        let sent = match (writer.flush(), socket.as_deref()) {
+            (Ok(()), Some(socket)) => peer::send_now(socket, &bytes),
+            _ => Ok(0),
+        };
+        let sent = match sent {
+            Ok(sent) => sent,
+            Err(e) => {
                 // Its socket failed: lockd's copy is let go, and the
                 // answer written as any other (to the socket tiny_http
                 // has, which is this client's in any case).
@@ -538,7 +538,6 @@ impl rpc::Later for Waiting {
                 }
                 0
             }
-            _ => 0,
         };
         if sent == bytes.len() {
             drop(writer);

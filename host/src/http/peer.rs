@@ -378,8 +378,9 @@ pub fn adopt(fd: libc::c_int, peer: SocketAddr, local: SocketAddr) -> Option<Own
     ours.then_some(copy)
 }
 
-/// The bytes written to `socket` not yet taken by its client (`SIOCOUTQ`).
-pub fn unsent(socket: &OwnedFd) -> Option<usize> {
+/// The bytes written to `socket` that its client has not acknowledged
+/// yet, sent or not (`SIOCOUTQ`).
+pub fn outstanding(socket: &OwnedFd) -> Option<usize> {
     let mut queued: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int, on a descriptor we own.
     let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
@@ -664,7 +665,7 @@ mod tests {
         let (server_side, peer) = listener.accept().unwrap();
         let local = listener.local_addr().unwrap();
         let copy = adopt(server_side.as_raw_fd(), peer, local).unwrap();
-        assert_eq!(unsent(&copy), Some(0), "nothing written yet");
+        assert_eq!(outstanding(&copy), Some(0), "nothing written yet");
         let chunk = vec![b'x'; 64 * 1024];
         let mut sent = 0;
         let full = (0..10_000).any(|_| {
@@ -674,7 +675,10 @@ mod tests {
         });
         assert!(full, "the socket took {sent} bytes without filling up");
         assert_eq!(send_now(&copy, &chunk).unwrap(), 0, "full: nothing more");
-        assert!(unsent(&copy).unwrap() > 0, "what the client has not taken");
+        assert!(
+            outstanding(&copy).unwrap() > 0,
+            "what the client has not taken"
+        );
         drop(server_side);
         // Shut by its client: an error, not a signal.
         drop(_client);

@@ -260,7 +260,10 @@ impl Looker {
                     fd: o.fd,
                     local: o.local,
                     established: o.read.is_some(),
-                    shared: o.shared,
+                    // Listening on all addresses, a peer may have a
+                    // connection to each (through NAT) before a look tells
+                    // them apart: no socket is copied then.
+                    shared: o.shared || self.local.ip().is_unspecified(),
                 };
                 (o.peer, sighting)
             })

@@ -97,8 +97,8 @@ where
             return Answered::Now(counted(lockd, label, Err(gone)), reply);
         }
     };
-    // A call whose answer grows with the locks held keeps its turn until
-    // its answer is written, on this thread.
+    // A call whose answer grows with the locks held is answered on this
+    // thread, which holds its turn until its answer is encoded.
     let prompt = reply.prompt() && !methods::grows_with_locks(&call.name);
     let op = match step(lockd, &call, role, prompt) {
         Step::Done(result) => return Answered::Now(counted(lockd, label, result), reply),
