@@ -298,12 +298,23 @@ fn serve_connection(shared: &Arc<Shared>, mut request: Request) {
 /// The next request of the connection at `addr` to answer, if any; the
 /// requests of a connection that was hung up on are dropped instead.
 fn next(shared: &Shared, addr: Option<SocketAddr>) -> Option<Request> {
+    answerable(shared, addr, shared.connections.next(addr))
+}
+
+/// [`next`], starting from `taken`, the request already taken from the
+/// connection at `addr` (and whether it was hung up on).
+fn answerable(
+    shared: &Shared,
+    addr: Option<SocketAddr>,
+    mut taken: Option<(Request, bool)>,
+) -> Option<Request> {
     loop {
-        let (request, overflowed) = shared.connections.next(addr)?;
+        let (request, overflowed) = taken?;
         if !overflowed {
             return Some(request);
         }
         drop_unanswered(shared, request);
+        taken = shared.connections.next(addr);
     }
 }
 
@@ -545,14 +556,9 @@ impl rpc::Later for Waiting {
             // The connection's next request, if it sent one meanwhile, on
             // another thread: even dropping one (of a connection hung up
             // on) may wait for the client.
-            if let Some((next, overflowed)) = shared.connections.next(addr) {
+            if let Some(taken) = shared.connections.next(addr) {
                 spawn(Box::new(move || {
-                    if overflowed {
-                        drop_unanswered(&shared, next);
-                        if let Some(next) = self::next(&shared, addr) {
-                            serve_connection(&shared, next);
-                        }
-                    } else {
+                    if let Some(next) = answerable(&shared, addr, Some(taken)) {
                         serve_connection(&shared, next);
                     }
                 }));

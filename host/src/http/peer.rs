@@ -315,17 +315,8 @@ pub fn cut_open(open: &Open, how: libc::c_int, last_words: &[u8]) -> io::Result<
 /// Writes `last_words` to socket `fd` without waiting, then shuts it.
 fn shut(fd: libc::c_int, how: libc::c_int, last_words: &[u8]) -> io::Result<()> {
     if !last_words.is_empty() {
-        // SAFETY: send(2) of a buffer we own on a descriptor of this
-        // process that is a client's connection; it never blocks and never
-        // raises SIGPIPE.
-        unsafe {
-            libc::send(
-                fd,
-                last_words.as_ptr().cast(),
-                last_words.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
+        // As far as it goes: the connection is shut either way.
+        let _ = send_at_once(fd, last_words);
     }
     // SAFETY: shutdown(2) on a descriptor of this process that is the
     // client's connection (its two ends were checked just before; the
@@ -390,11 +381,17 @@ pub fn outstanding(socket: &OwnedFd) -> Option<usize> {
 /// Writes what `socket` takes of `bytes` at once: how much. Never
 /// blocks, never raises SIGPIPE.
 pub fn send_now(socket: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
-    // SAFETY: send(2) of a buffer we own, of the length we pass, on a
-    // descriptor we own.
+    send_at_once(socket.as_raw_fd(), bytes)
+}
+
+/// [`send_now`] on a descriptor of this process that is a client's
+/// connection.
+fn send_at_once(fd: libc::c_int, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: send(2) of a buffer we own, of the length we pass; it never
+    // blocks and never raises SIGPIPE.
     let sent = unsafe {
         libc::send(
-            socket.as_raw_fd(),
+            fd,
             bytes.as_ptr().cast(),
             bytes.len(),
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
