@@ -21,7 +21,8 @@ it has open.
     locks.release("job", "worker-1", lock["token"])
 
 Errors are exceptions whose ``code`` and message are those of the daemon's
-XML-RPC faults. Needs the ``wasmtime`` package (50.x).
+XML-RPC faults, the classes of ``lockd_errors`` (beside this module), which
+``lockd_client`` raises too. Needs the ``wasmtime`` package (50.x).
 """
 
 import fcntl
@@ -30,61 +31,23 @@ import os
 import wasmtime
 from wasmtime import component
 
-__all__ = [
-    "LockDir",
-    "LockError",
-    "AlreadyLocked",
-    "NotLocked",
-    "NotOwner",
-    "InvalidName",
-    "LeaseExpired",
-    "StaleToken",
-    "StorageError",
-]
+import lockd_errors
+from lockd_errors import (
+    AlreadyLocked,
+    InvalidName,
+    LeaseExpired,
+    LockError,
+    NotLocked,
+    NotOwner,
+    StaleToken,
+    StorageError,
+    StoreUnavailable,
+    WaitTimedOut,
+)
+
+__all__ = ["LockDir"] + lockd_errors.ERRORS
 
 INTERFACE = "lockd:lockd/locks@0.3.0"
-
-
-class LockError(Exception):
-    """A lock operation that did not happen; ``code`` is the daemon's fault
-    code for it."""
-
-    code = 0
-
-
-class _Held(LockError):
-    """A refusal naming the lock's ``holder``."""
-
-    def __init__(self, message, holder=None):
-        super().__init__(message)
-        self.holder = holder
-
-
-def _fault(name, base, code, doc):
-    """An exception class for the daemon's fault ``code``."""
-    return type(name, (base,), {"code": code, "__doc__": doc, "__module__": __name__})
-
-
-AlreadyLocked = _fault(
-    "AlreadyLocked",
-    _Held,
-    1,
-    "Someone holds the lock (``holder``), or it is unavailable for the "
-    "lock-delay after it expired or was broken (``holder`` None).",
-)
-NotLocked = _fault("NotLocked", LockError, 2, "Nobody holds the lock.")
-NotOwner = _fault("NotOwner", _Held, 3, "Another client (``holder``) holds the lock.")
-InvalidName = _fault("InvalidName", LockError, 4, "A resource or client name that cannot be used.")
-LeaseExpired = _fault(
-    "LeaseExpired", LockError, 5, "The caller's lease ran out (or its lock was broken)."
-)
-StaleToken = _fault("StaleToken", LockError, 5, "The token given is not the current holder's.")
-StorageError = _fault(
-    "StorageError",
-    LockError,
-    -32603,
-    "The lock directory could not be read or written; nothing happened.",
-)
 
 
 def _record(**fields):

@@ -1,5 +1,7 @@
 //! A small XML-RPC client for the command line: one HTTP/1.0 request per
-//! call, over plain TCP or TLS.
+//! call, over plain TCP or TLS. A failed call says how far it got, which
+//! is what tells a caller whether it may have happened
+//! ([`failover`](crate::failover) acts on it).
 
 use crate::tls::{ClientFiles, Stream};
 use crate::xmlrpc::{self, Fault, Value};
@@ -27,8 +29,18 @@ pub struct Client {
 pub enum CallError {
     /// The daemon answered with a fault.
     Fault(Fault),
-    /// The daemon could not be reached, or answered with something else
-    /// than an XML-RPC response.
+    /// The daemon could not be reached (name, connection or TLS handshake):
+    /// the call was not sent, so it did not happen.
+    Unreached(anyhow::Error),
+    /// The daemon answered HTTP 503: it turned the call away before acting
+    /// on it (too many connections, or stopping).
+    Refused(String),
+    /// The call was sent but no whole answer came (timed out, or the
+    /// connection was cut): it may have happened.
+    NoAnswer(anyhow::Error),
+    /// The daemon answered with something else than an XML-RPC response
+    /// (another HTTP status, or not XML-RPC): not a lockd daemon, or not
+    /// one this client may use.
     Transport(anyhow::Error),
 }
 
@@ -36,7 +48,10 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Fault(fault) => f.write_str(&fault.message),
-            CallError::Transport(e) => write!(f, "{e:#}"),
+            CallError::Refused(body) => write!(f, "the daemon answered HTTP 503: {body}"),
+            CallError::Unreached(e) | CallError::NoAnswer(e) | CallError::Transport(e) => {
+                write!(f, "{e:#}")
+            }
         }
     }
 }
@@ -109,8 +124,14 @@ impl Client {
     /// Calls `method` with `params`.
     pub fn call(&self, method: &str, params: &[Value]) -> Result<Value, CallError> {
         let body = xmlrpc::encode_call(method, params);
-        let response = self.post(body.as_bytes()).map_err(CallError::Transport)?;
-        match xmlrpc::parse_response(&response) {
+        let mut stream = self.send(body.as_bytes()).map_err(CallError::Unreached)?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .context("reading the daemon's answer")
+            .map_err(CallError::NoAnswer)?;
+        let body = answer_body(response)?;
+        match xmlrpc::parse_response(&body) {
             Ok(result) => result.map_err(CallError::Fault),
             Err(e) => Err(CallError::Transport(anyhow::anyhow!(
                 "the daemon's answer is not an XML-RPC response: {e}"
@@ -118,7 +139,9 @@ impl Client {
         }
     }
 
-    fn post(&self, body: &[u8]) -> anyhow::Result<Vec<u8>> {
+    /// Connects and writes the request: once this returns, the daemon may
+    /// act on it.
+    fn send(&self, body: &[u8]) -> anyhow::Result<Stream> {
         let addr = self
             .authority
             .to_socket_addrs()
@@ -141,27 +164,60 @@ impl Client {
             self.authority,
             body.len()
         );
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        let mut response = Vec::new();
+        // One write: a request is either sent whole or the daemon cannot
+        // act on it (it waits for the body its head announced).
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
         stream
-            .read_to_end(&mut response)
-            .context("reading the daemon's answer")?;
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .context("the daemon's answer has no HTTP header")?;
-        let status_line = String::from_utf8_lossy(&response[..split]);
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("")
-            .to_owned();
-        if status != "200" {
-            let body = String::from_utf8_lossy(&response[split + 4..]);
-            bail!("the daemon answered HTTP {status}: {}", body.trim());
+            .write_all(&request)
+            .with_context(|| format!("sending the call to lockd at {addr}"))?;
+        Ok(stream)
+    }
+}
+
+/// The body of an HTTP/1.0 answer read to its end, if it is a whole
+/// 200 answer.
+fn answer_body(mut response: Vec<u8>) -> Result<Vec<u8>, CallError> {
+    let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err(CallError::NoAnswer(anyhow::anyhow!(
+            "the daemon's answer ended before its HTTP header did ({} bytes)",
+            response.len()
+        )));
+    };
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let body = response.split_off(split + 4);
+    let declared = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    if let Some(declared) = declared
+        && body.len() < declared
+    {
+        return Err(CallError::NoAnswer(anyhow::anyhow!(
+            "the daemon's answer was cut short ({} of {declared} bytes)",
+            body.len()
+        )));
+    }
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    // Enough of the body to tell what answered, on one line.
+    let text = || {
+        let text = String::from_utf8_lossy(&body);
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        match text.char_indices().nth(200) {
+            Some((cut, _)) => format!("{}...", &text[..cut]),
+            None => text,
         }
-        Ok(response.split_off(split + 4))
+    };
+    match status {
+        "200" => Ok(body),
+        "503" => Err(CallError::Refused(text())),
+        _ => Err(CallError::Transport(anyhow::anyhow!(
+            "the daemon answered HTTP {status}: {}",
+            text()
+        ))),
     }
 }
 

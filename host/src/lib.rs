@@ -15,6 +15,7 @@ mod commit;
 pub mod component;
 mod error;
 pub mod etcd;
+pub mod failover;
 mod gate;
 mod guard;
 pub mod http;

@@ -54,6 +54,79 @@ fn usage_errors_and_an_unreachable_daemon() {
     assert!(stderr.contains("connecting to lockd"), "{stderr}");
 }
 
+/// A server that answers every request with an HTML page, as a web
+/// server at a wrong URL would; its URL.
+fn html_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut request = [0; 65536];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let page = "<html><body>It works!</body></html>";
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+                    page.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn a_bad_url_list_is_refused_naming_the_url_and_nothing_is_taken() {
+    let server = TestServer::start();
+    let good = server.url();
+    for (list, code, says) in [
+        ("", 64, "names no URL"),
+        (" , ", 64, "has an empty entry"),
+        (&format!("{good},"), 64, "has an empty entry"),
+        (&format!("{good},{good}"), 64, "twice"),
+        (
+            &format!("{good},ftp://lockd.example/"),
+            64,
+            "\"ftp://lockd.example/\" is not an http:// or https:// URL",
+        ),
+        (&format!("{good},http:///"), 64, "names no host"),
+    ] {
+        for args in [
+            vec!["lock", "r", "c", "--url", list],
+            vec!["acquire", "r", "--client", "c", "--url", list],
+            vec!["run", "r", "--url", list, "--", "true"],
+        ] {
+            let (got, stderr) = lockd(&args);
+            assert_eq!(got, code, "{args:?}: {stderr}");
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+        }
+    }
+    // A host answering something else than XML-RPC: named, not passed over.
+    let html = html_server();
+    let list = format!("{html},{good}");
+    for args in [
+        vec!["lock", "r", "c", "--url", &list],
+        vec!["acquire", "r", "--client", "c", "--url", &list],
+        vec!["run", "r", "--url", &list, "--", "true"],
+    ] {
+        let (got, stderr) = lockd(&args);
+        assert_eq!(got, 69, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{html}: the daemon's answer is not an XML-RPC response"
+            )),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        server.call("lockd.status", &["r"]).unwrap(),
+        lockd::xmlrpc::Value::Nil
+    );
+}
+
 /// Runs `lockd` with `args`; returns the exit code, stdout and stderr.
 fn lockd_out(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(LOCKD).args(args).output().unwrap();

@@ -106,7 +106,10 @@ impl Hosts {
         let result = client.call(method, params);
         let took = started.elapsed().as_millis() as u64;
         history.longest_call_ms.fetch_max(took, Ordering::Relaxed);
-        if let Err(CallError::Transport(_)) = &result {
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, CallError::Fault(_)))
+        {
             history.transport.fetch_add(1, Ordering::Relaxed);
         }
         result

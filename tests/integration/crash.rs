@@ -92,7 +92,7 @@ fn client_run(url: &str, me: usize, known: &mut [Known], seed: u64, stop: &Atomi
                     code => panic!("{method} {resource}: unexpected fault {code}: {fault}"),
                 };
             }
-            Err(CallError::Transport(_)) => {
+            Err(_) => {
                 known[r] = Known::InDoubt;
                 return acknowledged;
             }

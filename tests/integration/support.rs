@@ -123,7 +123,7 @@ impl TestServer {
         match self.client().call(method, &params) {
             Ok(value) => Ok(value),
             Err(CallError::Fault(fault)) => Err(fault),
-            Err(CallError::Transport(e)) => panic!("calling {method}: {e:#}\n{}", self.log()),
+            Err(e) => panic!("calling {method}: {e}\n{}", self.log()),
         }
     }
 

@@ -1,10 +1,11 @@
-//! The client subcommands: one XML-RPC call each, the answer on stdout
-//! (tab-separated lines, or JSON with `--json`), a fault's message on
-//! stderr and its code as the exit code.
+//! The client subcommands: one XML-RPC call each (to the first host of
+//! `--url` that takes it, see [`failover`](crate::failover)), the answer on
+//! stdout (tab-separated lines, or JSON with `--json`), a fault's message
+//! on stderr and its code as the exit code.
 
 use super::exit;
 use super::serve::seconds;
-use crate::client::{CallError, Client};
+use crate::failover::{Failure, Hosts, Kind, Limits, request_id};
 use crate::time::iso8601;
 use crate::tls::ClientFiles;
 use crate::xmlrpc::Value;
@@ -15,9 +16,17 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// The daemon's URL: http://, or https:// for a daemon serving TLS.
+    /// The daemon's URL: http://, or https:// for a daemon serving TLS. In
+    /// cluster mode, the URLs of several hosts separated by commas: a call
+    /// goes to the host that answered last and moves on to the next when a
+    /// host cannot be reached, answers 503, or says the call did not
+    /// happen (docs/clients.md).
     #[arg(long, env = "LOCKD_URL", default_value = "http://127.0.0.1:8000/")]
     pub url: String,
+    /// Seconds one host may take to answer a call (beyond any wait for a
+    /// lock) before the call moves on to the next host, or fails.
+    #[arg(long, env = "LOCKD_TIMEOUT", value_parser = seconds, default_value_t = 30.0)]
+    pub timeout: f64,
     /// https: the CA certificate(s) (PEM) the daemon's certificate must be
     /// signed by; the system's CAs if not given.
     #[arg(long, env = "LOCKD_CA")]
@@ -32,14 +41,27 @@ pub struct DaemonArgs {
 }
 
 impl DaemonArgs {
-    /// A client for the daemon named.
-    pub fn client(&self) -> anyhow::Result<Client> {
+    /// The hosts named, or the reason they cannot be used (on stderr) as
+    /// the exit code.
+    pub fn hosts(&self) -> Result<Hosts, u8> {
         let files = ClientFiles {
             ca: self.ca.as_deref(),
             cert: self.cert.as_deref(),
             key: self.key.as_deref(),
         };
-        Client::with_tls(&self.url, &files)
+        Hosts::parse(&self.url, &files).map_err(|e| {
+            eprintln!("lockd: --url: {e:#}");
+            exit::USAGE
+        })
+    }
+
+    /// How long a call may take that waits `wait` for its lock.
+    pub fn limits(&self, wait: Duration) -> Limits {
+        Limits {
+            answer: Duration::from_secs_f64(self.timeout),
+            wait,
+            deadline: None,
+        }
     }
 }
 
@@ -151,40 +173,48 @@ pub struct BreakArgs {
 /// `lockd lock` and `lockd unlock`: silent on success.
 pub fn lock(args: &LockArgs, method: &str) -> ExitCode {
     let params = [args.resource.as_str().into(), args.client.as_str().into()];
-    outcome(call(&args.daemon, method, &params).map(drop))
+    let (resource, client) = (args.resource.as_str(), args.client.as_str());
+    let kind = if method == "lock" {
+        Kind::Take { resource, client }
+    } else {
+        Kind::Give {
+            resource,
+            client,
+            token: None,
+        }
+    };
+    outcome(call(&args.daemon, method, &params, kind).map(drop))
 }
 
 pub fn acquire(args: &AcquireArgs) -> ExitCode {
-    let mut options = vec![
-        ("wait".to_owned(), Value::Double(args.wait)),
-        ("reentrant".to_owned(), Value::Bool(args.reentrant)),
-    ];
-    if let Some(ttl) = args.ttl {
-        options.push(("ttl".to_owned(), Value::Double(ttl)));
-    }
-    let params = [
-        args.resource.as_str().into(),
-        args.client.as_str().into(),
-        Value::Struct(options),
-    ];
-    let within = waiting(args.wait);
-    outcome(
-        call_within(&args.daemon, "lockd.acquire", &params, within).map(|lock| {
-            if args.json {
-                print_json(&lock);
-            } else if let Some(token) = lock.member("token").and_then(Value::as_i64) {
-                println!("{token}");
-            }
-        }),
-    )
+    let taking = Acquire {
+        resource: &args.resource,
+        client: &args.client,
+        ttl: args.ttl,
+        wait: args.wait,
+        reentrant: args.reentrant,
+    };
+    outcome(taking.call(&args.daemon).map(|lock| {
+        if args.json {
+            print_json(&lock);
+        } else if let Some(token) = lock.member("token").and_then(Value::as_i64) {
+            println!("{token}");
+        }
+    }))
 }
 
 pub fn release(args: &ReleaseArgs) -> ExitCode {
     let mut params = vec![args.resource.as_str().into(), args.client.as_str().into()];
-    if let Some(token) = args.token {
-        params.push(Value::String(token.to_string()));
+    let token = args.token.map(|t| t.to_string());
+    if let Some(token) = &token {
+        params.push(token.as_str().into());
     }
-    outcome(call(&args.daemon, "lockd.release", &params).map(drop))
+    let kind = Kind::Give {
+        resource: &args.resource,
+        client: &args.client,
+        token: token.as_deref(),
+    };
+    outcome(call(&args.daemon, "lockd.release", &params, kind).map(drop))
 }
 
 pub fn renew(args: &RenewArgs) -> ExitCode {
@@ -196,12 +226,15 @@ pub fn renew(args: &RenewArgs) -> ExitCode {
     if let Some(token) = args.token {
         params.push(Value::String(token.to_string()));
     }
-    outcome(call(&args.daemon, "lockd.renew", &params).map(|lock| print_lock(&lock, args.json)))
+    outcome(
+        call(&args.daemon, "lockd.renew", &params, Kind::Repeatable)
+            .map(|lock| print_lock(&lock, args.json)),
+    )
 }
 
 pub fn status(args: &StatusArgs) -> ExitCode {
     let params = [args.resource.as_str().into()];
-    match call(&args.daemon, "lockd.status", &params) {
+    match call(&args.daemon, "lockd.status", &params, Kind::Repeatable) {
         Ok(Value::Nil) => {
             if args.json {
                 println!("null");
@@ -220,6 +253,10 @@ const LIST_PAGE: i32 = 1000;
 /// Lists the locks page by page, printing each page as it comes (with
 /// `--json`, one array at the end).
 pub fn list(args: &ListArgs) -> ExitCode {
+    let hosts = match args.daemon.hosts() {
+        Ok(hosts) => hosts,
+        Err(code) => return ExitCode::from(code),
+    };
     let mut all = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -228,7 +265,14 @@ pub fn list(args: &ListArgs) -> ExitCode {
             options.push(("after".to_owned(), after.as_str().into()));
         }
         let params = [args.prefix.as_str().into(), Value::Struct(options)];
-        let page = match call(&args.daemon, "lockd.list", &params) {
+        let limits = args.daemon.limits(Duration::ZERO);
+        let page = match call_on(
+            &hosts,
+            "lockd.list",
+            &|_| params.to_vec(),
+            Kind::Repeatable,
+            limits,
+        ) {
             Ok(Value::Array(page)) => page,
             Ok(other) => {
                 eprintln!("lockd: lockd.list answered {other:?}");
@@ -261,54 +305,111 @@ pub fn list(args: &ListArgs) -> ExitCode {
 
 pub fn break_lock(args: &BreakArgs) -> ExitCode {
     let params = [args.resource.as_str().into(), args.reason.as_str().into()];
-    outcome(
-        call(&args.daemon, "lockd.break_lock", &params).map(|lock| print_lock(&lock, args.json)),
-    )
+    let kind = Kind::Break {
+        resource: &args.resource,
+    };
+    match call(&args.daemon, "lockd.break_lock", &params, kind) {
+        // Settled after an answer was lost: the lock is gone, but which
+        // one the call broke is not known.
+        Ok(Value::Nil) => {
+            eprintln!("lockd: {} is not locked (any more)", args.resource);
+            ExitCode::SUCCESS
+        }
+        result => outcome(result.map(|lock| print_lock(&lock, args.json))),
+    }
+}
+
+/// One `lockd.acquire`, under a `request_id` of its own, so that sending
+/// it again to another host never takes a second lock.
+pub struct Acquire<'a> {
+    pub resource: &'a str,
+    pub client: &'a str,
+    pub ttl: Option<f64>,
+    pub wait: f64,
+    pub reentrant: bool,
+}
+
+impl Acquire<'_> {
+    /// Takes the lock; the answer is the lock, or the failure (on stderr)
+    /// as the exit code.
+    pub fn call(&self, daemon: &DaemonArgs) -> Result<Value, u8> {
+        let hosts = daemon.hosts()?;
+        self.call_on(&hosts, daemon.limits(wait_of(self.wait)))
+    }
+
+    /// [`call`](Self::call) through `hosts`.
+    pub fn call_on(&self, hosts: &Hosts, limits: Limits) -> Result<Value, u8> {
+        let request_id = request_id().map_err(|e| {
+            eprintln!("lockd: reading /dev/urandom for a request id: {e}");
+            exit::SOFTWARE
+        })?;
+        let params = |elapsed: Duration| {
+            // Sent again later, it waits only what is left of the wait.
+            let wait = (self.wait - elapsed.as_secs_f64()).max(0.0);
+            let mut options = vec![
+                ("wait".to_owned(), Value::Double(wait)),
+                ("reentrant".to_owned(), Value::Bool(self.reentrant)),
+                ("request_id".to_owned(), request_id.as_str().into()),
+            ];
+            if let Some(ttl) = self.ttl {
+                options.push(("ttl".to_owned(), Value::Double(ttl)));
+            }
+            vec![
+                self.resource.into(),
+                self.client.into(),
+                Value::Struct(options),
+            ]
+        };
+        call_on(hosts, "lockd.acquire", &params, Kind::Repeatable, limits)
+    }
 }
 
 /// One call; a failure is reported on stderr and becomes the exit code.
-pub fn call(daemon: &DaemonArgs, method: &str, params: &[Value]) -> Result<Value, u8> {
-    call_within(daemon, method, params, ANSWER_WITHIN)
+pub fn call(daemon: &DaemonArgs, method: &str, params: &[Value], kind: Kind) -> Result<Value, u8> {
+    let hosts = daemon.hosts()?;
+    call_on(
+        &hosts,
+        method,
+        &|_| params.to_vec(),
+        kind,
+        daemon.limits(Duration::ZERO),
+    )
 }
 
-/// How long a call that does not wait for a lock may take to be answered.
-pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
-
-/// How long to wait for the answer to a call that waits `wait` seconds
-/// for its lock: the daemon answers when the wait ends, so the wait plus
-/// [`ANSWER_WITHIN`].
-pub fn waiting(wait: f64) -> Duration {
-    Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX / 2) + ANSWER_WITHIN
-}
-
-/// [`call`], giving up on the daemon's answer after `within`.
-pub fn call_within(
-    daemon: &DaemonArgs,
+/// [`call`] through `hosts`, with the params `params` gives for the time
+/// since the call set out.
+pub fn call_on(
+    hosts: &Hosts,
     method: &str,
-    params: &[Value],
-    within: Duration,
+    params: &dyn Fn(Duration) -> Vec<Value>,
+    kind: Kind,
+    limits: Limits,
 ) -> Result<Value, u8> {
-    let client = daemon.client().map_err(|e| {
-        eprintln!("lockd: {e:#}");
-        exit::USAGE
-    })?;
-    client
-        .with_timeout(within)
-        .call(method, params)
-        .map_err(|e| {
-            eprintln!("lockd: {e}");
-            exit_code(&e)
-        })
+    hosts.call(method, params, kind, limits).map_err(|e| {
+        eprintln!("lockd: {e}");
+        exit_code(&e)
+    })
 }
 
-/// The exit code for a failed call: the fault code for faults 1 to 6.
-pub fn exit_code(error: &CallError) -> u8 {
-    match error {
-        CallError::Fault(fault) => u8::try_from(fault.code)
+/// A `wait` option in seconds as a duration (an endless wait, as long as
+/// one can be).
+pub fn wait_of(wait: f64) -> Duration {
+    Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX / 4)
+}
+
+/// The exit code for a failed call: the fault code for faults 1 to 6;
+/// [`exit::UNAVAILABLE`] when no host could be used or the outcome is
+/// unknown.
+pub fn exit_code(failure: &Failure) -> u8 {
+    match failure {
+        Failure::Fault(fault) if fault.code == 7 => exit::UNAVAILABLE,
+        Failure::Fault(fault) => u8::try_from(fault.code)
             .ok()
             .filter(|code| (1..=6).contains(code))
             .unwrap_or(exit::SOFTWARE),
-        CallError::Transport(_) => exit::UNAVAILABLE,
+        Failure::Misanswered(..) | Failure::Unavailable(_) | Failure::Unknown(_) => {
+            exit::UNAVAILABLE
+        }
     }
 }
 

@@ -9,10 +9,16 @@
 //! is lost (broken by an operator, or not renewed before the lease ran
 //! out), the command is stopped (SIGTERM, then SIGKILL after
 //! `--kill-after`) and `lockd run` exits with [`exit::LOCK_LOST`].
+//!
+//! With several hosts in `--url`, every call moves on to the next host as
+//! [`failover`](crate::failover) says, renewals too: each renewal gives
+//! one host at most half of its time, so that a host that stopped
+//! answering leaves time to renew through another.
 
-use super::calls::{DaemonArgs, call, call_within, waiting};
+use super::calls::{Acquire, DaemonArgs, call_on, wait_of};
 use super::exit;
 use super::serve::seconds;
+use crate::failover::{Hosts, Kind, Limits};
 use crate::xmlrpc::Value;
 use clap::Args;
 use std::process::{Child, Command, ExitCode, ExitStatus};
@@ -55,17 +61,19 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
     let client = args.client.clone().unwrap_or_else(default_client);
     let ttl = Duration::from_secs_f64(args.ttl);
-    let options = Value::Struct(vec![
-        ("ttl".into(), Value::Double(args.ttl)),
-        ("wait".into(), Value::Double(args.wait)),
-    ]);
-    let params = [
-        args.resource.as_str().into(),
-        client.as_str().into(),
-        options,
-    ];
+    let hosts = match args.daemon.hosts() {
+        Ok(hosts) => hosts,
+        Err(code) => return ExitCode::from(code),
+    };
+    let taking = Acquire {
+        resource: &args.resource,
+        client: &client,
+        ttl: Some(args.ttl),
+        wait: args.wait,
+        reentrant: false,
+    };
     let taken_at = Instant::now();
-    let lock = match call_within(&args.daemon, "lockd.acquire", &params, waiting(args.wait)) {
+    let lock = match taking.call_on(&hosts, args.daemon.limits(wait_of(args.wait))) {
         Ok(lock) => lock,
         Err(code) => return ExitCode::from(code),
     };
@@ -74,6 +82,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         return ExitCode::from(exit::UNAVAILABLE);
     };
     let holding = Holding {
+        hosts: &hosts,
         daemon: &args.daemon,
         resource: &args.resource,
         client: &client,
@@ -125,6 +134,7 @@ pub fn run(args: RunArgs) -> ExitCode {
 
 /// A lock held by this process.
 struct Holding<'a> {
+    hosts: &'a Hosts,
     daemon: &'a DaemonArgs,
     resource: &'a str,
     client: &'a str,
@@ -189,7 +199,19 @@ impl Holding<'_> {
             Value::Double(self.ttl.as_secs_f64()),
             self.token.as_str().into(),
         ];
-        match call_within(self.daemon, "lockd.renew", &params, within) {
+        let answer = self.daemon.limits(Duration::ZERO).answer;
+        let limits = Limits {
+            answer: answer.min(within / 2).max(Duration::from_millis(10)),
+            wait: Duration::ZERO,
+            deadline: Some(Instant::now() + within),
+        };
+        match call_on(
+            self.hosts,
+            "lockd.renew",
+            &|_| params.to_vec(),
+            Kind::Repeatable,
+            limits,
+        ) {
             Ok(_) => Ok(()),
             // Not locked, locked by another, lease expired or stale token:
             // the lock is gone for good.
@@ -206,9 +228,20 @@ impl Holding<'_> {
             self.client.into(),
             self.token.as_str().into(),
         ];
+        let kind = Kind::Give {
+            resource: self.resource,
+            client: self.client,
+            token: Some(&self.token),
+        };
         // A failure has been reported on stderr; the command's status is
         // what the caller asked for.
-        let _ = call(self.daemon, "lockd.release", &params);
+        let _ = call_on(
+            self.hosts,
+            "lockd.release",
+            &|_| params.to_vec(),
+            kind,
+            self.daemon.limits(Duration::ZERO),
+        );
     }
 }
 
