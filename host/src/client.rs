@@ -9,9 +9,13 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use rustls::ClientConfig;
 use std::io::{Read as _, Write as _};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+/// The longest answer read: far above any lockd answer (lists come in
+/// pages), well below what would hurt the client.
+const MAX_ANSWER: usize = 64 << 20;
 
 /// Where a daemon listens: `http://host:port/path` or `https://...`.
 #[derive(Debug, Clone)]
@@ -32,11 +36,12 @@ pub enum CallError {
     /// The daemon could not be reached (name, connection or TLS handshake):
     /// the call was not sent, so it did not happen.
     Unreached(anyhow::Error),
-    /// The daemon answered HTTP 503: it turned the call away before acting
-    /// on it (too many connections, or stopping).
+    /// The daemon answered its own HTTP 503: it turned the call away
+    /// before reading it (`--max-connections`).
     Refused(String),
-    /// The call was sent but no whole answer came (timed out, or the
-    /// connection was cut): it may have happened.
+    /// The call was sent but no whole answer came (timed out, the
+    /// connection was cut, or a proxy in front answered 502, 503 or 504):
+    /// it may have happened.
     NoAnswer(anyhow::Error),
     /// The daemon answered with something else than an XML-RPC response
     /// (another HTTP status, or not XML-RPC): not a lockd daemon, or not
@@ -93,7 +98,7 @@ impl Client {
             }
             None => (None, authority),
         };
-        if authority.is_empty() {
+        if authority.is_empty() || authority.starts_with(':') {
             bail!("{url:?} names no host");
         }
         let has_port = authority
@@ -115,21 +120,21 @@ impl Client {
         })
     }
 
-    /// The same client, giving up on a connection, read or write after
-    /// `timeout` (30 s by default).
+    /// The same client, giving up on a call that has not been answered
+    /// whole `timeout` after it set out (30 s by default), name lookup and
+    /// connection included.
     pub fn with_timeout(self, timeout: Duration) -> Self {
         Self { timeout, ..self }
     }
 
     /// Calls `method` with `params`.
     pub fn call(&self, method: &str, params: &[Value]) -> Result<Value, CallError> {
+        let deadline = Instant::now() + self.timeout;
         let body = xmlrpc::encode_call(method, params);
-        let mut stream = self.send(body.as_bytes()).map_err(CallError::Unreached)?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .context("reading the daemon's answer")
-            .map_err(CallError::NoAnswer)?;
+        let (mut stream, tcp) = self
+            .send(body.as_bytes(), deadline)
+            .map_err(CallError::Unreached)?;
+        let response = read_answer(&mut stream, &tcp, deadline).map_err(CallError::NoAnswer)?;
         let body = answer_body(response)?;
         match xmlrpc::parse_response(&body) {
             Ok(result) => result.map_err(CallError::Fault),
@@ -140,18 +145,15 @@ impl Client {
     }
 
     /// Connects and writes the request: once this returns, the daemon may
-    /// act on it.
-    fn send(&self, body: &[u8]) -> anyhow::Result<Stream> {
-        let addr = self
-            .authority
-            .to_socket_addrs()
-            .with_context(|| format!("resolving {}", self.authority))?
-            .next()
-            .with_context(|| format!("{} has no address", self.authority))?;
-        let tcp = TcpStream::connect_timeout(&addr, self.timeout)
+    /// act on it. Also returns the connection's socket, whose time limits
+    /// the reading of the answer sets.
+    fn send(&self, body: &[u8], deadline: Instant) -> anyhow::Result<(Stream, TcpStream)> {
+        let addr = resolve(&self.authority, left(deadline)?)?;
+        let tcp = TcpStream::connect_timeout(&addr, left(deadline)?)
             .with_context(|| format!("connecting to lockd at {addr}"))?;
-        tcp.set_read_timeout(Some(self.timeout))?;
-        tcp.set_write_timeout(Some(self.timeout))?;
+        tcp.set_read_timeout(Some(left(deadline)?))?;
+        tcp.set_write_timeout(Some(left(deadline)?))?;
+        let socket = tcp.try_clone()?;
         let mut stream =
             Stream::new(tcp, self.tls.as_ref(), &self.authority).map_err(anyhow::Error::msg)?;
         let authorization = self
@@ -168,10 +170,64 @@ impl Client {
         // act on it (it waits for the body its head announced).
         let mut request = head.into_bytes();
         request.extend_from_slice(body);
+        socket.set_write_timeout(Some(left(deadline)?))?;
         stream
             .write_all(&request)
             .with_context(|| format!("sending the call to lockd at {addr}"))?;
-        Ok(stream)
+        Ok((stream, socket))
+    }
+}
+
+/// What is left until `deadline`; an error once it has passed.
+fn left(deadline: Instant) -> anyhow::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        bail!("the call's time ran out");
+    }
+    Ok(left)
+}
+
+/// The first address of `authority`, looked up within `within` (a name
+/// server that does not answer holds up only a thread of its own).
+fn resolve(authority: &str, within: Duration) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = authority.parse() {
+        return Ok(addr);
+    }
+    let (tx, rx) = mpsc::channel();
+    let name = authority.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(name.to_socket_addrs().map(|mut addrs| addrs.next()));
+    });
+    match rx.recv_timeout(within) {
+        Ok(Ok(Some(addr))) => Ok(addr),
+        Ok(Ok(None)) => bail!("{authority} has no address"),
+        Ok(Err(e)) => Err(e).with_context(|| format!("resolving {authority}")),
+        Err(_) => bail!("resolving {authority} took longer than the call's time"),
+    }
+}
+
+/// Reads the answer to its end, by `deadline` however slowly it comes,
+/// and no longer than [`MAX_ANSWER`].
+fn read_answer(
+    stream: &mut Stream,
+    socket: &TcpStream,
+    deadline: Instant,
+) -> anyhow::Result<Vec<u8>> {
+    let mut response = Vec::new();
+    let mut buf = [0; 16 * 1024];
+    loop {
+        let left = left(deadline)
+            .with_context(|| format!("no whole answer came ({} bytes did)", response.len()))?;
+        socket.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(response),
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading the daemon's answer"),
+        }
+        if response.len() > MAX_ANSWER {
+            bail!("the answer is longer than {} MiB", MAX_ANSWER >> 20);
+        }
     }
 }
 
@@ -213,7 +269,13 @@ fn answer_body(mut response: Vec<u8>) -> Result<Vec<u8>, CallError> {
     };
     match status {
         "200" => Ok(body),
-        "503" => Err(CallError::Refused(text())),
+        // lockd's own 503, sent before it reads the call.
+        "503" if body.starts_with(b"lockd has ") => Err(CallError::Refused(text())),
+        // A proxy's: the call may have reached a lockd behind it.
+        "502" | "503" | "504" => Err(CallError::NoAnswer(anyhow::anyhow!(
+            "answered HTTP {status} by something in front of lockd: {}",
+            text()
+        ))),
         _ => Err(CallError::Transport(anyhow::anyhow!(
             "the daemon answered HTTP {status}: {}",
             text()

@@ -21,9 +21,14 @@ use std::io::Read as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// How fault 7 begins when the change surely did not happen (anything
+/// else after "Lock store unavailable: " may have happened).
+const DID_NOT_HAPPEN: &str = "Lock store unavailable: the change did not happen";
+
 /// The hosts of a list of URLs, and which of them answered last.
 #[derive(Debug)]
 pub struct Hosts {
+    /// Each host's URL as messages show it (no password), and its client.
     hosts: Vec<(String, Client)>,
     last: AtomicUsize,
 }
@@ -122,16 +127,22 @@ impl Hosts {
         if list.trim().is_empty() {
             bail!("the URL list {list:?} names no URL");
         }
-        for url in list.split(',').map(str::trim) {
+        let urls: Vec<&str> = list.split(',').map(str::trim).collect();
+        for (i, &url) in urls.iter().enumerate() {
             if url.is_empty() {
-                bail!("the URL list {list:?} has an empty entry");
+                bail!("the URL list {:?} has an empty entry", shown(list));
             }
-            if hosts.iter().any(|(known, _)| known == url) {
-                bail!("the URL list {list:?} names {url:?} twice");
+            if urls[..i].contains(&url) {
+                bail!(
+                    "the URL list {:?} names {:?} twice",
+                    shown(list),
+                    shown(url)
+                );
             }
             let client = Client::with_tls(url, files)
-                .with_context(|| format!("in the URL list {list:?}"))?;
-            hosts.push((url.to_owned(), client));
+                .map_err(|e| anyhow::anyhow!("{}", format!("{e:#}").replace(url, &shown(url))))
+                .with_context(|| format!("in the URL list {:?}", shown(list)))?;
+            hosts.push((shown(url), client));
         }
         Ok(Self {
             hosts,
@@ -157,7 +168,7 @@ impl Hosts {
         for step in 0..count {
             let at = (first + step) % count;
             let (url, client) = &self.hosts[at];
-            let Some(timeout) = try_timeout(start, limits) else {
+            let Some(timeout) = try_timeout(start, limits, count - step - 1) else {
                 said.push((url.clone(), "not tried: the call's time ran out".to_owned()));
                 break;
             };
@@ -174,7 +185,7 @@ impl Hosts {
             };
             let outcome_unknown = match failed {
                 CallError::Fault(fault) if fault.code == 7 => {
-                    if fault.message.contains("did not happen") {
+                    if fault.message.starts_with(DID_NOT_HAPPEN) {
                         said.push((url.clone(), fault.message));
                         continue;
                     }
@@ -182,8 +193,8 @@ impl Hosts {
                 }
                 CallError::Fault(fault) => {
                     self.last.store(at, Ordering::Relaxed);
-                    if uncertain && let Some(value) = self.settle_answer(&fault, kind, limits) {
-                        return Ok(value);
+                    if uncertain && let Some(settled) = self.settle_answer(&fault, kind, limits) {
+                        return settled;
                     }
                     return Err(Failure::Fault(fault));
                 }
@@ -205,6 +216,13 @@ impl Hosts {
                 Settled::Again => said.push((url.clone(), format!("no answer: {outcome_unknown}"))),
             }
         }
+        if uncertain {
+            let said: Vec<String> = said
+                .iter()
+                .map(|(url, what)| format!("{url}: {what}"))
+                .collect();
+            return Err(Failure::Unknown(said.join("; ")));
+        }
         Err(Failure::Unavailable(said))
     }
 
@@ -224,7 +242,12 @@ impl Hosts {
             Kind::Repeatable => Ok(Settled::Again),
             Kind::Take { client, .. } => match holder {
                 None => Ok(Settled::Again),
-                Some((holder, _)) if holder == client => Ok(Settled::Done(lock.clone())),
+                // Taken by this call, or held under the same name before
+                // it (which `lock` would have refused): not to be told.
+                Some((holder, token)) if holder == client => Err(Failure::Unknown(format!(
+                    "{what}; {resource} is held under this client's name (token {token}), \
+                     by this call or by an earlier one"
+                ))),
                 Some((holder, _)) => Err(Failure::Fault(Fault::new(
                     1,
                     format!("{resource} is locked by {holder} (seen after {what})"),
@@ -246,20 +269,27 @@ impl Hosts {
         }
     }
 
-    /// The answer to give for `fault`, answered to a call sent again after
-    /// an earlier try of it may have happened: the earlier try's outcome,
-    /// if that explains the fault.
-    fn settle_answer(&self, fault: &Fault, kind: Kind, limits: Limits) -> Option<Value> {
+    /// The outcome to give for `fault`, answered to a call sent again after
+    /// an earlier try of it may have happened, if the earlier try explains
+    /// it.
+    fn settle_answer(
+        &self,
+        fault: &Fault,
+        kind: Kind,
+        limits: Limits,
+    ) -> Option<Result<Value, Failure>> {
         match kind {
-            // The earlier take landed: "already locked" is by this client.
-            Kind::Take { resource, client } if fault.code == 1 => {
-                let lock = self.status(resource, limits).ok()?;
-                holder(&lock)
-                    .is_some_and(|(holder, _)| holder == client)
-                    .then_some(lock)
+            // "Already locked": by the earlier take, or by another.
+            Kind::Take { .. } if fault.code == 1 => {
+                let what = format!("a try got no answer, the next one: {}", fault.message);
+                match self.settle(kind, limits, &what) {
+                    Err(failure) => Some(Err(failure)),
+                    // Free again, or another's: the fault stands.
+                    Ok(_) => None,
+                }
             }
             // The earlier give landed: the lock is gone, or another's.
-            Kind::Give { .. } if matches!(fault.code, 2 | 3 | 5) => Some(Value::Nil),
+            Kind::Give { .. } if matches!(fault.code, 2 | 3 | 5) => Some(Ok(Value::Nil)),
             _ => None,
         }
     }
@@ -290,17 +320,40 @@ fn holder(lock: &Value) -> Option<(&str, String)> {
 }
 
 /// How long the next try may take: the wait left plus a host's answer
-/// time, within the call's deadline; `None` if the deadline has passed.
-fn try_timeout(start: Instant, limits: Limits) -> Option<Duration> {
+/// time, within the call's deadline, and at most half of what is left of it
+/// while `after` more hosts could be tried; `None` if the deadline has
+/// passed.
+fn try_timeout(start: Instant, limits: Limits, after: usize) -> Option<Duration> {
     let wait_left = limits.wait.saturating_sub(start.elapsed());
     let timeout = wait_left.saturating_add(limits.answer);
     match limits.deadline {
         None => Some(timeout),
         Some(deadline) => {
             let left = deadline.saturating_duration_since(Instant::now());
-            (!left.is_zero()).then(|| timeout.min(left))
+            let share = if after > 0 { left / 2 } else { left };
+            (!left.is_zero()).then(|| timeout.min(share))
         }
     }
+}
+
+/// `text` with the password of every `user:password@` in it hidden.
+fn shown(text: &str) -> String {
+    text.split(',')
+        .map(|url| {
+            let Some((scheme, rest)) = url.split_once("://") else {
+                return url.to_owned();
+            };
+            let end = rest.find('/').unwrap_or(rest.len());
+            match rest[..end].rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                    format!("{scheme}://{user}:***@{host}{}", &rest[end..])
+                }
+                None => url.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A `request_id` for one acquire: 128 random bits, as hex.

@@ -127,6 +127,64 @@ fn a_bad_url_list_is_refused_naming_the_url_and_nothing_is_taken() {
     );
 }
 
+/// A server answering every call with `answer`, `delay` between its
+/// bytes; its URL.
+fn answering(answer: String, delay: std::time::Duration) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut request = [0; 65536];
+                let _ = std::io::Read::read(&mut stream, &mut request);
+                for byte in answer.as_bytes() {
+                    std::thread::sleep(delay);
+                    if std::io::Write::write_all(&mut stream, &[*byte]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_host_answering_byte_by_byte_or_a_failing_proxy_is_passed_over() {
+    let server = TestServer::start();
+    server.call("lock", &["r", "alice"]).unwrap();
+    // A whole answer, padded to take 50 s at a byte every 0.1 s.
+    let body = format!(
+        "<?xml version=\"1.0\"?><methodResponse><params><param><value><nil/></value>\
+         </param></params></methodResponse>{}",
+        " ".repeat(400)
+    );
+    let slow = answering(
+        format!(
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        std::time::Duration::from_millis(100),
+    );
+    let bad_gateway = answering(
+        "HTTP/1.0 502 Bad Gateway\r\nContent-Length: 11\r\n\r\nBad Gateway".to_owned(),
+        std::time::Duration::ZERO,
+    );
+    for first in [&slow, &bad_gateway] {
+        let list = format!("{first},{}", server.url());
+        let (code, stdout, stderr) = lockd_out(&["status", "r", "--timeout", "1", "--url", &list]);
+        assert_eq!(code, 0, "{first}: {stderr}");
+        assert!(stdout.starts_with("r\talice\t"), "{first}: {stdout}");
+    }
+    // Alone, the slow host is given up on at --timeout: no answer, exit 69.
+    let (code, stderr) = lockd(&["status", "r", "--timeout", "1", "--url", &slow]);
+    assert_eq!(code, 69, "{stderr}");
+    assert!(stderr.contains("the outcome is unknown"), "{stderr}");
+    assert!(stderr.contains("no whole answer came"), "{stderr}");
+}
+
 /// Runs `lockd` with `args`; returns the exit code, stdout and stderr.
 fn lockd_out(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(LOCKD).args(args).output().unwrap();

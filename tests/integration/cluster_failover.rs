@@ -224,7 +224,12 @@ fn answer_eater(to: String) -> String {
             daemon.write_all(&request).unwrap();
             let mut answer = Vec::new();
             daemon.read_to_end(&mut answer).unwrap();
-            assert!(answer.starts_with(b"HTTP/1.1 200 "), "{answer:?}");
+            assert_eq!(
+                answer.get(8..13),
+                Some(&b" 200 "[..]),
+                "{}",
+                String::from_utf8_lossy(&answer)
+            );
             // The answer is lost on its way back.
             drop(client);
         }
@@ -313,4 +318,69 @@ fn the_clients_pages_example_runs_through_a_dead_host() {
     assert_eq!(fields[2], "nightly-backup", "{seen}");
     assert_eq!(fields[1], fields[4], "{seen}");
     assert_eq!(holder(&b, "nightly-backup"), None);
+}
+
+#[test]
+fn a_lost_answer_is_never_told_as_done_when_it_cannot_be() {
+    let cluster = EtcdCluster::start(3);
+    let (a, b) = (cluster.lockd_host(), cluster.lockd_host());
+    let eater = answer_eater(a.addr.clone());
+    // `lock` refuses a lock held under the caller's name, so one held so
+    // after a lost answer may be an earlier run's: not told as taken.
+    let list = format!("{eater},{}", b.url());
+    let output = lockd(&["lock", "vm-10", "ops", "--url", &list]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("held under this client's name"), "{stderr}");
+    assert_eq!(holder(&b, "vm-10").map(|(c, _)| c), Some("ops".to_owned()));
+    // No host left to settle it: unknown, not "did not happen".
+    let dead = {
+        let host = cluster.lockd_host();
+        let url = host.url();
+        drop(host);
+        url
+    };
+    let list = format!("{eater},{dead}");
+    let output = lockd(&["acquire", "vm-11", "--client", "ops", "--url", &list]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("the outcome is unknown"), "{stderr}");
+    assert!(!stderr.contains("did not happen"), "{stderr}");
+    assert_eq!(holder(&b, "vm-11").map(|(c, _)| c), Some("ops".to_owned()));
+}
+
+#[test]
+fn lockd_run_whose_acquire_outlasted_the_lease_renews_before_starting() {
+    let cluster = EtcdCluster::start(3);
+    let (a, b) = (cluster.lockd_host(), cluster.lockd_host());
+    a.signal(libc::SIGSTOP);
+    // The paused host takes the acquire's first try and its 4 s, longer
+    // than the 3 s lease counted from when the acquire set out.
+    let output = Command::new(LOCKD)
+        .args([
+            "run",
+            "vm-12",
+            "--client",
+            "job",
+            "--ttl",
+            "3",
+            "--timeout",
+            "4",
+        ])
+        .args(["--url", &format!("{},{}", a.url(), b.url())])
+        .args(["--", "sh", "-c", "echo $LOCKD_TOKEN"])
+        .output()
+        .unwrap();
+    a.signal(libc::SIGCONT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    let token: i64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(token > 0, "{stderr}");
+    assert!(
+        calls(&b, "lockd.renew") >= 1.0,
+        "renewed before starting: {stderr}"
+    );
 }

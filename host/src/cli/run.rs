@@ -11,9 +11,12 @@
 //! `--kill-after`) and `lockd run` exits with [`exit::LOCK_LOST`].
 //!
 //! With several hosts in `--url`, every call moves on to the next host as
-//! [`failover`](crate::failover) says, renewals too: each renewal gives
-//! one host at most half of its time, so that a host that stopped
-//! answering leaves time to renew through another.
+//! [`failover`](crate::failover) says, renewals too: each try of a
+//! renewal gets at most half of what is left of its time while another host
+//! could be tried, so that a host that stopped answering leaves time to
+//! renew through another. An acquire that took longer than a renewal period
+//! (a wait, or hosts that did not answer) is renewed before the command
+//! starts.
 
 use super::calls::{Acquire, DaemonArgs, call_on, wait_of};
 use super::exit;
@@ -89,6 +92,20 @@ pub fn run(args: RunArgs) -> ExitCode {
         token: token.to_string(),
         ttl,
     };
+    // A lease counted from before a long acquire (a wait, or hosts that did
+    // not answer) may have little left: renewed first, the command starts
+    // with a whole lease, or not at all.
+    let since = match holding.confirm(taken_at) {
+        Ok(since) => since,
+        Err(why) => {
+            eprintln!(
+                "lockd run: lost the lock on {} before starting the command: {why}",
+                args.resource
+            );
+            holding.release();
+            return ExitCode::from(exit::LOCK_LOST);
+        }
+    };
     let signals = Arc::new(AtomicUsize::new(0));
     for signal in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
         // The flag only records the signal; SIGINT from a terminal reaches
@@ -116,7 +133,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
     let kill_after = Duration::from_secs_f64(args.kill_after);
-    match holding.watch(&mut child, taken_at, &signals) {
+    match holding.watch(&mut child, since, &signals) {
         Watch::Exited(status) => {
             holding.release();
             ExitCode::from(status_code(status))
@@ -127,6 +144,9 @@ pub fn run(args: RunArgs) -> ExitCode {
                 args.resource
             );
             stop(&mut child, kill_after);
+            // Only this lock, by its token: gone already, or (a lease that
+            // could not be renewed in time) still held and let go.
+            holding.release();
             ExitCode::from(exit::LOCK_LOST)
         }
     }
@@ -149,11 +169,33 @@ enum Watch {
 }
 
 impl Holding<'_> {
-    /// Renews the lease until `child` exits or the lock is lost.
-    fn watch(&self, child: &mut Child, taken_at: Instant, signals: &AtomicUsize) -> Watch {
-        let every = (self.ttl / 3).max(Duration::from_millis(50));
-        let mut lease_end = taken_at + self.ttl;
-        let mut next_renewal = taken_at + every;
+    /// The lock taken by an acquire sent at `taken_at`, renewed at once if
+    /// the acquire took longer than a renewal period: when its lease counts
+    /// from, or why it is lost. (A renewal with the token that succeeds
+    /// shows the lock was this process's all along.)
+    fn confirm(&self, taken_at: Instant) -> Result<Instant, String> {
+        if taken_at.elapsed() < self.every() {
+            return Ok(taken_at);
+        }
+        let asked = Instant::now();
+        match self.renew(self.ttl / 2) {
+            Ok(()) => Ok(asked),
+            Err(Renewal::Lost(why)) => Err(why),
+            Err(Renewal::Unsure) => Err("no host renewed its lease".into()),
+        }
+    }
+
+    /// How often the lease is renewed.
+    fn every(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(50))
+    }
+
+    /// Renews the lease, which counts from `since`, until `child` exits or
+    /// the lock is lost.
+    fn watch(&self, child: &mut Child, since: Instant, signals: &AtomicUsize) -> Watch {
+        let every = self.every();
+        let mut lease_end = since + self.ttl;
+        let mut next_renewal = since + every;
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => return Watch::Exited(status),
@@ -199,11 +241,11 @@ impl Holding<'_> {
             Value::Double(self.ttl.as_secs_f64()),
             self.token.as_str().into(),
         ];
-        let answer = self.daemon.limits(Duration::ZERO).answer;
+        // Each host gets at most half of what is left (failover.rs), so
+        // that one which stopped answering leaves time for the next.
         let limits = Limits {
-            answer: answer.min(within / 2).max(Duration::from_millis(10)),
-            wait: Duration::ZERO,
             deadline: Some(Instant::now() + within),
+            ..self.daemon.limits(Duration::ZERO)
         };
         match call_on(
             self.hosts,
