@@ -2,7 +2,8 @@
 //! as its README says into a virtual environment of its own, against real
 //! daemons, through the scripts tests/python/client_*.py: gocept.lockd's
 //! doctest, leases kept alive by `hold()` and locks reported lost, failover
-//! between the hosts of a cluster, and bad input. The scripts print their
+//! between the hosts of a cluster, bad input, and hosts that misbehave
+//! (tests/python/client_hostile.py's fake hosts). The scripts print their
 //! figures (see them with `--nocapture`).
 
 use crate::etcd_cluster::EtcdCluster;
@@ -155,4 +156,65 @@ fn over_two_hosts_the_doctest_runs_and_calls_whose_answer_was_lost_are_settled()
         "{}",
         script("client_failover.py", &[&a.url(), &b.url(), "lost_answers"])
     );
+}
+
+/// Runs a scenario of client_hostile.py: fake hosts in the script's
+/// process, alone or before a lockd host in directory mode.
+fn hostile(scenario: &str) {
+    let server = TestServer::start();
+    eprint!(
+        "{}",
+        script("client_hostile.py", &[&server.url(), scenario])
+    );
+}
+
+#[test]
+fn hold_reports_lost_in_time_when_renewals_are_answered_with_the_wrong_type() {
+    hostile("wrong_type_renew");
+}
+
+#[test]
+fn the_client_reuses_connections_and_renews_with_more_than_1024_files_open() {
+    hostile("many_fds");
+}
+
+#[test]
+fn a_host_dribbling_its_answer_gets_one_deadline_per_try_and_renewals_fail_in_time() {
+    hostile("dribbled");
+}
+
+#[test]
+fn a_lost_lock_answer_with_the_lock_held_under_the_callers_name_is_outcome_unknown() {
+    hostile("lost_lock_answer");
+}
+
+#[test]
+fn http_502_504_and_a_proxys_503_fail_over_while_lockds_own_503_did_not_happen() {
+    hostile("gateways");
+}
+
+#[test]
+fn fault_7_is_told_by_its_prefix_and_a_lost_multicall_is_outcome_unknown() {
+    hostile("unknown_outcomes");
+}
+
+#[test]
+fn over_three_hosts_hold_keeps_its_lock_while_the_first_or_the_first_two_are_paused() {
+    let cluster = EtcdCluster::start(3);
+    let (a, b, c) = (
+        cluster.lockd_host(),
+        cluster.lockd_host(),
+        cluster.lockd_host(),
+    );
+    let (pid_a, pid_b) = (a.pid().to_string(), b.pid().to_string());
+    for scenario in ["first_paused", "two_paused"] {
+        eprint!(
+            "{}",
+            script(
+                "client_three.py",
+                &[&a.url(), &b.url(), &c.url(), &pid_a, &pid_b, scenario]
+            )
+        );
+    }
+    assert!(!held(&c, "paused-first") && !held(&c, "two-paused"));
 }

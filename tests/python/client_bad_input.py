@@ -30,6 +30,8 @@ refused("ftp://127.0.0.1:8000/", "'ftp://127.0.0.1:8000/' is not an http:// or h
 refused("127.0.0.1:8000", "'127.0.0.1:8000' is not an http")
 refused([URL, "http:///"], "'http:///' names no host")
 refused("http://127.0.0.1:port/", "'http://127.0.0.1:port/' has a malformed port")
+refused(URL + ", " + URL, "%r is named twice" % (URL,))
+assert Client(URL).timeout == 30, "the command line's --timeout is 30 s by default"
 
 
 class Html(http.server.BaseHTTPRequestHandler):

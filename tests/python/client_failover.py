@@ -112,8 +112,13 @@ def lost_answers():
     except AlreadyLocked as e:
         assert e.holder == "w1"
 
-    # lock: B says the client holds it: done.
-    proxy.client().lock("gocept", "c1")
+    # lock: B says the client holds it, which gocept's `lock` refuses: by
+    # this call or an earlier one under the same name, it cannot tell.
+    try:
+        proxy.client().lock("gocept", "c1")
+        raise AssertionError("no OutcomeUnknown")
+    except OutcomeUnknown as e:
+        assert "held under this client's name" in str(e), e
     assert proxy.answers[-1] == ("lock", None) and b.holder("gocept") == "c1"
     # unlock, release (with a token): B says the lock is not the client's
     # any more: done.
