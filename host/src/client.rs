@@ -8,7 +8,7 @@ use crate::xmlrpc::{self, Fault, Value};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use rustls::ClientConfig;
-use std::io::{Read as _, Write as _};
+use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -216,13 +216,24 @@ fn read_answer(
     let mut response = Vec::new();
     let mut buf = [0; 16 * 1024];
     loop {
-        let left = left(deadline)
-            .with_context(|| format!("no whole answer came ({} bytes did)", response.len()))?;
+        let left = left(deadline).with_context(|| {
+            format!(
+                "no whole answer came within the call's time ({} bytes did)",
+                response.len()
+            )
+        })?;
         socket.set_read_timeout(Some(left))?;
         match stream.read(&mut buf) {
             Ok(0) => return Ok(response),
             Ok(n) => response.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // The socket's time limit is what was left of the call's.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                bail!(
+                    "no whole answer came within the call's time ({} bytes did)",
+                    response.len()
+                )
+            }
             Err(e) => return Err(e).context("reading the daemon's answer"),
         }
         if response.len() > MAX_ANSWER {

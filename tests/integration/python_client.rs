@@ -26,13 +26,7 @@ fn python() -> &'static Path {
         let dir = root.join("target/test-python-client");
         let _ = std::fs::remove_dir_all(&dir);
         let source = dir.join("python");
-        std::fs::create_dir_all(&source).unwrap();
-        for entry in std::fs::read_dir(root.join("python")).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                std::fs::copy(&path, source.join(path.file_name().unwrap())).unwrap();
-            }
-        }
+        copy_sources(&root.join("python"), &source);
         let venv = dir.join("venv");
         run_ok(Command::new("python3").args(["-m", "venv"]).arg(&venv));
         run_ok(
@@ -42,6 +36,21 @@ fn python() -> &'static Path {
         );
         venv.join("bin/python")
     })
+}
+
+/// Copies the files of `from` to `to`, the package `lockd_client/`
+/// included, leaving out `__pycache__` and what a build left beside them.
+fn copy_sources(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(name)).unwrap();
+        } else if path.is_dir() && path.join("__init__.py").is_file() {
+            copy_sources(&path, &to.join(name));
+        }
+    }
 }
 
 /// Runs `tests/python/<name>` with `args` in that environment; fails the
