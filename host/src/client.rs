@@ -148,14 +148,13 @@ impl Client {
     /// act on it. Also returns the connection's socket, whose time limits
     /// the reading of the answer sets.
     fn send(&self, body: &[u8], deadline: Instant) -> anyhow::Result<(Stream, TcpStream)> {
-        let addr = resolve(&self.authority, left(deadline)?)?;
-        let tcp = TcpStream::connect_timeout(&addr, left(deadline)?)
-            .with_context(|| format!("connecting to lockd at {addr}"))?;
+        let tcp = connect(&self.authority, deadline)?;
+        let addr = tcp.peer_addr()?;
         tcp.set_read_timeout(Some(left(deadline)?))?;
         tcp.set_write_timeout(Some(left(deadline)?))?;
         let socket = tcp.try_clone()?;
-        let mut stream =
-            Stream::new(tcp, self.tls.as_ref(), &self.authority).map_err(anyhow::Error::msg)?;
+        let mut stream = Stream::by(tcp, self.tls.as_ref(), &self.authority, Some(deadline))
+            .map_err(anyhow::Error::msg)?;
         let authorization = self
             .authorization
             .as_ref()
@@ -187,20 +186,35 @@ fn left(deadline: Instant) -> anyhow::Result<Duration> {
     Ok(left)
 }
 
-/// The first address of `authority`, looked up within `within` (a name
-/// server that does not answer holds up only a thread of its own).
-fn resolve(authority: &str, within: Duration) -> anyhow::Result<SocketAddr> {
+/// A connection to the first address of `authority` that takes one, by
+/// `deadline`.
+fn connect(authority: &str, deadline: Instant) -> anyhow::Result<TcpStream> {
+    let mut failed = None;
+    for addr in resolve(authority, left(deadline)?)? {
+        match TcpStream::connect_timeout(&addr, left(deadline)?) {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => {
+                failed =
+                    Some(anyhow::Error::new(e).context(format!("connecting to lockd at {addr}")))
+            }
+        }
+    }
+    Err(failed.unwrap_or_else(|| anyhow::anyhow!("{authority} has no address")))
+}
+
+/// The addresses of `authority`, looked up within `within` (a name server
+/// that does not answer holds up only a thread of its own).
+fn resolve(authority: &str, within: Duration) -> anyhow::Result<Vec<SocketAddr>> {
     if let Ok(addr) = authority.parse() {
-        return Ok(addr);
+        return Ok(vec![addr]);
     }
     let (tx, rx) = mpsc::channel();
     let name = authority.to_owned();
     std::thread::spawn(move || {
-        let _ = tx.send(name.to_socket_addrs().map(|mut addrs| addrs.next()));
+        let _ = tx.send(name.to_socket_addrs().map(Iterator::collect));
     });
     match rx.recv_timeout(within) {
-        Ok(Ok(Some(addr))) => Ok(addr),
-        Ok(Ok(None)) => bail!("{authority} has no address"),
+        Ok(Ok(addrs)) => Ok(addrs),
         Ok(Err(e)) => Err(e).with_context(|| format!("resolving {authority}")),
         Err(_) => bail!("resolving {authority} took longer than the call's time"),
     }
@@ -215,7 +229,17 @@ fn read_answer(
 ) -> anyhow::Result<Vec<u8>> {
     let mut response = Vec::new();
     let mut buf = [0; 16 * 1024];
+    // Where the final head ends and the body it declares, once read.
+    let mut head = None;
     loop {
+        if head.is_none() {
+            head = final_head(&response);
+        }
+        if let Some((end, _, Some(length))) = &head
+            && response.len() >= end + length
+        {
+            return Ok(response);
+        }
         let left = left(deadline).with_context(|| {
             format!(
                 "no whole answer came within the call's time ({} bytes did)",
@@ -242,31 +266,51 @@ fn read_answer(
     }
 }
 
-/// The body of an HTTP/1.0 answer read to its end, if it is a whole
-/// 200 answer.
+/// Where the final head of `response` ends (past any 1xx interim ones),
+/// that head, and the body length it declares; `None` until it is whole.
+fn final_head(response: &[u8]) -> Option<(usize, String, Option<usize>)> {
+    let mut start = 0;
+    loop {
+        let end = start
+            + response[start..]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")?
+            + 4;
+        let head = String::from_utf8_lossy(&response[start..end - 4]).into_owned();
+        let status = head.split_whitespace().nth(1).unwrap_or("");
+        if status.len() == 3 && status.starts_with('1') {
+            start = end;
+            continue;
+        }
+        let declared = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())
+                .flatten()
+        });
+        return Some((end, head, declared));
+    }
+}
+
+/// The body of an HTTP answer read to its end (or to the length its head
+/// declares), if it is a whole 200 answer.
 fn answer_body(mut response: Vec<u8>) -> Result<Vec<u8>, CallError> {
-    let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some((end, head, declared)) = final_head(&response) else {
         return Err(CallError::NoAnswer(anyhow::anyhow!(
             "the daemon's answer ended before its HTTP header did ({} bytes)",
             response.len()
         )));
     };
-    let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    let body = response.split_off(split + 4);
-    let declared = head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse::<usize>().ok())
-            .flatten()
-    });
-    if let Some(declared) = declared
-        && body.len() < declared
-    {
-        return Err(CallError::NoAnswer(anyhow::anyhow!(
-            "the daemon's answer was cut short ({} of {declared} bytes)",
-            body.len()
-        )));
+    let mut body = response.split_off(end);
+    if let Some(declared) = declared {
+        if body.len() < declared {
+            return Err(CallError::NoAnswer(anyhow::anyhow!(
+                "the daemon's answer was cut short ({} of {declared} bytes)",
+                body.len()
+            )));
+        }
+        body.truncate(declared);
     }
     let status = head.split_whitespace().nth(1).unwrap_or("");
     // Enough of the body to tell what answered, on one line.

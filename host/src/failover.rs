@@ -203,6 +203,12 @@ impl Hosts {
                     continue;
                 }
                 CallError::NoAnswer(e) => format!("{e:#}"),
+                // After a try that may have happened, what this host says
+                // does not settle it.
+                CallError::Transport(_) if uncertain => {
+                    said.push((url.clone(), failed.to_string()));
+                    break;
+                }
                 CallError::Transport(_) => return Err(Failure::Misanswered(url.clone(), failed)),
             };
             let what = format!("{url}: {outcome_unknown}");

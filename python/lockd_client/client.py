@@ -104,7 +104,17 @@ class Client:
         if not ttl:
             raise ValueError("hold() keeps a lease alive: give it a ttl")
         lock = self.acquire(resource, client, ttl=ttl, wait=wait)
-        lock._keep(on_lost, ttl)
+        try:
+            lock._keep(on_lost, ttl)
+        except BaseException as e:
+            # Taken, then not renewed in time: let go of it by its token, so
+            # that a retry does not find its own lock in the way.
+            try:
+                lock.release()
+            except Exception as why:
+                e.add_note("not released either (its lease ends it): %s" % (why,))
+            e.add_note("%s was taken (token %s), then lost before hold() returned" % (resource, lock.token))
+            raise
         return lock
 
     def release(self, resource, client, token=None):

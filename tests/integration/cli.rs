@@ -185,6 +185,35 @@ fn a_host_answering_byte_by_byte_or_a_failing_proxy_is_passed_over() {
     assert!(stderr.contains("no whole answer came"), "{stderr}");
 }
 
+#[test]
+fn a_tls_host_dribbling_its_records_is_given_up_at_the_calls_time() {
+    // A TLS record header announcing 16 KiB, then its bytes one every
+    // 0.1 s: 27 minutes for the record, which TLS must have whole.
+    let mut record = vec![0x16, 0x03, 0x03, 0x40, 0x00];
+    record.extend(std::iter::repeat_n(0u8, 0x4000));
+    let url = answering(
+        String::from_utf8_lossy(&record).into_owned(),
+        std::time::Duration::from_millis(100),
+    )
+    .replace("http://", "https://");
+    let pki = crate::pki::Pki::new();
+    let mut child = Command::new(LOCKD)
+        .args(["status", "r", "--timeout", "1", "--url", &url, "--ca"])
+        .arg(pki.file("ca"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    crate::support::wait_until("the call to end", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.unwrap().code(), Some(69), "{stderr}");
+    assert!(stderr.contains("TLS handshake"), "{stderr}");
+}
+
 /// Runs `lockd` with `args`; returns the exit code, stdout and stderr.
 fn lockd_out(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(LOCKD).args(args).output().unwrap();

@@ -347,6 +347,28 @@ fn a_lost_answer_is_never_told_as_done_when_it_cannot_be() {
     assert!(stderr.contains("the outcome is unknown"), "{stderr}");
     assert!(!stderr.contains("did not happen"), "{stderr}");
     assert_eq!(holder(&b, "vm-11").map(|(c, _)| c), Some("ops".to_owned()));
+    // Nor when the next host answers something else than XML-RPC: that
+    // does not settle what the first try did.
+    let web = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut request = [0; 65536];
+                let _ = stream.read(&mut request);
+                let _ = stream
+                    .write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 9\r\n\r\nNot Found");
+            }
+        });
+        url
+    };
+    let list = format!("{eater},{web}");
+    let output = lockd(&["acquire", "vm-13", "--client", "ops", "--url", &list]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("the outcome is unknown"), "{stderr}");
+    assert_eq!(holder(&b, "vm-13").map(|(c, _)| c), Some("ops".to_owned()));
 }
 
 #[test]

@@ -178,6 +178,11 @@ fn hostile(scenario: &str) {
 }
 
 #[test]
+fn hold_releases_a_lock_taken_then_lost_before_it_returned() {
+    hostile("taken_then_lost");
+}
+
+#[test]
 fn hold_reports_lost_in_time_when_renewals_are_answered_with_the_wrong_type() {
     hostile("wrong_type_renew");
 }

@@ -148,3 +148,64 @@ fn a_held_lock_or_a_missing_command_is_reported() {
     let output = Command::new(LOCKD).args(["run", "x"]).output().unwrap();
     assert_eq!(output.status.code(), Some(64), "no command");
 }
+
+/// A lockd stand-in that grants `lockd.acquire` (token 7) and leaves every
+/// later call unanswered; its URL and when it granted the lock.
+fn granting_once() -> (String, std::sync::mpsc::Receiver<Instant>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let (granted, when) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut request = vec![0; 65536];
+            let n = std::io::Read::read(&mut stream, &mut request).unwrap();
+            if String::from_utf8_lossy(&request[..n]).contains("lockd.acquire") {
+                let _ = granted.send(Instant::now());
+                let body = "<?xml version=\"1.0\"?><methodResponse><params><param><value>\
+                    <struct><member><name>token</name><value><i8>7</i8></value></member>\
+                    </struct></value></param></params></methodResponse>";
+                let answer = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                std::io::Write::write_all(&mut stream, answer.as_bytes()).unwrap();
+            } else {
+                // Never answered: the renewal's outcome stays open.
+                held.push(stream);
+            }
+        }
+    });
+    (url, when)
+}
+
+#[test]
+fn a_lock_not_renewed_stops_the_command_while_its_lease_still_runs() {
+    let (url, granted) = granting_once();
+    let dir = tempfile::tempdir().unwrap();
+    let stopped = dir.path().join("stopped");
+    let mut child = Command::new(LOCKD)
+        .args([
+            "run", "r", "--client", "me", "--ttl", "3", "--url", &url, "--",
+        ])
+        .args(["sh", "-c"])
+        .arg(format!(
+            "trap 'touch {}; exit 0' TERM; while :; do sleep 0.05; done",
+            stopped.display()
+        ))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let granted = granted.recv().unwrap();
+    wait_until("SIGTERM", || stopped.exists());
+    // The lease the stand-in granted ends 3 s after it did: the command
+    // was told to stop while it was still the holder's.
+    assert!(
+        granted.elapsed() < Duration::from_secs(3),
+        "stopped {:?} after the grant",
+        granted.elapsed()
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(75));
+}

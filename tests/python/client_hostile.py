@@ -14,7 +14,7 @@ import time
 import xmlrpc.client
 
 from client_common import Recording, wait_until
-from lockd_client import AlreadyLocked, Client, OutcomeUnknown, Unavailable
+from lockd_client import AlreadyLocked, Client, LeaseExpired, OutcomeUnknown, Unavailable
 
 URL = sys.argv[1]
 
@@ -306,7 +306,31 @@ def unknown_outcomes():
     print("fault 7 told by its prefix; a multicall whose answer was lost: OutcomeUnknown")
 
 
+def taken_then_lost():
+    """hold() whose acquire took most of the lease and whose renewal before
+    returning is refused: it raises, having released the lock by its token,
+    so that a retry does not find its own lock in the way."""
+
+    def answer(method, params):
+        if method == "lockd.acquire":
+            time.sleep(1.0)  # the pace of a slow host: most of the 1.2 s lease
+            return ("value", fake_lock(params[0], params[1], params[2].get("ttl")))
+        if method == "lockd.renew":
+            return ("fault", 5, "Lease expired")
+        return ("value", None)
+
+    host = FakeHost(answer)
+    try:
+        Client(host.url).hold("vm-42", client="host-a", ttl=1.2)
+        raise AssertionError("hold() returned a lock it could not renew")
+    except LeaseExpired as e:
+        assert any("then lost before hold() returned" in note for note in e.__notes__), e.__notes__
+    assert host.calls == ["lockd.acquire", "lockd.renew", "lockd.release"], host.calls
+    print("a lock taken and lost before hold() returned is released:", host.calls)
+
+
 {
+    "taken_then_lost": taken_then_lost,
     "wrong_type_renew": wrong_type_renew,
     "many_fds": many_fds,
     "dribbled": dribbled,

@@ -102,7 +102,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 "lockd run: lost the lock on {} before starting the command: {why}",
                 args.resource
             );
-            holding.release();
+            holding.let_go();
             return ExitCode::from(exit::LOCK_LOST);
         }
     };
@@ -144,9 +144,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 args.resource
             );
             stop(&mut child, kill_after);
-            // Only this lock, by its token: gone already, or (a lease that
-            // could not be renewed in time) still held and let go.
-            holding.release();
+            holding.let_go();
             ExitCode::from(exit::LOCK_LOST)
         }
     }
@@ -194,7 +192,10 @@ impl Holding<'_> {
     /// the lock is lost.
     fn watch(&self, child: &mut Child, since: Instant, signals: &AtomicUsize) -> Watch {
         let every = self.every();
-        let mut lease_end = since + self.ttl;
+        // The command is stopped while a tenth of the lease is left, so
+        // that it ends while the lock is still its own.
+        let margin = self.ttl / 10;
+        let mut lease_end = since + self.ttl - margin;
         let mut next_renewal = since + every;
         loop {
             match child.try_wait() {
@@ -215,13 +216,13 @@ impl Holding<'_> {
                 let within = (left - left / 4).max(Duration::from_millis(10));
                 match self.renew(within) {
                     Ok(()) => {
-                        lease_end = now + self.ttl;
+                        lease_end = now + self.ttl - margin;
                         next_renewal = now + every;
                     }
                     Err(Renewal::Lost(why)) => return Watch::LockLost(why),
                     Err(Renewal::Unsure) if Instant::now() >= lease_end => {
                         return Watch::LockLost(
-                            "the lease ran out before it could be renewed".into(),
+                            "the lease ran out (but a tenth) before it could be renewed".into(),
                         );
                     }
                     // Try again soon, while the lease lasts.
@@ -265,6 +266,22 @@ impl Holding<'_> {
     }
 
     fn release(&self) {
+        self.release_within(self.daemon.limits(Duration::ZERO));
+    }
+
+    /// Releases a lock taken for lost: gone already, or (a lease that could
+    /// not be renewed in time) maybe still held. Only this one, by its
+    /// token; hosts that did not renew it are given no longer than a third
+    /// of the lease (at least 1 s) to answer, as its lease ends it anyway.
+    fn let_go(&self) {
+        let within = (self.ttl / 3).max(Duration::from_secs(1));
+        self.release_within(Limits {
+            deadline: Some(Instant::now() + within),
+            ..self.daemon.limits(Duration::ZERO)
+        });
+    }
+
+    fn release_within(&self, limits: Limits) {
         let params = [
             self.resource.into(),
             self.client.into(),
@@ -282,7 +299,7 @@ impl Holding<'_> {
             "lockd.release",
             &|_| params.to_vec(),
             kind,
-            self.daemon.limits(Duration::ZERO),
+            limits,
         );
     }
 }

@@ -5,10 +5,12 @@
 use super::files;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Where a client's trust and identity come from.
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,7 +64,63 @@ fn system_roots() -> Result<RootCertStore, String> {
 /// A connection to a server: plain, or TLS over TCP.
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Tls(Box<StreamOwned<ClientConnection, Timed>>),
+}
+
+/// TCP beneath TLS, whose reads and writes end by a deadline if it has
+/// one, however slowly bytes come: TLS reads a record in as many reads as
+/// its bytes take, and each of them waits at most what is left.
+pub struct Timed {
+    tcp: TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Timed {
+    /// What is left until the deadline (`None`: no deadline, the socket's
+    /// own timeouts apply); an error once it has passed.
+    fn left(&self) -> std::io::Result<Option<std::time::Duration>> {
+        let Some(deadline) = self.deadline else {
+            return Ok(None);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                ErrorKind::TimedOut,
+                "the call's time ran out",
+            ));
+        }
+        Ok(Some(left))
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(left) = self.left()? {
+            self.tcp.set_read_timeout(Some(left))?;
+        }
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(left) = self.left()? {
+            self.tcp.set_write_timeout(Some(left))?;
+        }
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+impl Deref for Timed {
+    type Target = TcpStream;
+
+    fn deref(&self) -> &TcpStream {
+        &self.tcp
+    }
 }
 
 impl Stream {
@@ -73,6 +131,17 @@ impl Stream {
         tcp: TcpStream,
         tls: Option<&Arc<ClientConfig>>,
         authority: &str,
+    ) -> Result<Self, String> {
+        Self::by(tcp, tls, authority, None)
+    }
+
+    /// [`new`](Self::new), every read and write beneath TLS (the
+    /// handshake's too) ending by `deadline` if given.
+    pub fn by(
+        tcp: TcpStream,
+        tls: Option<&Arc<ClientConfig>>,
+        authority: &str,
+        deadline: Option<Instant>,
     ) -> Result<Self, String> {
         let Some(config) = tls else {
             return Ok(Self::Plain(tcp));
@@ -85,7 +154,7 @@ impl Stream {
         let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))?;
         let mut connection =
             ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
-        let mut tcp = tcp;
+        let mut tcp = Timed { tcp, deadline };
         while connection.is_handshaking() {
             connection
                 .complete_io(&mut tcp)
@@ -98,7 +167,7 @@ impl Stream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Self::Plain(tcp) => tcp,
-            Self::Tls(tls) => tls.get_ref(),
+            Self::Tls(tls) => &tls.get_ref().tcp,
         }
     }
 }
@@ -133,7 +202,7 @@ impl Write for Stream {
 /// after the client has finished its handshake, and the client's next
 /// write may then fail (broken pipe) before it reads why.
 fn alert_behind(
-    tls: &mut StreamOwned<ClientConnection, TcpStream>,
+    tls: &mut StreamOwned<ClientConnection, Timed>,
     error: std::io::Error,
 ) -> std::io::Error {
     if matches!(
