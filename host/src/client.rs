@@ -3,7 +3,7 @@
 //! is what tells a caller whether it may have happened
 //! ([`failover`](crate::failover) acts on it).
 
-use crate::tls::{ClientFiles, Stream};
+use crate::tls::{ClientFiles, Stream, time_left};
 use crate::xmlrpc::{self, Fault, Value};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -131,10 +131,10 @@ impl Client {
     pub fn call(&self, method: &str, params: &[Value]) -> Result<Value, CallError> {
         let deadline = Instant::now() + self.timeout;
         let body = xmlrpc::encode_call(method, params);
-        let (mut stream, tcp) = self
+        let mut stream = self
             .send(body.as_bytes(), deadline)
             .map_err(CallError::Unreached)?;
-        let response = read_answer(&mut stream, &tcp, deadline).map_err(CallError::NoAnswer)?;
+        let response = read_answer(&mut stream).map_err(CallError::NoAnswer)?;
         let body = answer_body(response)?;
         match xmlrpc::parse_response(&body) {
             Ok(result) => result.map_err(CallError::Fault),
@@ -145,14 +145,11 @@ impl Client {
     }
 
     /// Connects and writes the request: once this returns, the daemon may
-    /// act on it. Also returns the connection's socket, whose time limits
-    /// the reading of the answer sets.
-    fn send(&self, body: &[u8], deadline: Instant) -> anyhow::Result<(Stream, TcpStream)> {
+    /// act on it. Every read and write of the stream returned ends by
+    /// `deadline`.
+    fn send(&self, body: &[u8], deadline: Instant) -> anyhow::Result<Stream> {
         let tcp = connect(&self.authority, deadline)?;
         let addr = tcp.peer_addr()?;
-        tcp.set_read_timeout(Some(left(deadline)?))?;
-        tcp.set_write_timeout(Some(left(deadline)?))?;
-        let socket = tcp.try_clone()?;
         let mut stream = Stream::by(tcp, self.tls.as_ref(), &self.authority, Some(deadline))
             .map_err(anyhow::Error::msg)?;
         let authorization = self
@@ -169,29 +166,19 @@ impl Client {
         // act on it (it waits for the body its head announced).
         let mut request = head.into_bytes();
         request.extend_from_slice(body);
-        socket.set_write_timeout(Some(left(deadline)?))?;
         stream
             .write_all(&request)
             .with_context(|| format!("sending the call to lockd at {addr}"))?;
-        Ok((stream, socket))
+        Ok(stream)
     }
-}
-
-/// What is left until `deadline`; an error once it has passed.
-fn left(deadline: Instant) -> anyhow::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        bail!("the call's time ran out");
-    }
-    Ok(left)
 }
 
 /// A connection to the first address of `authority` that takes one, by
 /// `deadline`.
 fn connect(authority: &str, deadline: Instant) -> anyhow::Result<TcpStream> {
     let mut failed = None;
-    for addr in resolve(authority, left(deadline)?)? {
-        match TcpStream::connect_timeout(&addr, left(deadline)?) {
+    for addr in resolve(authority, time_left(deadline)?)? {
+        match TcpStream::connect_timeout(&addr, time_left(deadline)?) {
             Ok(tcp) => return Ok(tcp),
             Err(e) => {
                 failed =
@@ -220,13 +207,10 @@ fn resolve(authority: &str, within: Duration) -> anyhow::Result<Vec<SocketAddr>>
     }
 }
 
-/// Reads the answer to its end, by `deadline` however slowly it comes,
-/// and no longer than [`MAX_ANSWER`].
-fn read_answer(
-    stream: &mut Stream,
-    socket: &TcpStream,
-    deadline: Instant,
-) -> anyhow::Result<Vec<u8>> {
+/// Reads the answer to its end (or the length its head declares), by the
+/// stream's deadline however slowly it comes, and no longer than
+/// [`MAX_ANSWER`].
+fn read_answer(stream: &mut Stream) -> anyhow::Result<Vec<u8>> {
     let mut response = Vec::new();
     let mut buf = [0; 16 * 1024];
     // Where the final head ends and the body it declares, once read.
@@ -240,18 +224,12 @@ fn read_answer(
         {
             return Ok(response);
         }
-        let left = left(deadline).with_context(|| {
-            format!(
-                "no whole answer came within the call's time ({} bytes did)",
-                response.len()
-            )
-        })?;
-        socket.set_read_timeout(Some(left))?;
         match stream.read(&mut buf) {
             Ok(0) => return Ok(response),
             Ok(n) => response.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            // The socket's time limit is what was left of the call's.
+            // The deadline passed, or the socket's time limit (what was
+            // left of it) ran out.
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 bail!(
                     "no whole answer came within the call's time ({} bytes did)",

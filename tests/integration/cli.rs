@@ -1,6 +1,6 @@
 //! `lockd lock` and `lockd unlock` for shell scripts: exit codes and messages.
 
-use crate::support::{LOCKD, TestServer};
+use crate::support::{LOCKD, TestServer, answering};
 use std::process::Command;
 
 fn lockd(args: &[&str]) -> (i32, String) {
@@ -54,30 +54,6 @@ fn usage_errors_and_an_unreachable_daemon() {
     assert!(stderr.contains("connecting to lockd"), "{stderr}");
 }
 
-/// A server that answers every request with an HTML page, as a web
-/// server at a wrong URL would; its URL.
-fn html_server() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let mut request = [0; 65536];
-            let _ = std::io::Read::read(&mut stream, &mut request);
-            let page = "<html><body>It works!</body></html>";
-            let _ = std::io::Write::write_all(
-                &mut stream,
-                format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
-                    page.len()
-                )
-                .as_bytes(),
-            );
-        }
-    });
-    url
-}
-
 #[test]
 fn a_bad_url_list_is_refused_naming_the_url_and_nothing_is_taken() {
     let server = TestServer::start();
@@ -105,7 +81,15 @@ fn a_bad_url_list_is_refused_naming_the_url_and_nothing_is_taken() {
         }
     }
     // A host answering something else than XML-RPC: named, not passed over.
-    let html = html_server();
+    // A web server at a wrong URL.
+    let page = "<html><body>It works!</body></html>";
+    let html = answering(
+        format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+            page.len()
+        ),
+        std::time::Duration::ZERO,
+    );
     let list = format!("{html},{good}");
     for args in [
         vec!["lock", "r", "c", "--url", &list],
@@ -125,30 +109,6 @@ fn a_bad_url_list_is_refused_naming_the_url_and_nothing_is_taken() {
         server.call("lockd.status", &["r"]).unwrap(),
         lockd::xmlrpc::Value::Nil
     );
-}
-
-/// A server answering every call with `answer`, `delay` between its
-/// bytes; its URL.
-fn answering(answer: String, delay: std::time::Duration) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let answer = answer.clone();
-            std::thread::spawn(move || {
-                let mut request = [0; 65536];
-                let _ = std::io::Read::read(&mut stream, &mut request);
-                for byte in answer.as_bytes() {
-                    std::thread::sleep(delay);
-                    if std::io::Write::write_all(&mut stream, &[*byte]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    url
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! `lockd.status`.
 
 use crate::etcd_cluster::EtcdCluster;
-use crate::support::{LOCKD, TestServer, doc_block, raw_http, wait_until};
+use crate::support::{LOCKD, TestServer, answering, bin_dir, doc_block, raw_http, wait_until};
 use lockd::xmlrpc::Value;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -288,23 +288,12 @@ fn the_clients_pages_example_runs_through_a_dead_host() {
     // `backup` says what it was given and who held the lock meanwhile.
     let tmp = tempfile::tempdir().unwrap();
     let seen = tmp.path().join("seen");
-    let backup = tmp.path().join("backup");
-    std::fs::write(
-        &backup,
-        format!(
-            "#!/bin/sh\necho \"$1 $LOCKD_TOKEN $(lockd status nightly-backup)\" > {}\n",
-            seen.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&backup, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let lockd_dir = Path::new(LOCKD).parent().unwrap();
-    let path = format!(
-        "{}:{}:{}",
-        tmp.path().display(),
-        lockd_dir.display(),
-        std::env::var("PATH").unwrap()
+    let backup = format!(
+        "#!/bin/sh\necho \"$1 $LOCKD_TOKEN $(lockd status nightly-backup)\" > {}\n",
+        seen.display()
     );
+    let bin = bin_dir(tmp.path(), &[("backup", &backup)]);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let output = Command::new("bash")
         .args(["-euc", &block])
         .env("PATH", path)
@@ -349,20 +338,10 @@ fn a_lost_answer_is_never_told_as_done_when_it_cannot_be() {
     assert_eq!(holder(&b, "vm-11").map(|(c, _)| c), Some("ops".to_owned()));
     // Nor when the next host answers something else than XML-RPC: that
     // does not settle what the first try did.
-    let web = {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let mut stream = stream.unwrap();
-                let mut request = [0; 65536];
-                let _ = stream.read(&mut request);
-                let _ = stream
-                    .write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 9\r\n\r\nNot Found");
-            }
-        });
-        url
-    };
+    let web = answering(
+        "HTTP/1.0 404 Not Found\r\nContent-Length: 9\r\n\r\nNot Found".to_owned(),
+        Duration::ZERO,
+    );
     let list = format!("{eater},{web}");
     let output = lockd(&["acquire", "vm-13", "--client", "ops", "--url", &list]);
     let stderr = String::from_utf8_lossy(&output.stderr);

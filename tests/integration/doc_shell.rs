@@ -3,27 +3,13 @@
 //! times aside), the scripts do what the text says, and the command-line
 //! synopsis names only flags lockd has.
 
-use crate::support::{LOCKD, TestServer, doc_block, python_doctests, run_ok};
+use crate::support::{LOCKD, TestServer, bin_dir, doc_block, python_doctests, run_ok};
 use lockd::xmlrpc::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 const README: &str = include_str!("../../README.md");
 const OPERATIONS: &str = include_str!("../../docs/operations.md");
-
-/// A directory holding `lockd` and the given scripts, for PATH.
-fn bin_dir(tmp: &Path, scripts: &[(&str, &str)]) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let bin = tmp.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(LOCKD, bin.join("lockd")).unwrap();
-    for (name, text) in scripts {
-        let path = bin.join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    bin
-}
 
 /// Runs `script` in bash with `bin` first on PATH and LOCKD_URL set to
 /// `server`, its standard error into its standard output, as a terminal

@@ -451,3 +451,41 @@ static ALONE: Mutex<()> = Mutex::new(());
 pub fn alone() -> std::sync::MutexGuard<'static, ()> {
     ALONE.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// A directory holding `lockd` and the given scripts, for PATH.
+pub fn bin_dir(tmp: &Path, scripts: &[(&str, &str)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = tmp.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(LOCKD, bin.join("lockd")).unwrap();
+    for (name, text) in scripts {
+        let path = bin.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+/// A server answering every call with `answer`, `delay` between its
+/// bytes; its URL.
+pub fn answering(answer: String, delay: std::time::Duration) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut request = [0; 65536];
+                let _ = std::io::Read::read(&mut stream, &mut request);
+                for byte in answer.as_bytes() {
+                    std::thread::sleep(delay);
+                    if std::io::Write::write_all(&mut stream, &[*byte]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}

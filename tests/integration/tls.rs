@@ -300,7 +300,7 @@ fn a_loopback_connection_that_skips_the_tls_port_is_refused() {
         .find(|addr| !addr.ends_with(&format!(":{public}")))
         .expect("a second listening port")
         .to_owned();
-    let mut stream = Stream::Plain(TcpStream::connect(&inner).unwrap());
+    let mut stream = Stream::Plain(lockd::tls::Timed::new(TcpStream::connect(&inner).unwrap()));
     let answer = keep_alive_call(&mut stream, "lockd.status", &["r"]);
     assert_eq!(answer, "lockd takes connections on its TLS port only\n");
 }

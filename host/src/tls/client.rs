@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Where a client's trust and identity come from.
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,40 +63,44 @@ fn system_roots() -> Result<RootCertStore, String> {
 
 /// A connection to a server: plain, or TLS over TCP.
 pub enum Stream {
-    Plain(TcpStream),
+    Plain(Timed),
     Tls(Box<StreamOwned<ClientConnection, Timed>>),
 }
 
-/// TCP beneath TLS, whose reads and writes end by a deadline if it has
-/// one, however slowly bytes come: TLS reads a record in as many reads as
-/// its bytes take, and each of them waits at most what is left.
+/// TCP whose reads and writes end by a deadline if it has one, however
+/// slowly bytes come: each waits at most what is left of it (TLS reads a
+/// record in as many reads as its bytes take).
 pub struct Timed {
     tcp: TcpStream,
     deadline: Option<Instant>,
 }
 
+/// What is left until `deadline`; an error once it has passed.
+pub fn time_left(deadline: Instant) -> std::io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::Error::new(
+            ErrorKind::TimedOut,
+            "the call's time ran out",
+        ));
+    }
+    Ok(left)
+}
+
 impl Timed {
-    /// What is left until the deadline (`None`: no deadline, the socket's
-    /// own timeouts apply); an error once it has passed.
-    fn left(&self) -> std::io::Result<Option<std::time::Duration>> {
-        let Some(deadline) = self.deadline else {
-            return Ok(None);
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
-                ErrorKind::TimedOut,
-                "the call's time ran out",
-            ));
+    /// `tcp` without a deadline: its own timeouts apply.
+    pub fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            deadline: None,
         }
-        Ok(Some(left))
     }
 }
 
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if let Some(left) = self.left()? {
-            self.tcp.set_read_timeout(Some(left))?;
+        if let Some(deadline) = self.deadline {
+            self.tcp.set_read_timeout(Some(time_left(deadline)?))?;
         }
         self.tcp.read(buf)
     }
@@ -104,8 +108,8 @@ impl Read for Timed {
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Some(left) = self.left()? {
-            self.tcp.set_write_timeout(Some(left))?;
+        if let Some(deadline) = self.deadline {
+            self.tcp.set_write_timeout(Some(time_left(deadline)?))?;
         }
         self.tcp.write(buf)
     }
@@ -135,14 +139,15 @@ impl Stream {
         Self::by(tcp, tls, authority, None)
     }
 
-    /// [`new`](Self::new), every read and write beneath TLS (the
-    /// handshake's too) ending by `deadline` if given.
+    /// [`new`](Self::new), every read and write (the TLS handshake's too)
+    /// ending by `deadline` if given.
     pub fn by(
         tcp: TcpStream,
         tls: Option<&Arc<ClientConfig>>,
         authority: &str,
         deadline: Option<Instant>,
     ) -> Result<Self, String> {
+        let tcp = Timed { tcp, deadline };
         let Some(config) = tls else {
             return Ok(Self::Plain(tcp));
         };
@@ -154,7 +159,7 @@ impl Stream {
         let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))?;
         let mut connection =
             ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
-        let mut tcp = Timed { tcp, deadline };
+        let mut tcp = tcp;
         while connection.is_handshaking() {
             connection
                 .complete_io(&mut tcp)
@@ -166,7 +171,7 @@ impl Stream {
     /// The TCP connection beneath, for its timeouts.
     pub fn tcp(&self) -> &TcpStream {
         match self {
-            Self::Plain(tcp) => tcp,
+            Self::Plain(tcp) => &tcp.tcp,
             Self::Tls(tls) => &tls.get_ref().tcp,
         }
     }

@@ -8,6 +8,6 @@ pub mod front;
 mod relay;
 mod server;
 
-pub use client::{ClientFiles, Stream};
+pub use client::{ClientFiles, Stream, Timed, time_left};
 pub use front::{Front, FrontConfig, Peer, Relayed};
 pub use server::{ServerFiles, ServerTls, user_of};
