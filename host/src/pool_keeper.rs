@@ -22,6 +22,13 @@
 //! (for at most [`PERSIST`]). Workers
 //! answer the probe without counting or logging it.
 //!
+//! Stranded connections that have sent something are seen from outside
+//! after all: the connection watch ([`crate::http`]) finds connections
+//! lockd accepted and never read a byte of although they wait to be read,
+//! and tells the keeper ([`Stranded`]), which nudges once for each at once:
+//! a burst of hundreds of connections is then all served within a look,
+//! not at a nudge per round.
+//!
 //! The keeper also watches tiny_http's accept thread, which ends for good
 //! when `accept` fails (or panics, when the process runs out of file
 //! descriptors): connections then stay in the listening socket's accept
@@ -34,8 +41,8 @@ use crate::http::AcceptQueue;
 use crate::socket;
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,11 +60,42 @@ const RESCUE_BURST: usize = 16;
 pub const PERSIST: Duration = Duration::from_secs(1);
 /// The path of the keeper's probe; workers answer it with 204.
 pub const PROBE_PATH: &str = "/.lockd-pool-keeper";
+/// The most nudges for connections found stranded at one look.
+pub const MAX_RESCUE: usize = 4096;
+
+/// Connections found stranded (accepted, waiting to be read, never read),
+/// for the keeper to rescue.
+#[derive(Debug, Default)]
+pub struct Stranded {
+    count: Mutex<usize>,
+    found: Condvar,
+}
+
+impl Stranded {
+    /// Notes that `n` connections are stranded now.
+    pub fn found(&self, n: usize) {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *count = (*count).max(n);
+        self.found.notify_all();
+    }
+
+    /// Waits for stranded connections to be found, for `at_most`; takes
+    /// how many were.
+    fn wait(&self, at_most: Duration) -> usize {
+        let count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut count, _) = self
+            .found
+            .wait_timeout_while(count, at_most, |n| *n == 0)
+            .unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *count)
+    }
+}
 
 /// The keeper's thread; stopped when dropped.
 pub struct PoolKeeper {
     stop: Arc<AtomicBool>,
     wedged: Arc<AtomicBool>,
+    stranded: Arc<Stranded>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -76,6 +114,8 @@ impl PoolKeeper {
         let wedged = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let found_wedged = wedged.clone();
+        let stranded = Arc::new(Stranded::default());
+        let rescue = stranded.clone();
         let thread = std::thread::Builder::new()
             .name("lockd-pool-keeper".into())
             .spawn(move || {
@@ -88,7 +128,15 @@ impl PoolKeeper {
                     } else {
                         (BUSY, 1)
                     };
-                    std::thread::sleep(pause);
+                    let found = rescue.wait(pause);
+                    if found > 0 {
+                        // One nudge brings one stranded connection to a
+                        // thread.
+                        for _ in 0..found.min(MAX_RESCUE) {
+                            let _ = connect(target, Duration::from_millis(100));
+                        }
+                        continue;
+                    }
                     seen = now;
                     if let Ok(len) = queue.waiting()
                         && watch.stuck(len, Instant::now(), wedged_after)
@@ -108,8 +156,14 @@ impl PoolKeeper {
         Ok(Self {
             stop,
             wedged,
+            stranded,
             thread: Some(thread),
         })
+    }
+
+    /// Where connections found stranded are told.
+    pub fn stranded(&self) -> Arc<Stranded> {
+        self.stranded.clone()
     }
 
     /// Whether new connections are no longer served.
@@ -250,6 +304,24 @@ mod tests {
             // A busy server with connections always waiting, but taken.
             assert!(!busy.stuck(10 - (s % 3) as u32, at(s), limit), "at {s}");
         }
+    }
+
+    #[test]
+    fn stranded_connections_found_wake_the_keeper() {
+        let stranded = Arc::new(Stranded::default());
+        let found = stranded.clone();
+        let finder = std::thread::spawn(move || found.found(3));
+        // Woken by what was found, however long it waits otherwise.
+        assert_eq!(stranded.wait(Duration::from_secs(600)), 3);
+        finder.join().unwrap();
+        assert_eq!(stranded.wait(Duration::ZERO), 0, "taken");
+        stranded.found(3);
+        stranded.found(2);
+        assert_eq!(
+            stranded.wait(Duration::ZERO),
+            3,
+            "the most found at a look, not the sum of looks"
+        );
     }
 
     #[test]

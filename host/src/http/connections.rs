@@ -23,6 +23,7 @@ use super::peer;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tiny_http::Request;
@@ -39,6 +40,13 @@ pub const JUDGED_AT: usize = 64;
 /// to read.
 pub const STUCK: Duration = Duration::from_secs(1);
 
+/// Requests sent ahead of their answers on all connections straight to
+/// the HTTP server together, in bytes, from which new connections pass
+/// through the front door (see [`super::doors`]): tiny_http reads each
+/// connection's requests as fast as they come, and hundreds of
+/// connections doing so take the cores from everyone else.
+pub const PIPELINED: usize = 1 << 20;
+
 /// What lockd holds for a queued request beyond its head and body: the
 /// request's parts and the channels tiny_http orders it by.
 pub const PER_REQUEST: usize = 2048;
@@ -47,6 +55,9 @@ pub const PER_REQUEST: usize = 2048;
 /// each, what queues behind it, and what each has sent in all.
 pub struct Connections {
     known: Mutex<HashMap<SocketAddr, Connection>>,
+    /// What requests queued behind one in progress hold, on all
+    /// connections together.
+    queued: AtomicUsize,
     /// The most bytes of requests a connection may have queued.
     max_queued: usize,
 }
@@ -115,10 +126,15 @@ struct Connection {
 pub enum Admitted {
     /// Its connection had nothing in progress: it is in progress now.
     Now(Request),
-    /// Queued behind its connection's request in progress.
-    Queued,
+    /// Queued behind its connection's request in progress; `presses` if
+    /// what all connections have queued just passed [`PIPELINED`].
+    Queued { presses: bool },
     /// Queued, and its connection has too much waiting now: hang up on it.
     Overflowing(SocketAddr),
+    /// Queued while lockd is under pressure: its connection sends requests
+    /// ahead of their answers straight to the HTTP server, and is hung up
+    /// on, to come back through the front door (see [`super::doors`]).
+    Pipelining(SocketAddr),
     /// Its connection was hung up on or cut off: to be dropped unanswered.
     /// (tiny_http read it before. A request waiting in tiny_http's queue
     /// holds its connection's socket, which the watch sees, shut or not,
@@ -151,6 +167,7 @@ impl Connections {
     pub fn new(max_queued: usize) -> Self {
         Self {
             known: Mutex::default(),
+            queued: AtomicUsize::new(0),
             max_queued,
         }
     }
@@ -158,8 +175,9 @@ impl Connections {
     /// Takes `request` in: in progress now if its connection had nothing
     /// in progress, or queued behind the request in progress. `size` is
     /// what it sent (head and declared body), `holds` what queueing it
-    /// holds.
-    pub fn admit(&self, request: Request, size: usize, holds: usize) -> Admitted {
+    /// holds; `pressed` if lockd is under pressure, when a connection
+    /// that queues is hung up on at once.
+    pub fn admit(&self, request: Request, size: usize, holds: usize, pressed: bool) -> Admitted {
         let Some(&addr) = request.remote_addr() else {
             return Admitted::Now(request);
         };
@@ -183,11 +201,17 @@ impl Connections {
         let over = queued >= MAX_QUEUED
             || connection.queued_bytes > self.max_queued
             || (queued >= JUDGED_AT && unread);
-        if over && connection.overflowed.is_none() {
+        let before = self.queued.fetch_add(holds, Ordering::Relaxed);
+        if over || pressed {
             connection.overflowed = Some(Instant::now());
-            return Admitted::Overflowing(addr);
+            return match over {
+                true => Admitted::Overflowing(addr),
+                false => Admitted::Pipelining(addr),
+            };
         }
-        Admitted::Queued
+        Admitted::Queued {
+            presses: before <= PIPELINED && before + holds > PIPELINED,
+        }
     }
 
     /// Notes that an answer of `len` bytes is being written to `addr`
@@ -245,6 +269,7 @@ impl Connections {
         match connection.queued.pop_front() {
             Some((request, holds)) => {
                 connection.queued_bytes -= holds;
+                self.queued.fetch_sub(holds, Ordering::Relaxed);
                 Some((request, overflowed))
             }
             None => {
@@ -353,7 +378,7 @@ mod tests {
 
     impl Connections {
         fn admit_one(&self, request: Request) -> Admitted {
-            self.admit(request, 100, 1000)
+            self.admit(request, 100, 1000, false)
         }
     }
 
@@ -372,11 +397,11 @@ mod tests {
         assert!(matches!(first, Admitted::Now(r) if r.url() == "/1"));
         assert!(matches!(
             connections.admit_one(request("127.0.0.1:1000", "/2")),
-            Admitted::Queued
+            Admitted::Queued { .. }
         ));
         assert!(matches!(
             connections.admit_one(request("127.0.0.1:1000", "/3")),
-            Admitted::Queued
+            Admitted::Queued { .. }
         ));
         let other = connections.admit_one(request("127.0.0.1:1001", "/x"));
         assert!(
@@ -417,7 +442,7 @@ mod tests {
         for i in 1..MAX_QUEUED {
             assert!(matches!(
                 connections.admit_one(request(from, &format!("/{i}"))),
-                Admitted::Queued
+                Admitted::Queued { .. }
             ));
         }
         let addr = from.parse().unwrap();
@@ -488,13 +513,58 @@ mod tests {
         ));
         for i in 1..=10 {
             let admitted = connections.admit_one(request(from, &format!("/{i}")));
-            assert!(matches!(admitted, Admitted::Queued), "{i}");
+            assert!(matches!(admitted, Admitted::Queued { .. }), "{i}");
         }
         let admitted = connections.admit_one(request(from, "/11"));
         assert!(matches!(admitted, Admitted::Overflowing(_)));
         let held = connections.held()[&from.parse().unwrap()];
         assert_eq!(held.bytes, 11_000);
         assert_eq!((held.taken, held.requests), (1200, 12));
+    }
+
+    #[test]
+    fn under_pressure_a_connection_that_queues_is_hung_up_on_at_once() {
+        let connections = Connections::new(usize::MAX);
+        let (from, other) = ("127.0.0.1:1000", "127.0.0.1:1001");
+        let admit = |from, path: &str| connections.admit(request(from, path), 100, 1000, true);
+        assert!(matches!(admit(from, "/0"), Admitted::Now(_)));
+        assert!(
+            matches!(admit(other, "/x"), Admitted::Now(_)),
+            "one request at a time is welcome under pressure"
+        );
+        let addr: SocketAddr = from.parse().unwrap();
+        assert!(matches!(admit(from, "/1"), Admitted::Pipelining(a) if a == addr));
+        assert!(matches!(admit(from, "/2"), Admitted::Dropped(_)));
+        assert!(connections.is_overflowed(addr));
+        assert!(!connections.is_overflowed(other.parse().unwrap()));
+    }
+
+    #[test]
+    fn what_all_connections_queue_presses_once_it_passes_the_bound() {
+        let connections = Connections::new(usize::MAX);
+        let holds = PIPELINED / 4 + 1;
+        let mut presses = Vec::new();
+        for c in 0..8 {
+            let from = format!("127.0.0.1:{}", 1000 + c);
+            let first = connections.admit(request(&from, "/0"), 100, holds, false);
+            assert!(matches!(first, Admitted::Now(_)));
+            match connections.admit(request(&from, "/1"), 100, holds, false) {
+                Admitted::Queued { presses: p } => presses.push(p),
+                _ => panic!("{from}: not queued"),
+            }
+        }
+        // The fourth queued request passes the bound: it presses, once.
+        assert_eq!(
+            presses,
+            [false, false, false, true, false, false, false, false]
+        );
+        // Answered, they queue no more: passing the bound again presses again.
+        for c in 0..8 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", 1000 + c).parse().unwrap();
+            assert!(connections.next(Some(addr)).is_some());
+        }
+        let again = connections.admit(request("127.0.0.1:1000", "/2"), 100, PIPELINED + 1, false);
+        assert!(matches!(again, Admitted::Queued { presses: true }));
     }
 
     #[test]
@@ -510,7 +580,7 @@ mod tests {
         for i in 1..JUDGED_AT {
             let admitted = connections.admit_one(request(from, &format!("/{i}")));
             assert!(
-                matches!(admitted, Admitted::Queued),
+                matches!(admitted, Admitted::Queued { .. }),
                 "{i}: writing only since now"
             );
         }

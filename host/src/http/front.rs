@@ -35,6 +35,12 @@ use std::time::Duration;
 
 pub use crate::pool_keeper::KEEPER_SOURCE as OWN_SOURCE;
 
+/// Whether a connection from `peer` is lockd's own (the front door's or
+/// the pool keeper's).
+pub fn is_own(peer: SocketAddr) -> bool {
+    peer.ip() == std::net::IpAddr::V4(OWN_SOURCE)
+}
+
 /// A connection thread's stack: a relay needs little.
 const STACK: usize = 256 * 1024;
 

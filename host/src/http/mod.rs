@@ -161,6 +161,7 @@ pub fn serve(
             shared.connections.clone(),
             shared.cuts.clone(),
             listener.front_clients(),
+            keeper.as_ref().map(PoolKeeper::stranded),
             bounds,
         )
     });
@@ -244,21 +245,37 @@ impl workers::Handler for Taker {
         self.0.in_progress.fetch_add(1, Ordering::Relaxed);
         let head = head::len(&request);
         let (sent, held) = (head::sent(&request, head), head::held(&request, head));
-        match self.0.connections.admit(request, sent, held) {
+        let pressed =
+            self.0.cuts.front() && request.remote_addr().is_some_and(|&a| !front::is_own(a));
+        // A connection hung up on is hung up on by the watch at its next
+        // look: finding the socket reads every descriptor's name, which
+        // it does anyway, once for all. What it queued is dropped.
+        match self.0.connections.admit(request, sent, held, pressed) {
             Admitted::Now(request) => Some(Taken::Serve(request)),
-            Admitted::Queued => None,
+            Admitted::Queued { presses } => {
+                if presses {
+                    self.0.cuts.press();
+                }
+                None
+            }
             Admitted::Overflowing(addr) => {
-                // The watch hangs up on it at its next look: finding the
-                // socket reads every descriptor's name, which it does
-                // anyway, once for all.
                 tracing::warn!(
                     "{addr} sends requests without reading the answers: hanging up on it"
                 );
                 self.0.cuts.cut(Reason::Queue);
                 None
             }
+            Admitted::Pipelining(addr) => {
+                tracing::warn!("{addr}: pipelines while lockd is under pressure: hanging up on it");
+                self.0.cuts.cut(Reason::Queue);
+                None
+            }
             Admitted::Dropped(request) => Some(Taken::Drop(request)),
         }
+    }
+
+    fn quick(&self, taken: &Taken) -> bool {
+        matches!(taken, Taken::Drop(_))
     }
 
     fn handle(&self, taken: Taken) {

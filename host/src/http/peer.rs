@@ -15,7 +15,8 @@
 //! requests without reading answers), [`cut`] finds its socket among the
 //! process's descriptors by its two ends and shuts it down.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -205,6 +206,8 @@ pub struct Open {
     /// longer established (shut by lockd or its client: what it holds is
     /// being let go).
     pub read: Option<u64>,
+    /// The bytes it sent that wait unread in the kernel.
+    pub unread: u64,
 }
 
 /// The TCP connections to lockd's `port`, found among the process's
@@ -219,12 +222,16 @@ pub struct Open {
 pub fn open_on(port: u16, own: &HashSet<libc::c_int>) -> io::Result<Vec<Open>> {
     Ok(sockets_on(port, own)?
         .into_iter()
-        .map(|found| Open {
-            fd: found.fd,
-            peer: found.peer,
-            local: found.local,
-            shared: found.shared,
-            read: bytes_read_on(found.fd),
+        .map(|found| {
+            let (read, unread) = bytes_read_on(found.fd).unzip();
+            Open {
+                fd: found.fd,
+                peer: found.peer,
+                local: found.local,
+                shared: found.shared,
+                read,
+                unread: unread.unwrap_or(0),
+            }
         })
         .collect())
 }
@@ -244,6 +251,9 @@ struct Found {
 /// halves are two descriptors of one socket: each is listed once.)
 fn sockets_on(port: u16, own: &HashSet<libc::c_int>) -> io::Result<Vec<Found>> {
     let mut sockets: Vec<Found> = Vec::new();
+    // Where each peer is in `sockets`: hundreds of connections are looked
+    // at while lockd is flooded, when a look must be quick.
+    let mut by_peer: HashMap<SocketAddr, usize> = HashMap::new();
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?
             .file_name()
@@ -259,21 +269,28 @@ fn sockets_on(port: u16, own: &HashSet<libc::c_int>) -> io::Result<Vec<Found>> {
             continue;
         };
         let Some(peer) = peer_of(fd) else { continue };
-        match sockets.iter_mut().find(|s| s.peer == peer) {
-            Some(same) => same.shared |= same.local != local,
-            None => sockets.push(Found {
-                fd,
-                peer,
-                local,
-                shared: false,
-            }),
+        match by_peer.entry(peer) {
+            Entry::Occupied(at) => {
+                let same = &mut sockets[*at.get()];
+                same.shared |= same.local != local;
+            }
+            Entry::Vacant(at) => {
+                at.insert(sockets.len());
+                sockets.push(Found {
+                    fd,
+                    peer,
+                    local,
+                    shared: false,
+                });
+            }
         }
     }
     Ok(sockets)
 }
 
-/// The bytes read from the TCP socket `fd` so far.
-fn bytes_read_on(fd: libc::c_int) -> Option<u64> {
+/// The bytes read from the TCP socket `fd` so far, and those waiting to
+/// be read.
+fn bytes_read_on(fd: libc::c_int) -> Option<(u64, u64)> {
     let mut info = [0_u8; 256];
     let mut len = info.len() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `info`.
@@ -298,7 +315,8 @@ fn bytes_read_on(fd: libc::c_int) -> Option<u64> {
     if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread) } != 0 {
         return None;
     }
-    Some(received.saturating_sub(unread.max(0) as u64))
+    let unread = unread.max(0) as u64;
+    Some((received.saturating_sub(unread), unread))
 }
 
 /// Shuts `open`'s connection as `how` says, after writing `last_words`
@@ -324,7 +342,33 @@ fn shut(fd: libc::c_int, how: libc::c_int, last_words: &[u8]) -> io::Result<()> 
     if unsafe { libc::shutdown(fd, how) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    if how != libc::SHUT_WR {
+        discard_unread(fd);
+    }
     Ok(())
+}
+
+/// Drops what waits unread on socket `fd`, shut for reading: tiny_http
+/// would otherwise go on reading it, and a flood's connections would hand
+/// out tens of thousands of requests cut off before they were sent.
+fn discard_unread(fd: libc::c_int) {
+    // A few rounds: what arrives meanwhile is refused by the kernel
+    // (data on a socket shut for reading resets it).
+    for _ in 0..16 {
+        // SAFETY: recv(2) with MSG_TRUNC on a TCP socket discards up to
+        // `len` bytes without writing to the buffer, which may be null.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                std::ptr::null_mut(),
+                1 << 30,
+                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+    }
 }
 
 /// What to do to one connection.
@@ -589,6 +633,30 @@ mod tests {
             "a shut socket still held is listed: {open:?}"
         );
         assert_eq!(shut[0].read, None, "and counts nothing");
+    }
+
+    #[test]
+    fn what_waits_unread_is_counted_and_dropped_when_the_connection_is_cut() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server_side, peer) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut client, &[7; 5000]).unwrap();
+        let found = |open: Vec<Open>| open.into_iter().find(|o| o.peer == peer).unwrap();
+        let mut waiting = found(open_on(port, &HashSet::new()).unwrap());
+        while waiting.unread < 5000 {
+            // Loopback delivers at once; the kernel may still be queueing.
+            std::thread::yield_now();
+            waiting = found(open_on(port, &HashSet::new()).unwrap());
+        }
+        assert_eq!((waiting.read, waiting.unread), (Some(0), 5000));
+        assert!(cut_open(&waiting, libc::SHUT_RDWR, &[]).unwrap());
+        // Whoever reads the socket next (tiny_http's thread) finds the end,
+        // not the 5000 bytes sent before the cut.
+        assert_eq!(
+            std::io::Read::read(&mut server_side, &mut [0; 100]).unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -19,10 +19,11 @@
 //! connections holding most are cut off first, until the rest is within
 //! it; a connection holding less than [`FLOOR`] is never cut for it.
 
-use super::connections::{Connections, Held, Sighting};
+use super::connections::{Connections, Held, PIPELINED, Sighting};
 use super::cuts::{Cuts, Reason};
-use super::front::Clients;
+use super::front::{Clients, is_own};
 use super::peer;
+use crate::pool_keeper::Stranded;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,13 +43,6 @@ pub const SOON: Duration = Duration::from_millis(10);
 /// without it counting as a head without end: what it reads ahead, and
 /// what counting a head back from its parts may miss.
 pub const SLACK: usize = 16 * 1024;
-
-/// Requests sent ahead of their answers on all connections straight to
-/// the HTTP server together, in bytes, from which new connections pass
-/// through the front door (see [`super::doors`]): tiny_http reads each
-/// connection's requests as fast as they come, and hundreds of
-/// connections doing so take the cores from everyone else.
-pub const PIPELINED: usize = 1 << 20;
 
 /// A connection holding less is never cut off to keep within
 /// `--max-buffered`.
@@ -76,6 +70,7 @@ impl Watch {
         connections: Arc<Connections>,
         cuts: Arc<Cuts>,
         front: Option<Arc<Clients>>,
+        stranded: Option<Arc<Stranded>>,
         bounds: Bounds,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -84,6 +79,7 @@ impl Watch {
             connections,
             cuts,
             front,
+            stranded,
             bounds,
             round: 0,
             over: HashMap::new(),
@@ -144,13 +140,9 @@ struct Looker {
     /// Connections over the head bound at the last look, with the
     /// requests they had sent then.
     over: HashMap<SocketAddr, u64>,
+    /// Where connections found stranded in tiny_http's pool are told.
+    stranded: Option<Arc<Stranded>>,
     last_words: Vec<u8>,
-}
-
-/// Whether a connection from `peer` is lockd's own (the front door's or
-/// the pool keeper's).
-fn from_lockd(peer: SocketAddr) -> bool {
-    peer.ip() == std::net::IpAddr::V4(super::front::OWN_SOURCE)
 }
 
 impl Looker {
@@ -170,14 +162,19 @@ impl Looker {
         let mut holders = Vec::with_capacity(open.len());
         let mut total = 0;
         let mut pipelined = 0;
+        let mut pipeliners = Vec::new();
         let mut hang_ups = Vec::new();
         let mut look = Look::Calm;
+        let mut unpicked = 0;
         for connection in &open {
             // Shut (by lockd or its client): what it holds is being let
             // go; it stays known while its socket is (see `forget_gone`).
             let (addr, Some(read)) = (connection.peer, connection.read) else {
                 continue;
             };
+            if read == 0 && connection.unread > 0 {
+                unpicked += 1;
+            }
             let held = after.get(&addr).copied().unwrap_or(Held {
                 idle: true,
                 ..Held::default()
@@ -207,18 +204,20 @@ impl Looker {
             // handed out yet (their connection's first ones, in a flood),
             // or a head without end.
             let over_head = !held.reading_body && unseen > limit;
-            if (pipelining || over_head) && !from_lockd(addr) && self.cuts.front() {
-                // Nothing of it came out as a request yet: for all lockd
-                // knows, one head.
-                let reason = match held.requests {
-                    0 => Reason::Head,
-                    _ => Reason::Queue,
-                };
+            // Nothing of it came out as a request yet: for all lockd
+            // knows, one head.
+            let reason = match held.requests {
+                0 => Reason::Head,
+                _ => Reason::Queue,
+            };
+            if (pipelining || over_head) && !is_own(addr) && self.cuts.front() {
                 cuts.push((*connection, reason, held.idle));
                 continue;
             }
-            if pipelining && !from_lockd(addr) {
+            let pipelining = pipelining && !is_own(addr);
+            if pipelining {
                 pipelined += unseen.saturating_add(held.bytes);
+                pipeliners.push((*connection, reason, held.idle));
                 look = Look::Growing;
             }
             // (A body being read is bounded by `--max-body` instead.)
@@ -237,15 +236,30 @@ impl Looker {
             }
             let holds = unseen.saturating_add(held.bytes);
             total += holds;
-            holders.push((holds, *connection));
+            holders.push((holds, *connection, pipelining));
         }
         self.over = over;
+        // Never read although something waits: stranded in tiny_http's
+        // pool (see `crate::pool_keeper`), or just accepted, its thread
+        // about to read. A nudge too many costs a thread for a few
+        // seconds; one too few leaves a client unanswered.
+        if let Some(found) = self.stranded.as_ref().filter(|_| unpicked > 0) {
+            found.found(unpicked);
+        }
         if pipelined > PIPELINED {
             self.cuts.press();
+            if self.front.is_some() {
+                // The press opens the front door: those pipelining are
+                // sent there now, not a look later (while lockd is
+                // flooded, a look can take a tenth of a second).
+                holders.retain(|&(_, _, pipelining)| !pipelining);
+                total = holders.iter().map(|&(holds, ..)| holds).sum();
+                cuts.append(&mut pipeliners);
+            }
         }
         if total > self.bounds.max_buffered {
             holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
-            for (holds, connection) in holders {
+            for (holds, connection, _) in holders {
                 if total <= self.bounds.max_buffered || holds < FLOOR {
                     break;
                 }

@@ -3,7 +3,6 @@
 
 use super::{Fault, Value};
 use base64::Engine as _;
-use quick_xml::escape::partial_escape;
 use std::fmt::Write as _;
 
 const HEADER: &str = "<?xml version='1.0'?>\n";
@@ -68,28 +67,47 @@ enum Foreign {
 /// Character data, escaped; a CR is written as a reference so that XML's
 /// line-end normalisation does not turn it into LF on the other side.
 fn write_text(out: &mut String, text: &str, foreign: Foreign) {
-    for (i, run) in text.split(|c| !is_xml_char(c)).enumerate() {
-        if i > 0 {
-            // The character split at, just before this run.
-            let start = run.as_ptr() as usize - text.as_ptr() as usize;
-            let c = text[..start].chars().next_back().unwrap_or('\0');
-            match foreign {
-                Foreign::Replace => out.push('\u{fffd}'),
-                Foreign::Raw => out.push(c),
+    // One pass over the bytes: runs of plain text are copied whole, and
+    // only what needs it is replaced. Every byte looked at below starts a
+    // character, so each slice taken is on character boundaries.
+    let bytes = text.as_bytes();
+    let (mut copied, mut at) = (0, 0);
+    while at < bytes.len() {
+        let (replacement, len) = match bytes[at] {
+            b'<' => ("&lt;", 1),
+            b'>' => ("&gt;", 1),
+            b'&' => ("&amp;", 1),
+            b'\r' => ("&#13;", 1),
+            b'\t' | b'\n' => {
+                at += 1;
+                continue;
             }
-        }
-        let escaped = partial_escape(run);
-        if escaped.contains('\r') {
-            out.push_str(&escaped.replace('\r', "&#13;"));
-        } else {
-            out.push_str(&escaped);
-        }
+            0..=0x1f => (foreign.instead(&text[at..at + 1]), 1),
+            // U+FFFE and U+FFFF: EF BF BE and EF BF BF.
+            0xef if bytes[at + 1] == 0xbf && matches!(bytes[at + 2], 0xbe | 0xbf) => {
+                (foreign.instead(&text[at..at + 3]), 3)
+            }
+            _ => {
+                at += 1;
+                continue;
+            }
+        };
+        out.push_str(&text[copied..at]);
+        out.push_str(replacement);
+        at += len;
+        copied = at;
     }
+    out.push_str(&text[copied..]);
 }
 
-/// Whether XML 1.0 can carry `c` (its production `Char`).
-fn is_xml_char(c: char) -> bool {
-    !matches!(c, '\0'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}')
+impl Foreign {
+    /// What is written for `c`, a character XML 1.0 cannot carry.
+    fn instead(self, c: &str) -> &str {
+        match self {
+            Self::Replace => "\u{fffd}",
+            Self::Raw => c,
+        }
+    }
 }
 
 fn write_value(out: &mut String, value: &Value, foreign: Foreign) {

@@ -274,6 +274,56 @@ mod properties {
         }
     }
 
+    /// Text rich in what an encoder must take care of.
+    fn tricky_text() -> impl Strategy<Value = String> {
+        let special = proptest::sample::select(vec![
+            '<',
+            '>',
+            '&',
+            '\r',
+            '\n',
+            '\t',
+            '\0',
+            '\u{1}',
+            '\u{b}',
+            '\u{c}',
+            '\u{e}',
+            '\u{1f}',
+            '\u{fffe}',
+            '\u{ffff}',
+            '\u{fffd}',
+            '\u{ef}',
+            '\u{feff}',
+            '\u{10ffff}',
+            '"',
+            '\'',
+        ]);
+        proptest::collection::vec(prop_oneof![any::<char>(), special], 0..40)
+            .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    /// Whether XML 1.0 cannot carry `c`.
+    fn foreign(c: char) -> bool {
+        matches!(c, '\0'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}')
+    }
+
+    /// `text` escaped a character at a time; characters XML cannot carry
+    /// become `instead`, or stay as they are.
+    fn escaped(text: &str, instead: Option<char>) -> String {
+        let mut out = String::new();
+        for c in text.chars() {
+            match c {
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '&' => out.push_str("&amp;"),
+                '\r' => out.push_str("&#13;"),
+                c if foreign(c) => out.push(instead.unwrap_or(c)),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
     proptest! {
         #[test]
         fn calls_round_trip(name in "[A-Za-z_.]{1,20}", params in proptest::collection::vec(value(), 0..4)) {
@@ -288,6 +338,24 @@ mod properties {
             prop_assume!(xml_safe(&v));
             let xml = encode_response(&v);
             prop_assert_eq!(parse_response(xml.as_bytes()).unwrap(), Ok(v));
+        }
+
+        #[test]
+        fn any_text_is_escaped_as_xml_needs(text in tricky_text()) {
+            let call = encode_call(&text, &[]);
+            let name = call
+                .split_once("<methodName>")
+                .and_then(|(_, rest)| rest.split_once("</methodName>"))
+                .unwrap()
+                .0;
+            prop_assert_eq!(name, escaped(&text, None));
+            let answer = encode_response(&Value::String(text.clone()));
+            prop_assert!(answer.contains(&escaped(&text, Some('\u{fffd}'))), "{}", answer);
+            let carried: String = text
+                .chars()
+                .map(|c| if foreign(c) { '\u{fffd}' } else { c })
+                .collect();
+            prop_assert_eq!(parse_response(answer.as_bytes()).unwrap(), Ok(Value::String(carried)));
         }
 
         #[test]
