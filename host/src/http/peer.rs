@@ -342,18 +342,18 @@ fn shut(fd: libc::c_int, how: libc::c_int, last_words: &[u8]) -> io::Result<()> 
     if unsafe { libc::shutdown(fd, how) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    if how != libc::SHUT_WR {
+    if how == libc::SHUT_RDWR {
         discard_unread(fd);
     }
     Ok(())
 }
 
-/// Drops what waits unread on socket `fd`, shut for reading: tiny_http
+/// Drops what waits unread on socket `fd`, shut both ways: tiny_http
 /// would otherwise go on reading it, and a flood's connections would hand
-/// out tens of thousands of requests cut off before they were sent.
+/// out tens of thousands of requests cut off before they were answered.
 fn discard_unread(fd: libc::c_int) {
-    // A few rounds: what arrives meanwhile is refused by the kernel
-    // (data on a socket shut for reading resets it).
+    // A few rounds: what arrives later is not queued (data arriving on a
+    // socket shut both ways resets it).
     for _ in 0..16 {
         // SAFETY: recv(2) with MSG_TRUNC on a TCP socket discards up to
         // `len` bytes without writing to the buffer, which may be null.
