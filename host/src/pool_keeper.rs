@@ -121,23 +121,13 @@ impl PoolKeeper {
             .spawn(move || {
                 let mut seen = requests.load(Ordering::Relaxed);
                 let mut watch = AcceptWatch::default();
+                // When the next round is due, and its nudges.
+                let mut round = (Instant::now() + IDLE, BURST);
                 while !stopped.load(Ordering::Relaxed) {
-                    let now = requests.load(Ordering::Relaxed);
-                    let (pause, nudges) = if now == seen {
-                        (IDLE, BURST)
-                    } else {
-                        (BUSY, 1)
-                    };
-                    let found = rescue.wait(pause);
+                    let found = rescue.wait(round.0.saturating_duration_since(Instant::now()));
                     if found > 0 {
-                        // One nudge brings one stranded connection to a
-                        // thread.
-                        for _ in 0..found.min(MAX_RESCUE) {
-                            let _ = connect(target, Duration::from_millis(100));
-                        }
-                        continue;
+                        rescue_stranded(target, found, &stopped);
                     }
-                    seen = now;
                     if let Ok(len) = queue.waiting()
                         && watch.stuck(len, Instant::now(), wedged_after)
                     {
@@ -148,9 +138,18 @@ impl PoolKeeper {
                         found_wedged.store(true, Ordering::Relaxed);
                         return;
                     }
-                    if let Err(e) = keep(target, nudges, &stopped) {
+                    if Instant::now() < round.0 {
+                        continue;
+                    }
+                    if let Err(e) = keep(target, round.1, &stopped) {
                         tracing::debug!("pool keeper: {e}");
                     }
+                    let now = requests.load(Ordering::Relaxed);
+                    round = match now == seen {
+                        true => (Instant::now() + IDLE, BURST),
+                        false => (Instant::now() + BUSY, 1),
+                    };
+                    seen = now;
                 }
             })?;
         Ok(Self {
@@ -204,6 +203,21 @@ impl AcceptWatch {
             None => self.waiting = Some((now, len)),
         }
         false
+    }
+}
+
+/// Nudges once for each of `found` connections found stranded
+/// ([`MAX_RESCUE`] at most), for at most [`PERSIST`]; stops at the first
+/// nudge that cannot connect (a full listen queue: more would only wait).
+fn rescue_stranded(target: SocketAddr, found: usize, stopped: &AtomicBool) {
+    let until = Instant::now() + PERSIST;
+    for _ in 0..found.min(MAX_RESCUE) {
+        if stopped.load(Ordering::Relaxed) || Instant::now() >= until {
+            return;
+        }
+        if connect(target, Duration::from_millis(100)).is_err() {
+            return;
+        }
     }
 }
 
@@ -263,6 +277,15 @@ fn connect(target: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> 
         // connect(2) gives up after SO_SNDTIMEO.
         let tv = socket::timeval(timeout);
         socket::set(&stream, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
+        // The port is chosen at connect, by the whole address pair: the
+        // keeper closes first, and hundreds of nudges a second leave their
+        // ports in TIME_WAIT, which connect reuses and bind does not.
+        socket::set(
+            &stream,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &1_i32,
+        )?;
         socket::bind(&stream, (KEEPER_SOURCE, 0).into())?;
         socket::connect(&stream, target)?;
         Ok(TcpStream::from(stream))

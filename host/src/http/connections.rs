@@ -131,9 +131,10 @@ pub enum Admitted {
     Queued { presses: bool },
     /// Queued, and its connection has too much waiting now: hang up on it.
     Overflowing(SocketAddr),
-    /// Queued while lockd is under pressure: its connection sends requests
-    /// ahead of their answers straight to the HTTP server, and is hung up
-    /// on, to come back through the front door (see [`super::doors`]).
+    /// Queued while lockd is under pressure, the second behind the request
+    /// in progress: its connection sends requests ahead of their answers
+    /// straight to the HTTP server, and is hung up on, to come back
+    /// through the front door (see [`super::doors`]).
     Pipelining(SocketAddr),
     /// Its connection was hung up on or cut off: to be dropped unanswered.
     /// (tiny_http read it before. A request waiting in tiny_http's queue
@@ -176,7 +177,7 @@ impl Connections {
     /// in progress, or queued behind the request in progress. `size` is
     /// what it sent (head and declared body), `holds` what queueing it
     /// holds; `pressed` if lockd is under pressure, when a connection
-    /// that queues is hung up on at once.
+    /// that queues two requests is hung up on at once.
     pub fn admit(&self, request: Request, size: usize, holds: usize, pressed: bool) -> Admitted {
         let Some(&addr) = request.remote_addr() else {
             return Admitted::Now(request);
@@ -202,7 +203,11 @@ impl Connections {
             || connection.queued_bytes > self.max_queued
             || (queued >= JUDGED_AT && unread);
         let before = self.queued.fetch_add(holds, Ordering::Relaxed);
-        if over || pressed {
+        // One request queued may be a client sending its next call as soon
+        // as it has its answer, before the worker that wrote the answer
+        // took the connection's next: two are sent ahead.
+        let pipelines = pressed && queued >= 2;
+        if over || pipelines {
             connection.overflowed = Some(Instant::now());
             return match over {
                 true => Admitted::Overflowing(addr),
@@ -533,8 +538,12 @@ mod tests {
             "one request at a time is welcome under pressure"
         );
         let addr: SocketAddr = from.parse().unwrap();
-        assert!(matches!(admit(from, "/1"), Admitted::Pipelining(a) if a == addr));
-        assert!(matches!(admit(from, "/2"), Admitted::Dropped(_)));
+        assert!(
+            matches!(admit(from, "/1"), Admitted::Queued { .. }),
+            "a client's next call may come before its connection is free"
+        );
+        assert!(matches!(admit(from, "/2"), Admitted::Pipelining(a) if a == addr));
+        assert!(matches!(admit(from, "/3"), Admitted::Dropped(_)));
         assert!(connections.is_overflowed(addr));
         assert!(!connections.is_overflowed(other.parse().unwrap()));
     }

@@ -44,6 +44,10 @@ pub const SOON: Duration = Duration::from_millis(10);
 /// what counting a head back from its parts may miss.
 pub const SLACK: usize = 16 * 1024;
 
+/// Looks after which a connection still not read is told to the pool
+/// keeper again.
+pub const NUDGE_AGAIN: u64 = 20;
+
 /// A connection holding less is never cut off to keep within
 /// `--max-buffered`.
 pub const FLOOR: usize = 64 * 1024;
@@ -83,6 +87,7 @@ impl Watch {
             bounds,
             round: 0,
             over: HashMap::new(),
+            unpicked: HashMap::new(),
             last_words: super::head::too_long(bounds.max_header).closing_bytes(),
         };
         let thread = {
@@ -142,6 +147,9 @@ struct Looker {
     over: HashMap<SocketAddr, u64>,
     /// Where connections found stranded in tiny_http's pool are told.
     stranded: Option<Arc<Stranded>>,
+    /// Connections never read although bytes wait, with the look that
+    /// told the keeper of each.
+    unpicked: HashMap<SocketAddr, u64>,
     last_words: Vec<u8>,
 }
 
@@ -165,7 +173,8 @@ impl Looker {
         let mut pipeliners = Vec::new();
         let mut hang_ups = Vec::new();
         let mut look = Look::Calm;
-        let mut unpicked = 0;
+        let mut unpicked = HashMap::new();
+        let mut stranded = 0;
         for connection in &open {
             // Shut (by lockd or its client): what it holds is being let
             // go; it stays known while its socket is (see `forget_gone`).
@@ -173,7 +182,12 @@ impl Looker {
                 continue;
             };
             if read == 0 && connection.unread > 0 {
-                unpicked += 1;
+                // Each is told once, and again if it is still not read
+                // [`NUDGE_AGAIN`] looks later.
+                let told = self.unpicked.get(&addr).copied();
+                let told = told.filter(|&at| self.round < at + NUDGE_AGAIN);
+                unpicked.insert(addr, told.unwrap_or(self.round));
+                stranded += usize::from(told.is_none());
             }
             let held = after.get(&addr).copied().unwrap_or(Held {
                 idle: true,
@@ -199,7 +213,7 @@ impl Looker {
             // its answers is sent there too.
             // (A body being read is not requests sent ahead.)
             let pipelining =
-                !held.reading_body && (held.queued > 0 || (!held.idle && unseen > SLACK));
+                !held.reading_body && (held.queued > 1 || (!held.idle && unseen > SLACK));
             // More read than a head may be: requests tiny_http has not
             // handed out yet (their connection's first ones, in a flood),
             // or a head without end.
@@ -217,7 +231,6 @@ impl Looker {
             let pipelining = pipelining && !is_own(addr);
             if pipelining {
                 pipelined += unseen.saturating_add(held.bytes);
-                pipeliners.push((*connection, reason, held.idle));
                 look = Look::Growing;
             }
             // (A body being read is bounded by `--max-body` instead.)
@@ -234,6 +247,9 @@ impl Looker {
                     over.insert(addr, held.requests);
                 }
             }
+            if pipelining {
+                pipeliners.push((*connection, reason, held.idle));
+            }
             let holds = unseen.saturating_add(held.bytes);
             total += holds;
             holders.push((holds, *connection, pipelining));
@@ -243,8 +259,9 @@ impl Looker {
         // pool (see `crate::pool_keeper`), or just accepted, its thread
         // about to read. A nudge too many costs a thread for a few
         // seconds; one too few leaves a client unanswered.
-        if let Some(found) = self.stranded.as_ref().filter(|_| unpicked > 0) {
-            found.found(unpicked);
+        self.unpicked = unpicked;
+        if let Some(found) = self.stranded.as_ref().filter(|_| stranded > 0) {
+            found.found(stranded);
         }
         if pipelined > PIPELINED {
             self.cuts.press();

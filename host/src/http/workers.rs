@@ -105,29 +105,23 @@ impl<H: Handler> Workers<H> {
             } else {
                 self.server.recv().map(Some)
             };
-            let taken = taken.map(|request| request.map(|r| self.handler.admit(r)));
             // Quick requests are taken out in a row while more wait: a
             // flood of them (a connection's backlog after it was hung up
             // on) is emptied by one worker, not handed from worker to
             // worker at every request.
             let mut quick = Vec::new();
-            let taken = taken.map(|admitted| {
-                admitted.map(|mut admitted| {
-                    while let Some(next) = admitted.take_if(|a| self.handler.quick(a)) {
-                        quick.push(next);
-                        if quick.len() == QUICK_RUN {
-                            break;
-                        }
-                        match self.server.try_recv() {
-                            Ok(Some(request)) => admitted = self.handler.admit(request),
-                            _ => break,
-                        }
-                    }
-                    admitted
-                })
-            });
+            let taken = match taken {
+                Ok(Some(request)) => self
+                    .quick_run(self.handler.admit(request), &mut quick)
+                    .map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
             drop(taking);
             let free = self.free.fetch_sub(1, Ordering::Relaxed) - 1;
+            if free == 0 && matches!(taken, Ok(Some(_))) && self.running() < MAX_WORKERS {
+                self.spawn();
+            }
             for admitted in quick {
                 self.handler.handle(admitted);
             }
@@ -145,14 +139,33 @@ impl<H: Handler> Workers<H> {
                     break;
                 }
             };
-            if free == 0 && self.running() < MAX_WORKERS {
-                self.spawn();
-            }
             if let Some(request) = admitted {
                 self.handler.handle(request);
             }
         }
         self.running.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Takes requests while each one admitted is quick to handle, into
+    /// `quick` ([`QUICK_RUN`] at most); returns what was admitted last if
+    /// it is not, or the error taking the next one met (tiny_http's accept
+    /// thread failing says so once, in its queue of requests).
+    fn quick_run(
+        &self,
+        mut admitted: Option<H::Admitted>,
+        quick: &mut Vec<H::Admitted>,
+    ) -> std::io::Result<Option<H::Admitted>> {
+        while let Some(next) = admitted.take_if(|a| self.handler.quick(a)) {
+            quick.push(next);
+            if quick.len() == QUICK_RUN {
+                break;
+            }
+            match self.server.try_recv()? {
+                Some(request) => admitted = self.handler.admit(request),
+                None => break,
+            }
+        }
+        Ok(admitted)
     }
 
     /// Counts this worker out if more than the configured number run.
