@@ -277,16 +277,9 @@ fn connect(target: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> 
         // connect(2) gives up after SO_SNDTIMEO.
         let tv = socket::timeval(timeout);
         socket::set(&stream, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
-        // The port is chosen at connect, by the whole address pair: the
-        // keeper closes first, and hundreds of nudges a second leave their
-        // ports in TIME_WAIT, which connect reuses and bind does not.
-        socket::set(
-            &stream,
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            &1_i32,
-        )?;
-        socket::bind(&stream, (KEEPER_SOURCE, 0).into())?;
+        // The keeper closes first: hundreds of nudges a second leave
+        // their ports in TIME_WAIT.
+        socket::bind_for_connect(&stream, KEEPER_SOURCE.into())?;
         socket::connect(&stream, target)?;
         Ok(TcpStream::from(stream))
     };

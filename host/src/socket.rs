@@ -2,7 +2,7 @@
 //! before connecting, listening sockets that share a port), in one place.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd};
 use std::time::Duration;
 
@@ -62,6 +62,21 @@ pub fn bind(socket: &impl AsRawFd, addr: SocketAddr) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Binds `socket` to address `ip`, its port left to `connect`, which
+/// chooses it by the whole address pair: ports in TIME_WAIT towards
+/// another address are reused, so that lockd's own connections to itself,
+/// tens of thousands a minute, closed by either side, do not run out of
+/// them.
+pub fn bind_for_connect(socket: &impl AsRawFd, ip: IpAddr) -> io::Result<()> {
+    set(
+        socket,
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        &1_i32,
+    )?;
+    bind(socket, SocketAddr::new(ip, 0))
 }
 
 /// Connects `socket` to `addr` (within its `SO_SNDTIMEO`, if set).

@@ -179,16 +179,7 @@ impl Door {
 /// A connection to the HTTP server at `upstream`, from [`OWN_SOURCE`].
 fn connect(upstream: SocketAddr) -> io::Result<TcpStream> {
     let stream = socket::tcp_for(upstream)?;
-    // The port is chosen at connect, by the whole address pair: ports in
-    // TIME_WAIT towards the HTTP server are reused, and tens of thousands
-    // of connections a minute do not run out of them.
-    socket::set(
-        &stream,
-        libc::IPPROTO_IP,
-        libc::IP_BIND_ADDRESS_NO_PORT,
-        &1_i32,
-    )?;
-    socket::bind(&stream, (OWN_SOURCE, 0).into())?;
+    socket::bind_for_connect(&stream, OWN_SOURCE.into())?;
     socket::connect(&stream, upstream)?;
     let stream = TcpStream::from(stream);
     stream.set_nodelay(true)?;
