@@ -8,24 +8,70 @@ use wasip2::filesystem::types::{
 
 /// Where every file lockd puts in place is written first, then renamed
 /// over its name, so that a reader opening a lock file by name sees a whole
-/// file, or none. Each write makes a new inode: an inode once linked as one
-/// lock's file is never written again, so a reader still holding it open
-/// never sees another lock's content through it. Calls are serialised (one
-/// instance per directory), so one name does.
+/// file, or none. Each write makes a new inode: an inode once linked as a
+/// lock file is never written again, so a reader still holding it open
+/// never sees other bytes through it. Calls are serialised (one instance
+/// per directory), so one name does.
 pub const TEMP_FILE: &str = ".lockd-write.tmp";
-/// Files kept by earlier versions of lockd to recycle inodes; removed at
-/// open (a lock file linked from one keeps its content).
-const SPARE_PREFIX: &str = ".lockd-spare-";
 /// The journal of changes not yet known to be synced in the lock files.
 pub const JOURNAL_FILE: &str = ".lockd.journal";
 /// The high-water mark of fencing tokens: none at or above it was issued.
 pub const TOKENS_FILE: &str = ".lockd.tokens";
 /// The second copy of the high-water mark.
 pub const TOKENS_COPY: &str = ".lockd.tokens.copy";
+/// Every held lock's record as of the last checkpoint.
+pub const SNAPSHOT_FILE: &str = ".lockd.snapshot";
 /// Lock files are small: a first read of this size takes most whole.
 const READ_CHUNK: u64 = 4096;
 /// Lock files longer than this are read only this far.
 pub const MAX_LOCK_FILE: usize = 64 * 1024;
+
+/// What tells one content of a file from another without reading it: its
+/// size and when its data last changed. Renaming a file changes neither;
+/// writing to it, in place or by a new file renamed over it, does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    size: u64,
+    modified: Option<(u64, u32)>,
+}
+
+impl Stamp {
+    /// A stamp for tests: of a file of `size` bytes.
+    #[cfg(test)]
+    pub const fn fake(size: u64) -> Self {
+        Self {
+            size,
+            modified: None,
+        }
+    }
+
+    /// As a record's line spells it: `size seconds nanoseconds`; `None`
+    /// without a modification time (too weak to tell contents apart).
+    pub fn to_text(self) -> Option<String> {
+        let (seconds, nanos) = self.modified?;
+        Some(format!("{} {seconds} {nanos}", self.size))
+    }
+
+    /// Reads what [`to_text`](Self::to_text) wrote.
+    pub fn from_text(text: &str) -> Option<Self> {
+        let mut parts = text.split(' ');
+        let mut next = || parts.next()?.parse::<u64>().ok();
+        let (size, seconds, nanos) = (next()?, next()?, next()?);
+        Some(Self {
+            size,
+            modified: Some((seconds, u32::try_from(nanos).ok()?)),
+        })
+    }
+
+    fn of(stat: &wasip2::filesystem::types::DescriptorStat) -> Self {
+        Self {
+            size: stat.size,
+            modified: stat
+                .data_modification_timestamp
+                .map(|t| (t.seconds, t.nanoseconds)),
+        }
+    }
+}
 
 /// A failed file operation, as text for the `io` error.
 pub type IoError = String;
@@ -49,11 +95,6 @@ impl LockDir {
         Ok(Self { dir })
     }
 
-    /// Whether `file` is a spare file of an earlier version.
-    pub fn is_old_spare(file: &str) -> bool {
-        file.starts_with(SPARE_PREFIX)
-    }
-
     /// The names of the regular files in the directory.
     pub fn files(&self) -> Result<Vec<String>, IoError> {
         let stream = self
@@ -75,6 +116,29 @@ impl LockDir {
     /// The whole of `file` (at most `limit` bytes), or `None` if it does not
     /// exist.
     pub fn read(&self, file: &str, limit: usize) -> Result<Option<Vec<u8>>, IoError> {
+        Ok(self.read_open(file, limit)?.map(|(content, _)| content))
+    }
+
+    /// As [`read`](Self::read), with the stamp of the file read.
+    pub fn read_stamped(
+        &self,
+        file: &str,
+        limit: usize,
+    ) -> Result<Option<(Vec<u8>, Stamp)>, IoError> {
+        let Some((content, fd)) = self.read_open(file, limit)? else {
+            return Ok(None);
+        };
+        let stat = fd
+            .stat()
+            .map_err(|e| io_error("reading the status of", file, e))?;
+        Ok(Some((content, Stamp::of(&stat))))
+    }
+
+    fn read_open(
+        &self,
+        file: &str,
+        limit: usize,
+    ) -> Result<Option<(Vec<u8>, Descriptor)>, IoError> {
         let fd = match self.dir.open_at(
             PathFlags::empty(),
             file,
@@ -98,7 +162,7 @@ impl LockDir {
                 break;
             }
         }
-        Ok(Some(content))
+        Ok(Some((content, fd)))
     }
 
     /// Puts `content` in place as `file`, atomically: written under
@@ -106,6 +170,27 @@ impl LockDir {
     /// journal, or the next checkpoint, makes it durable.
     pub fn write_atomically(&mut self, file: &str, content: &[u8]) -> Result<(), IoError> {
         self.rename_into_place(file, content, false)
+    }
+
+    /// As [`write_atomically`](Self::write_atomically), and returns the
+    /// stamp of the file written.
+    pub fn write_stamped(&mut self, file: &str, content: &[u8]) -> Result<Stamp, IoError> {
+        let fd = self.write_temp(content, false)?;
+        let stat = fd
+            .stat()
+            .map_err(|e| io_error("reading the status of", TEMP_FILE, e));
+        drop(fd);
+        self.rename(TEMP_FILE, file)?;
+        Ok(Stamp::of(&stat?))
+    }
+
+    /// The stamp of `file`, or `None` if it does not exist.
+    pub fn stamp(&self, file: &str) -> Result<Option<Stamp>, IoError> {
+        match self.dir.stat_at(PathFlags::empty(), file) {
+            Ok(stat) => Ok(Some(Stamp::of(&stat))),
+            Err(ErrorCode::NoEntry) => Ok(None),
+            Err(e) => Err(io_error("reading the status of", file, e)),
+        }
     }
 
     /// Writes `content` under [`TEMP_FILE`] (its data synced first if
@@ -116,16 +201,26 @@ impl LockDir {
         content: &[u8],
         synced: bool,
     ) -> Result<(), IoError> {
+        drop(self.write_temp(content, synced)?);
+        self.rename(TEMP_FILE, file)
+    }
+
+    /// Writes `content` as [`TEMP_FILE`], its data synced if `synced`.
+    fn write_temp(&mut self, content: &[u8], synced: bool) -> Result<Descriptor, IoError> {
         let fd = self.open_for_writing(TEMP_FILE, OpenFlags::CREATE | OpenFlags::TRUNCATE)?;
         write_all(&fd, TEMP_FILE, content, 0)?;
         if synced {
             fd.sync_data()
                 .map_err(|e| io_error("syncing", TEMP_FILE, e))?;
         }
-        drop(fd);
+        Ok(fd)
+    }
+
+    /// Renames `from` to `to`, replacing any file named `to`.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<(), IoError> {
         self.dir
-            .rename_at(TEMP_FILE, &self.dir, file)
-            .map_err(|e| io_error("renaming into", file, e))
+            .rename_at(from, &self.dir, to)
+            .map_err(|e| io_error(&format!("renaming {from:?} to"), to, e))
     }
 
     /// Removes `file`; a file that is already gone is not an error.

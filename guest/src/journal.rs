@@ -1,4 +1,9 @@
-//! The journal: the changes not yet known to be synced in the lock files.
+//! The journal: the changes since the last checkpoint, which folded them
+//! into the lock files and the snapshot (`snapshot.rs`).
+//!
+//! With `Durability::None` it is written the same way, never synced: it
+//! keeps what the lock files no longer carry (tokens, leases) across a
+//! `kill -9`, as the lock files themselves do.
 //!
 //! The file starts with a header, `lockdjv2` and the cycle (`u64 LE`), and
 //! is preallocated (written with zeroes) past the checkpoint size, so that
@@ -35,9 +40,8 @@ use wasip2::filesystem::types::Descriptor;
 const MAGIC: &[u8; 8] = b"lockdjv2";
 /// Records start after the magic and the cycle.
 const FILE_HEADER: u64 = 16;
-/// Zeroes written once, so that appends overwrite: the checkpoint size and
-/// room for the batch that passes it.
-const PREALLOCATE: u64 = (1 << 20) + (256 << 10);
+/// Zeroes written past the checkpoint size, for the batch that passes it.
+const HEADROOM: u64 = 256 << 10;
 
 /// The journal file, open for appending.
 pub struct Journal {
@@ -52,13 +56,16 @@ pub struct Journal {
     /// names, is unknown (a failed append could not be cut back, a reset
     /// failed): nothing may be appended until a reset succeeds.
     broken: bool,
+    /// Whether writes are synced before they count (`Durability::Always`).
+    synced: bool,
 }
 
 impl Journal {
     /// Opens (or creates) the journal and returns the records of its
-    /// current cycle. Call [`reset`](Self::reset), or
-    /// [`resume`](Self::resume) if that fails, before appending.
-    pub fn open(dir: &LockDir) -> Result<(Self, Vec<Record>), IoError> {
+    /// current cycle; `synced`: whether writes are synced. Call
+    /// [`reset`](Self::reset), or [`resume`](Self::resume) if that fails,
+    /// before appending.
+    pub fn open(dir: &LockDir, synced: bool) -> Result<(Self, Vec<Record>), IoError> {
         let content = dir.read(JOURNAL_FILE, usize::MAX)?.unwrap_or_default();
         let fd = dir.create(JOURNAL_FILE)?;
         let (records, cycle, size, len) = match content.strip_prefix(MAGIC.as_slice()) {
@@ -78,6 +85,7 @@ impl Journal {
             size,
             // Appending needs a header of this format first.
             broken: size == 0,
+            synced,
         };
         Ok((journal, records))
     }
@@ -98,12 +106,15 @@ impl Journal {
     }
 
     /// Starts a new cycle, durably: the records so far no longer count.
-    /// For a checkpoint, once what they say is synced in the lock files.
+    /// For a checkpoint, once what they say is synced in the lock files and
+    /// the snapshot. `room`: the bytes of records the cycle is expected to
+    /// take before the next checkpoint, written as zeroes beforehand.
     ///
     /// If writing the new header fails, the disk may hold either cycle:
     /// appends are refused until a later reset, which starts a cycle above
     /// both, succeeds.
-    pub fn reset(&mut self) -> Result<(), IoError> {
+    pub fn reset(&mut self, room: u64) -> Result<(), IoError> {
+        let preallocate = FILE_HEADER + room + HEADROOM;
         if self.size == 0 {
             // A journal of the first format, or none: start from nothing.
             self.fd
@@ -111,8 +122,8 @@ impl Journal {
                 .map_err(|e| dir::io_error("emptying", JOURNAL_FILE, e))?;
         }
         let zeroes = vec![0; 64 << 10];
-        while self.size < PREALLOCATE {
-            let n = zeroes.len().min((PREALLOCATE - self.size) as usize);
+        while self.size < preallocate {
+            let n = zeroes.len().min((preallocate - self.size) as usize);
             dir::write_all(&self.fd, JOURNAL_FILE, &zeroes[..n], self.size)?;
             self.size += n as u64;
         }
@@ -124,11 +135,11 @@ impl Journal {
         self.sync()?;
         self.len = 0;
         self.broken = false;
-        if self.size > PREALLOCATE {
+        if self.size > preallocate {
             // Grown while checkpoints failed; what lies past the
             // preallocation is of old cycles. Shrinking is only tidying.
-            if self.fd.set_size(PREALLOCATE).is_ok() {
-                self.size = PREALLOCATE;
+            if self.fd.set_size(preallocate).is_ok() {
+                self.size = preallocate;
             }
         }
         Ok(())
@@ -148,7 +159,7 @@ impl Journal {
     }
 
     /// Appends `bytes` (records encoded for this cycle) and syncs them to
-    /// disk. On failure the file is cut back to where they began and
+    /// disk (if synced). On failure the file is cut back to where they began and
     /// synced, so that no part of them counts, now or after a later append;
     /// if even that fails, appends are refused until a reset.
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), IoError> {
@@ -187,6 +198,9 @@ impl Journal {
     }
 
     fn sync(&self) -> Result<(), IoError> {
+        if !self.synced {
+            return Ok(());
+        }
         self.fd
             .sync_data()
             .map_err(|e| dir::io_error("syncing", JOURNAL_FILE, e))
@@ -205,21 +219,40 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends `record`, of `cycle`, to `out`.
+#[cfg(test)]
 pub fn encode(record: &Record, cycle: u64, out: &mut Vec<u8>) {
+    match record {
+        Record::Put { resource, content } => encode_put(resource, content, cycle, out),
+        Record::Remove { resource } => encode_remove(resource, cycle, out),
+    }
+}
+
+/// Appends a [`Record::Put`] of `cycle` to `out`.
+pub fn encode_put(resource: &str, content: &str, cycle: u64, out: &mut Vec<u8>) {
+    let start = begin(cycle, PUT, out);
+    put_str(out, resource);
+    put_str(out, content);
+    finish(start, out);
+}
+
+/// Appends a [`Record::Remove`] of `cycle` to `out`.
+pub fn encode_remove(resource: &str, cycle: u64, out: &mut Vec<u8>) {
+    let start = begin(cycle, REMOVE, out);
+    put_str(out, resource);
+    finish(start, out);
+}
+
+/// Starts a record: room for its length and checksum, its cycle and kind.
+fn begin(cycle: u64, kind: u8, out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
     out.extend_from_slice(&cycle.to_le_bytes());
-    match record {
-        Record::Put { resource, content } => {
-            out.push(PUT);
-            put_str(out, resource);
-            put_str(out, content);
-        }
-        Record::Remove { resource } => {
-            out.push(REMOVE);
-            put_str(out, resource);
-        }
-    }
+    out.push(kind);
+    start
+}
+
+/// Fills in the length and checksum of the record begun at `start`.
+fn finish(start: usize, out: &mut [u8]) {
     let payload = &out[start + HEADER..];
     let len = (payload.len() as u32).to_le_bytes();
     let crc = crc32fast::hash(payload).to_le_bytes();

@@ -1,9 +1,13 @@
-//! What a held lock is, and how its lock file spells it.
+//! What a held lock is, and how lockd spells it.
 //!
-//! The first line of a lock file is the holder, as gocept.lockd wrote it;
-//! lockd adds `key: value` lines after it (the fencing token, when the lock
-//! was taken, its lease). A file with only the first line (gocept.lockd's)
-//! is a lock without a token or lease yet.
+//! A lock file holds the holder's line alone, as gocept.lockd's did: its
+//! bytes depend on nothing but the holder, so that an inode can be linked
+//! again as the same resource's file for the same holder without a reader
+//! ever seeing other bytes through it. The lock's record (the journal's and
+//! the table file's) adds `key: value` lines after that line: the fencing
+//! token, when it was taken, its lease. Lock files written by earlier
+//! versions of lockd carry those lines too, and are read with them; a file
+//! with only the first line is a lock without a token or lease of its own.
 
 /// A held lock, as the `lock-info` record of the WIT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,13 +31,21 @@ impl LockInfo {
         self.expires_ms.is_some_and(|at| at <= now_ms)
     }
 
-    /// The lock file's content.
+    /// The lock file's content: the holder's line.
     pub fn file_content(&self) -> Vec<u8> {
-        // Written on every lock: without `format!`, whose machinery costs
-        // more than the rest of this.
-        let mut out = Vec::with_capacity(self.client.len() + 112);
+        let mut out = Vec::with_capacity(self.client.len() + 1);
         out.extend_from_slice(self.client.as_bytes());
         out.push(b'\n');
+        out
+    }
+
+    /// The lock's record: the holder's line, then lockd's lines.
+    pub fn record(&self) -> String {
+        // Written on every change: without `format!`, whose machinery
+        // costs more than the rest of this.
+        let mut out = String::with_capacity(self.client.len() + 112);
+        out.push_str(&self.client);
+        out.push('\n');
         push_line(&mut out, "token", self.token);
         if self.acquired_ms > 0 {
             push_line(&mut out, "acquired", self.acquired_ms);
@@ -45,8 +57,15 @@ impl LockInfo {
         out
     }
 
-    /// Reads a lock file's content: the holder from the first line, the
-    /// rest from the lines lockd adds (unknown or malformed ones ignored).
+    /// Whether only the holder is known: no token, time or lease (a file
+    /// of the holder's line alone).
+    pub fn holder_only(&self) -> bool {
+        self.token == 0 && self.acquired_ms == 0 && self.expires_ms.is_none()
+    }
+
+    /// Reads a record, or a lock file's content: the holder from the
+    /// first line, the rest from the lines lockd adds (unknown or malformed
+    /// ones ignored).
     pub fn parse(resource: String, content: &[u8]) -> Self {
         let text = String::from_utf8_lossy(content);
         let mut lines = text.split('\n');
@@ -83,9 +102,9 @@ impl LockInfo {
 }
 
 /// Appends `key: value` and a newline, `value` in decimal.
-fn push_line(out: &mut Vec<u8>, key: &str, value: u64) {
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b": ");
+fn push_line(out: &mut String, key: &str, value: u64) {
+    out.push_str(key);
+    out.push_str(": ");
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     let mut rest = value;
@@ -97,8 +116,8 @@ fn push_line(out: &mut Vec<u8>, key: &str, value: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
-    out.push(b'\n');
+    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
+    out.push('\n');
 }
 
 #[cfg(test)]
@@ -106,7 +125,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lock_files_round_trip_and_gocept_files_read_as_plain_locks() {
+    fn records_round_trip_and_gocept_files_read_as_plain_locks() {
         let info = LockInfo {
             resource: "vm 1".into(),
             client: "host-a".into(),
@@ -115,12 +134,15 @@ mod tests {
             ttl_ms: Some(30_000),
             expires_ms: Some(1_700_000_030_000),
         };
-        let content = info.file_content();
+        let record = info.record();
         assert!(
-            content.starts_with(b"host-a\n"),
+            record.starts_with("host-a\n"),
             "holder first, as gocept.lockd"
         );
-        assert_eq!(LockInfo::parse("vm 1".into(), &content), info);
+        assert_eq!(LockInfo::parse("vm 1".into(), record.as_bytes()), info);
+        assert_eq!(info.file_content(), b"host-a\n", "the holder's line alone");
+        let file = LockInfo::parse("vm 1".into(), &info.file_content());
+        assert!(file.holder_only() && !info.holder_only());
         let gocept = LockInfo::parse("r".into(), b"client1\n");
         assert_eq!(gocept.client, "client1");
         assert_eq!(
@@ -135,16 +157,16 @@ mod tests {
     }
 
     #[test]
-    fn lock_files_spell_numbers_in_decimal() {
+    fn records_spell_numbers_in_decimal() {
         let mut info = LockInfo::parse("r".into(), b"c\n");
         info.token = 0;
-        assert_eq!(info.file_content(), b"c\ntoken: 0\n");
+        assert_eq!(info.record(), "c\ntoken: 0\n");
         info.token = u64::MAX;
         info.acquired_ms = 1;
         info.ttl_ms = Some(10);
         info.expires_ms = Some(1_700_000_000_009);
         assert_eq!(
-            String::from_utf8(info.file_content()).unwrap(),
+            info.record(),
             "c\ntoken: 18446744073709551615\nacquired: 1\nttl: 10\nexpires: 1700000000009\n"
         );
     }

@@ -8,6 +8,7 @@ mod lease;
 mod name;
 mod request;
 mod rules;
+mod snapshot;
 mod state;
 mod table;
 mod tokens;

@@ -191,20 +191,33 @@ impl State {
         (Reply::Swept(swept), steps)
     }
 
-    /// Holds `info` in lock file `file`, replacing what was held.
+    /// Holds `info` in lock file `file`, replacing what was held. A file
+    /// that already holds the same holder's line alone stays as it is.
     fn hold(&mut self, resource: String, info: LockInfo, file: String) -> Step {
-        let content = info.file_content();
+        let record = info.record();
+        let kept = self.held.get(&resource).and_then(|held| {
+            let same = held.file == file && held.info.client == info.client;
+            held.stamp.filter(|_| same)
+        });
+        let change = match kept {
+            Some(_) => Change::Keep { record },
+            None => Change::Write {
+                file: file.clone(),
+                record,
+            },
+        };
         let before = self.held.insert(
             resource.clone(),
             Held {
                 info,
-                file: file.clone(),
+                file,
+                stamp: kept,
             },
         );
         Step {
             resource,
             before,
-            change: Change::Write { file, content },
+            change,
         }
     }
 

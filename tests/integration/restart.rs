@@ -166,6 +166,21 @@ fn lock_files_edited_by_hand_never_leak_into_later_lock_files() {
         server.call("lock", &["d", "host-d"]).unwrap();
         assert_eq!(holder_of(&read("d")), "host-d", "{sync}");
 
+        // The same holders again: their old files, now spares, were edited
+        // and are never linked back.
+        server.call("lock", &["e", "host-a"]).unwrap();
+        assert_eq!(holder_of(&read("e")), "host-a", "{sync}");
+        server.call("lock", &["f", "host-c"]).unwrap();
+        assert_eq!(holder_of(&read("f")), "host-c", "{sync}");
+
+        // Rewritten in place with as many bytes: told by the time of the
+        // write.
+        server.call("lock", &["g", "host-g"]).unwrap();
+        std::fs::write(file("g"), "host-z\n").unwrap();
+        server.call("unlock", &["g", "host-g"]).unwrap();
+        server.call("lock", &["h", "host-g"]).unwrap();
+        assert_eq!(holder_of(&read("h")), "host-g", "{sync}");
+
         // What is on disk is what a restart finds.
         server.kill9();
         let server = TestServer::start_in(&dir, &["--sync", sync]);
@@ -181,59 +196,117 @@ fn lock_files_edited_by_hand_never_leak_into_later_lock_files() {
 }
 
 #[test]
-fn renewed_lock_files_hold_their_last_lease_and_churn_leaves_no_file_behind() {
+fn tokens_and_leases_outlive_restarts_though_lock_files_hold_their_holder_alone() {
     for sync in ["always", "none"] {
         let (_tmp, dir) = temp_lock_dir();
         let server = TestServer::start_in(&dir, &["--sync", sync]);
         let client = server.client();
         let lease = |ttl: f64| Value::Struct(vec![("ttl".into(), Value::Double(ttl))]);
-        client
+        let lock = client
             .call(
                 "lockd.acquire",
                 &["vm".into(), "host-a".into(), lease(600.0)],
             )
             .unwrap();
-        let file = dir.join("vm.resource.lock");
-        let ttl_line = || {
-            let content = std::fs::read_to_string(&file).unwrap();
-            assert_eq!(holder_of(&content), "host-a", "{sync}");
-            content
-                .lines()
-                .find(|l| l.starts_with("ttl: "))
-                .unwrap()
-                .to_owned()
-        };
-        assert_eq!(ttl_line(), "ttl: 600000", "{sync}");
-        // Each renewal rewrites the lock file in place of the last one.
+        let token = lock.member("token").and_then(Value::as_i64).unwrap();
+        let mut renewed = lock;
         for ttl in [700.0, 800.0, 900.0] {
-            client
+            renewed = client
                 .call(
                     "lockd.renew",
                     &["vm".into(), "host-a".into(), Value::Double(ttl)],
                 )
                 .unwrap();
-            assert_eq!(ttl_line(), format!("ttl: {}", ttl as u64 * 1000), "{sync}");
         }
-        // Churn: every lock file gets an inode of its own, gone with it.
+        let expires = renewed.member("expires").cloned().unwrap();
+        let file = dir.join("vm.resource.lock");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "host-a\n",
+            "{sync}"
+        );
+
+        // Churn: lock files go with their locks; the spares kept are few
+        // and hold their holder's line.
         for i in 0..300 {
             server.call("lock", &[&format!("r{i}"), "churn"]).unwrap();
         }
         for i in 0..300 {
             server.call("unlock", &[&format!("r{i}"), "churn"]).unwrap();
         }
-        assert_eq!(spare_files(&dir), Vec::<PathBuf>::new(), "{sync}");
-        assert_eq!(lock_files(&dir).len(), 1, "{sync}");
+        assert_eq!(
+            lock_files(&dir).into_iter().collect::<Vec<_>>(),
+            ["vm.resource.lock"],
+            "{sync}"
+        );
+        let spares = spare_files(&dir);
+        assert!(
+            !spares.is_empty() && spares.len() <= 128,
+            "{sync}: {spares:?}"
+        );
+        for spare in &spares {
+            assert_eq!(std::fs::read_to_string(spare).unwrap(), "churn\n");
+        }
 
-        server.kill9();
-        let server = TestServer::start_in(&dir, &["--sync", sync]);
-        assert_eq!(ttl_line(), "ttl: 900000", "{sync}");
+        // The first restart replays the journal; the second starts from
+        // the snapshot the first one's checkpoint wrote.
+        let mut server = server;
+        for restart in 0..2 {
+            server.kill9();
+            server = TestServer::start_in(&dir, &["--sync", sync]);
+            let status = server
+                .client()
+                .call("lockd.status", &["vm".into()])
+                .unwrap();
+            assert_eq!(
+                status.member("token").and_then(Value::as_i64),
+                Some(token),
+                "{sync}, restart {restart}"
+            );
+            assert_eq!(
+                status.member("expires"),
+                Some(&expires),
+                "{sync}, restart {restart}"
+            );
+            assert_eq!(spare_files(&dir), Vec::<PathBuf>::new(), "{sync}");
+        }
         let fault = server.call("lock", &["vm", "host-b"]).unwrap_err();
         assert_eq!(
             fault.message, "Resource already locked by 'host-a'",
             "{sync}"
         );
         assert_eq!(server.call("lock", &["r0", "host-b"]), Ok(Value::Nil));
+        let next = server
+            .client()
+            .call("lockd.acquire", &["y".into(), "host-b".into()])
+            .unwrap();
+        assert!(next.member("token").and_then(Value::as_i64).unwrap() > token);
     }
+}
+
+#[test]
+fn a_lock_file_removed_while_lockd_was_down_frees_its_lock_whatever_the_snapshot_says() {
+    let (_tmp, dir) = temp_lock_dir();
+    let server = TestServer::start_in(&dir, &[]);
+    server
+        .client()
+        .call("lockd.acquire", &["vm".into(), "host-a".into()])
+        .unwrap();
+    // The next start's checkpoint writes the snapshot, recording the lock.
+    drop(server);
+    drop(TestServer::start_in(&dir, &[]));
+    assert!(std::fs::read(dir.join(".lockd.snapshot")).unwrap().len() > 8);
+    // As gocept.lockd's operators free a lock: its file removed.
+    std::fs::remove_file(dir.join("vm.resource.lock")).unwrap();
+    let server = TestServer::start_in(&dir, &[]);
+    assert_eq!(
+        server
+            .client()
+            .call("lockd.status", &["vm".into()])
+            .unwrap(),
+        Value::Nil
+    );
+    assert_eq!(server.call("lock", &["vm", "host-b"]), Ok(Value::Nil));
 }
 
 #[test]
@@ -260,4 +333,58 @@ fn spare_files_of_an_earlier_version_are_removed_and_their_locks_kept() {
         let token = lock.member("token").and_then(Value::as_i64).unwrap();
         assert!(token > 5, "{sync}: token {token}");
     }
+}
+
+#[test]
+fn a_lock_file_put_back_by_another_hand_gets_no_token_or_lease_from_the_snapshot() {
+    for content in ["host-a", "host-a\n"] {
+        let (_tmp, dir) = temp_lock_dir();
+        let server = TestServer::start_in(&dir, &[]);
+        let lease = Value::Struct(vec![("ttl".into(), Value::Double(600.0))]);
+        server
+            .client()
+            .call("lockd.acquire", &["vm".into(), "host-a".into(), lease])
+            .unwrap();
+        // The next start's checkpoint records the lock in the snapshot.
+        drop(server);
+        drop(TestServer::start_in(&dir, &[]));
+        // As gocept.lockd after a switch back: released, taken again.
+        let file = dir.join("vm.resource.lock");
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(&file, content).unwrap();
+        let server = TestServer::start_in(&dir, &[]);
+        let status = server
+            .client()
+            .call("lockd.status", &["vm".into()])
+            .unwrap();
+        assert_eq!(
+            status.member("client").and_then(Value::as_str),
+            Some("host-a")
+        );
+        assert_eq!(
+            status.member("token").and_then(Value::as_i64),
+            Some(0),
+            "{content:?}: {status:?}"
+        );
+        assert_eq!(
+            status.member("expires"),
+            Some(&Value::Nil),
+            "{content:?}: {status:?}"
+        );
+    }
+}
+
+#[test]
+fn with_sync_none_a_lock_whose_file_cannot_be_written_is_refused() {
+    let (_tmp, dir) = temp_lock_dir();
+    let server = TestServer::start_in(&dir, &["--sync", "none"]);
+    std::fs::create_dir(dir.join("q.resource.lock")).unwrap();
+    let fault = server.call("lock", &["q", "c1"]).unwrap_err();
+    assert_eq!(fault.code, -32603, "{fault:?}");
+    std::fs::remove_dir(dir.join("q.resource.lock")).unwrap();
+    assert_eq!(server.call("lock", &["q", "c1"]), Ok(Value::Nil));
+    assert_eq!(
+        holder_of(&std::fs::read_to_string(dir.join("q.resource.lock")).unwrap()),
+        "c1"
+    );
 }

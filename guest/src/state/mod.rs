@@ -1,18 +1,22 @@
 //! The lock table: which resource is held by whom, kept in memory and in the
 //! lock directory, changed in batches with one sync per batch.
 
-use crate::dir::{IoError, LockDir};
-use crate::journal::{self, Journal, Record};
+use crate::dir::{IoError, LockDir, Stamp};
+use crate::journal::{self, Journal};
 use crate::lease::LockInfo;
 use crate::rules;
 mod recover;
+mod spares;
 
 pub use crate::request::{Durability, Error, Reply, Report, Request, Settings, Swept};
 use crate::tokens::Tokens;
+use spares::Spares;
 use std::collections::HashMap;
 
 /// The journal is folded into the lock files (which are then synced) and
-/// emptied once it grows past this.
+/// the snapshot, and emptied, once it grows past this or the last
+/// snapshot's size, whichever is larger (so that checkpoints cost a
+/// bounded share of each change however many locks are held).
 const CHECKPOINT_BYTES: u64 = 1 << 20;
 
 /// A held lock and its file.
@@ -22,6 +26,11 @@ pub(crate) struct Held {
     /// The lock file: lockd's name for the resource, or the unencoded name
     /// gocept.lockd gave it.
     pub file: String,
+    /// The file's stamp if lockd wrote it as it writes lock files now (the
+    /// holder's line alone) and it was not written since; `None` if that is
+    /// not known. Only such a file is left as it is when renewed, and kept
+    /// as a spare when unlocked.
+    pub stamp: Option<Stamp>,
 }
 
 /// A resource whose lock expired or was broken, in the table.
@@ -34,17 +43,14 @@ pub(crate) struct Cooling {
 
 /// A change made in memory, to be written to the lock files once durable.
 pub(crate) enum Change {
-    Write { file: String, content: Vec<u8> },
+    /// A new lock: its file is written (or a spare linked back) with the
+    /// holder's line, the first of `record`.
+    Write { file: String, record: String },
+    /// The same lock, changed (a renewal): the file, which holds only the
+    /// holder, stays as it is.
+    Keep { record: String },
+    /// The lock is gone, and its file.
     Remove { file: String },
-}
-
-impl Change {
-    /// The lock file it changes.
-    fn file(&self) -> &str {
-        match self {
-            Change::Write { file, .. } | Change::Remove { file } => file,
-        }
-    }
 }
 
 /// One change of the table: the resource, what it held before (to take the
@@ -56,17 +62,21 @@ pub(crate) struct Step {
 }
 
 impl Step {
-    /// The journal record of the step: what its lock file now holds.
-    fn record(&self) -> Record {
-        let resource = self.resource.clone();
+    /// Appends the step's journal record, of `cycle`, to `out`.
+    fn encode(&self, cycle: u64, out: &mut Vec<u8>) {
         match &self.change {
-            Change::Write { content, .. } => Record::Put {
-                resource,
-                content: String::from_utf8_lossy(content).into_owned(),
-            },
-            Change::Remove { .. } => Record::Remove { resource },
+            Change::Write { record, .. } | Change::Keep { record } => {
+                journal::encode_put(&self.resource, record, cycle, out)
+            }
+            Change::Remove { .. } => journal::encode_remove(&self.resource, cycle, out),
         }
     }
+}
+
+/// The holder's line of a record: what its lock file holds.
+fn holder_line(record: &str) -> &[u8] {
+    let line = record.split_inclusive('\n').next().unwrap_or_default();
+    line.as_bytes()
 }
 
 /// How long after a failed checkpoint the next one is tried.
@@ -74,9 +84,9 @@ const RETRY_MS: u64 = 1000;
 
 /// The open lock directory.
 ///
-/// With `Durability::Always` the journal is the truth and the lock files
-/// are its view: a change is acknowledged once its record is synced in the
-/// journal, and its lock file follows. A lock file that cannot be written
+/// The journal, over the snapshot, is the truth and the lock files are its
+/// view: a change is acknowledged once its record is in the journal
+/// (synced, with `Durability::Always`), and its lock file follows. A lock file that cannot be written
 /// (a full disk, an unwritable directory) is remembered as stale, and the
 /// journal is not emptied until every stale file has been written again
 /// from memory and every file written since the last checkpoint, and the
@@ -90,11 +100,13 @@ pub struct State {
     pub(crate) held: HashMap<String, Held>,
     pub(crate) cooling: HashMap<String, Cooling>,
     pub(crate) tokens: Tokens,
-    /// With `Durability::None`, present only until the journal an earlier
-    /// run left has been emptied into the lock files; changes wait for it.
-    journal: Option<Journal>,
+    journal: Journal,
+    /// The last snapshot's size.
+    snapshot_bytes: u64,
+    /// Inodes of unlocked files, kept to be linked back.
+    spares: Spares,
     /// Lock files written since the last checkpoint, not yet synced: file
-    /// name, resource.
+    /// name, resource. (Only with `Durability::Always`.)
     unsynced: HashMap<String, String>,
     /// Lock files that may not show what memory holds: file name, resource.
     stale: HashMap<String, String>,
@@ -107,21 +119,18 @@ pub struct State {
 impl State {
     /// Whether a checkpoint is due to repair something.
     pub fn needs_repair(&self) -> bool {
-        self.trouble.is_some()
-            || !self.stale.is_empty()
-            || match &self.journal {
-                Some(journal) => journal.is_broken() || self.durability == Durability::None,
-                None => false,
-            }
+        self.trouble.is_some() || !self.stale.is_empty() || self.journal.is_broken()
+    }
+
+    /// The journal's size past which a checkpoint is due.
+    fn checkpoint_bytes(&self) -> u64 {
+        CHECKPOINT_BYTES.max(self.snapshot_bytes)
     }
 
     /// Tries a checkpoint if one is due (to repair, or because the journal
     /// is full) and the last failed one is [`RETRY_MS`] past.
     pub fn repair(&mut self, now_ms: u64) {
-        let full = self
-            .journal
-            .as_ref()
-            .is_some_and(|j| j.len() > CHECKPOINT_BYTES);
+        let full = self.journal.len() > self.checkpoint_bytes();
         if (full || self.needs_repair()) && now_ms >= self.retry_at_ms && self.checkpoint().is_err()
         {
             self.retry_at_ms = now_ms + RETRY_MS;
@@ -132,18 +141,12 @@ impl State {
     /// `health`.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        match &self.journal {
-            Some(journal) if journal.is_broken() => problems.push(
+        if self.journal.is_broken() {
+            problems.push(
                 "the journal cannot take changes until a checkpoint empties it: \
                  changes are refused"
                     .to_owned(),
-            ),
-            Some(_) if self.durability == Durability::None => problems.push(
-                "the journal of an earlier run is not yet emptied into the lock files: \
-                 changes are refused"
-                    .to_owned(),
-            ),
-            _ => {}
+            );
         }
         if !self.stale.is_empty() {
             problems.push(format!(
@@ -159,7 +162,7 @@ impl State {
 
     /// Bytes in the journal since it was last emptied.
     pub fn journal_bytes(&self) -> u64 {
-        self.journal.as_ref().map_or(0, Journal::len)
+        self.journal.len()
     }
 
     /// Runs a batch at `now_ms` (milliseconds since the Unix epoch, on a
@@ -172,27 +175,26 @@ impl State {
         // Per request with changes: the index of its result and its steps.
         let mut changed: Vec<(usize, Vec<Step>)> = Vec::new();
         let mut records = Vec::new();
-        let cycle = self.journal.as_ref().map_or(0, Journal::cycle);
+        let cycle = self.journal.cycle();
         for request in batch {
             match self.decide(request, now_ms) {
                 Ok((reply, steps)) if steps.is_empty() => results.push(Ok(reply)),
                 Ok((reply, steps)) => {
                     if self.durability == Durability::None {
-                        // Nothing to sync: the lock files are the record.
-                        match self.perform_all(&steps) {
-                            Ok(()) => results.push(Ok(reply)),
-                            Err(e) => {
-                                self.undo(steps);
-                                results.push(Err(Error::Io(e)));
-                            }
+                        // Without a sync the lock files follow at once, and
+                        // as gocept.lockd did, a change whose files cannot
+                        // be written is refused (its readers see the files).
+                        if let Err(e) = self.perform_all(&steps) {
+                            self.undo(steps);
+                            results.push(Err(Error::Io(e)));
+                            continue;
                         }
-                    } else {
-                        for step in &steps {
-                            journal::encode(&step.record(), cycle, &mut records);
-                        }
-                        changed.push((results.len(), steps));
-                        results.push(Ok(reply));
                     }
+                    for step in &steps {
+                        step.encode(cycle, &mut records);
+                    }
+                    changed.push((results.len(), steps));
+                    results.push(Ok(reply));
                 }
                 Err(e) => results.push(Err(e)),
             }
@@ -200,23 +202,25 @@ impl State {
         if changed.is_empty() {
             return results;
         }
-        let journal = self
-            .journal
-            .as_mut()
-            .expect("a journal with Durability::Always");
-        if let Err(e) = journal.append(&records) {
+        if let Err(e) = self.journal.append(&records) {
             for (i, steps) in changed.into_iter().rev() {
+                if self.durability == Durability::None {
+                    self.put_back(&steps);
+                }
                 self.undo(steps);
                 results[i] = Err(Error::Io(e.clone()));
             }
             return results;
         }
-        // Durable in the journal: the lock files follow. One that cannot
-        // be written is stale, and the journal keeps the change until it
-        // is written (at a later checkpoint, or replayed at the next open).
-        for (_, steps) in &changed {
-            for step in steps {
-                let _ = self.perform(step);
+        if self.durability == Durability::Always {
+            // Durable in the journal: the lock files follow. One that
+            // cannot be written is stale, and the journal keeps the change
+            // until it is written (at a later checkpoint, or replayed at
+            // the next open).
+            for (_, steps) in &changed {
+                for step in steps {
+                    let _ = self.perform(step);
+                }
             }
         }
         self.repair(now_ms);
@@ -239,41 +243,50 @@ impl State {
     }
 
     /// Performs `steps` on the lock files, all or none: on failure the
-    /// files of the steps done are put back as they were (and any that
-    /// cannot be is stale). With `Durability::None`, whose lock files are
-    /// the only record.
+    /// files of the steps done are put back.
     fn perform_all(&mut self, steps: &[Step]) -> Result<(), IoError> {
-        if self.journal.is_some() {
-            return Err(self.problems().join("; "));
-        }
         for (done, step) in steps.iter().enumerate() {
             if let Err(e) = self.perform(step) {
-                for step in steps[..done].iter().rev() {
-                    let put_back = match &step.before {
-                        Some(held) => {
-                            let content = held.info.file_content();
-                            self.dir.write_atomically(&held.file, &content)
-                        }
-                        None => self.dir.remove(step.change.file()),
-                    };
-                    if put_back.is_err() {
-                        self.stale
-                            .insert(step.change.file().to_owned(), step.resource.clone());
-                    }
-                }
+                self.put_back(&steps[..done]);
                 return Err(e);
             }
         }
         Ok(())
     }
 
+    /// Puts the lock files of `steps`, performed, back as they were before
+    /// (last first); one that cannot be is stale.
+    fn put_back(&mut self, steps: &[Step]) {
+        for step in steps.iter().rev() {
+            let file = match &step.change {
+                Change::Keep { .. } => continue,
+                Change::Write { file, .. } | Change::Remove { file } => file,
+            };
+            let put_back = match &step.before {
+                Some(held) if held.file == *file => {
+                    self.dir.write_atomically(file, &held.info.file_content())
+                }
+                _ => self.dir.remove(file),
+            };
+            if put_back.is_err() {
+                self.stale.insert(file.clone(), step.resource.clone());
+            }
+        }
+    }
+
     /// Performs one step on its lock file; a file that cannot be written
     /// becomes stale.
     fn perform(&mut self, step: &Step) -> Result<(), IoError> {
-        let file = step.change.file();
-        let done = match &step.change {
-            Change::Write { content, .. } => self.dir.write_atomically(file, content),
-            Change::Remove { .. } => self.dir.remove(file),
+        let (file, done) = match &step.change {
+            Change::Keep { .. } => return Ok(()),
+            Change::Write { file, record } => {
+                let stamp = self.put(file, holder_line(record));
+                if let (Ok(stamp), Some(held)) = (&stamp, self.held.get_mut(&step.resource)) {
+                    held.stamp = Some(*stamp);
+                }
+                (file, stamp.map(drop))
+            }
+            Change::Remove { file } => (file, self.unlink(file, step.before.as_ref())),
         };
         if let Err(e) = done {
             self.stale.insert(file.to_owned(), step.resource.clone());
@@ -282,8 +295,7 @@ impl State {
         if !self.stale.is_empty() {
             self.stale.remove(file);
         }
-        // Only a checkpoint reads these, and with `None` none follows the
-        // first.
+        // Only a checkpoint with `Always` syncs these.
         if self.durability == Durability::Always {
             match &step.change {
                 Change::Write { .. } => {
@@ -293,8 +305,41 @@ impl State {
                 Change::Remove { .. } if !self.unsynced.is_empty() => {
                     self.unsynced.remove(file);
                 }
-                Change::Remove { .. } => {}
+                Change::Remove { .. } | Change::Keep { .. } => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Puts lock file `file` in place holding `content`, and returns its
+    /// stamp: a spare linked into place if one holds `content` as lockd
+    /// wrote it, else a new file.
+    fn put(&mut self, file: &str, content: &[u8]) -> Result<Stamp, IoError> {
+        if let Some((spare, stamp)) = self.spares.take(content) {
+            let unchanged = self.dir.stamp(&spare).is_ok_and(|now| now == Some(stamp));
+            if unchanged && self.dir.rename(&spare, file).is_ok() {
+                return Ok(stamp);
+            }
+            // Edited, or gone: not kept.
+            let _ = self.dir.remove(&spare);
+        }
+        self.dir.write_stamped(file, content)
+    }
+
+    /// Takes lock file `file`, of lock `before`, away: kept as a spare if
+    /// lockd wrote it as it is, else removed.
+    fn unlink(&mut self, file: &str, before: Option<&Held>) -> Result<(), IoError> {
+        let known = before.filter(|held| held.file == file && !self.stale.contains_key(file));
+        let Some((held, stamp)) = known.and_then(|held| Some((held, held.stamp?))) else {
+            return self.dir.remove(file);
+        };
+        let spare = self.spares.name();
+        if self.dir.rename(file, &spare).is_err() {
+            return self.dir.remove(file);
+        }
+        for dropped in self.spares.kept(spare, held.info.file_content(), stamp) {
+            // One left behind is removed at the next open.
+            let _ = self.dir.remove(&dropped);
         }
         Ok(())
     }

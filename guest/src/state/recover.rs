@@ -1,19 +1,22 @@
-//! Opening the lock directory: reading the lock files and token marks,
-//! replaying the journal of an interrupted run, and checkpoints (the
-//! journal folded into the lock files, which are synced, and emptied).
+//! Opening the lock directory: reading the lock files, the snapshot and
+//! the token marks, replaying the journal, and checkpoints (the journal
+//! folded into the lock files, which are synced, and the snapshot, and
+//! emptied).
 
+use super::spares::{SPARE_PREFIX, Spares};
 use super::{Durability, Held, Report, Settings, State};
-use crate::dir::{IoError, LockDir, MAX_LOCK_FILE, TEMP_FILE};
+use crate::dir::{IoError, LockDir, MAX_LOCK_FILE, SNAPSHOT_FILE, Stamp, TEMP_FILE};
 use crate::journal::{Journal, Record};
 use crate::lease::LockInfo;
 use crate::name;
+use crate::snapshot;
 use crate::tokens::Tokens;
 use std::collections::HashMap;
 
 impl State {
     /// Opens the preopened directory; see the WIT `open`. Fails only when
     /// something that says who holds what cannot be read: the directory, a
-    /// lock file, the journal, or both token marks. What a power loss can
+    /// lock file, the journal, the snapshot, or both token marks. What a power loss can
     /// leave is reported in the notes, and a checkpoint that fails leaves
     /// the journal to keep the changes until one succeeds.
     pub fn open(settings: Settings) -> Result<(Self, Report), IoError> {
@@ -22,7 +25,7 @@ impl State {
         let mut held = HashMap::new();
         let mut stale = HashMap::new();
         for file in dir.files()? {
-            if file == TEMP_FILE || LockDir::is_old_spare(&file) {
+            if file == TEMP_FILE || file.starts_with(SPARE_PREFIX) {
                 match dir.remove(&file) {
                     Ok(()) if file == TEMP_FILE => report
                         .notes
@@ -40,8 +43,8 @@ impl State {
                 }
                 continue;
             };
-            match dir.read(&file, MAX_LOCK_FILE) {
-                Ok(Some(content)) if cut_short(&content) => {
+            match dir.read_stamped(&file, MAX_LOCK_FILE) {
+                Ok(Some((content, _))) if cut_short(&content) => {
                     report.notes.push(format!(
                         "{file:?} is the remains of a write cut short ({} bytes, no whole \
                          last line): not a lock, removed (the journal puts back any \
@@ -50,9 +53,12 @@ impl State {
                     ));
                     stale.insert(file, resource);
                 }
-                Ok(Some(content)) => {
+                Ok(Some((content, stamp))) => {
                     let info = LockInfo::parse(resource.clone(), &content);
-                    held.insert(resource, Held { info, file });
+                    // A file as lockd writes them now: its record may be
+                    // in the snapshot.
+                    let stamp = Some(stamp).filter(|_| content == info.file_content());
+                    held.insert(resource, Held { info, file, stamp });
                 }
                 Ok(None) => {}
                 // Serving a lock whose file cannot be read as free would
@@ -60,8 +66,18 @@ impl State {
                 Err(e) => return Err(format!("cannot read a lock file: {e}")),
             }
         }
-        let (journal, records) = Journal::open(&dir)?;
-        let mut seen = held.values().map(|h| h.info.token).max().unwrap_or(0);
+        let recorded = snapshot::read(&dir, &mut report.notes)?;
+        let mut seen = recorded
+            .iter()
+            .map(|(info, _)| info.token)
+            .max()
+            .unwrap_or(0);
+        for (info, stamp) in recorded {
+            complete(&mut held, info, stamp);
+        }
+        let synced = settings.durability == Durability::Always;
+        let (journal, records) = Journal::open(&dir, synced)?;
+        seen = seen.max(held.values().map(|h| h.info.token).max().unwrap_or(0));
         for record in &records {
             if let Record::Put { resource, content } = record {
                 let info = LockInfo::parse(resource.clone(), content.as_bytes());
@@ -76,7 +92,9 @@ impl State {
             held,
             cooling: HashMap::new(),
             tokens,
-            journal: Some(journal),
+            journal,
+            snapshot_bytes: 0,
+            spares: Spares::default(),
             unsynced: HashMap::new(),
             stale,
             trouble: None,
@@ -89,8 +107,7 @@ impl State {
         // whole truth. If that fails (a full disk), the journal keeps them
         // and the run goes on with the cycle it found.
         if let Err(e) = state.checkpoint() {
-            let journal = state.journal.as_mut().expect("kept until a checkpoint");
-            let resumed = journal.resume();
+            let resumed = state.journal.resume();
             report.notes.push(match resumed {
                 Ok(()) => format!(
                     "the lock files could not be brought up to date ({e}): the journal \
@@ -145,6 +162,7 @@ impl State {
                 Held {
                     info,
                     file: file.clone(),
+                    stamp: None,
                 },
             );
             let _ = self.show(file, resource);
@@ -155,16 +173,23 @@ impl State {
     /// content if `resource` is held under that name, no file otherwise.
     /// On failure it stays stale.
     fn show(&mut self, file: String, resource: String) -> Result<(), IoError> {
-        let written = match self.held.get(&resource) {
+        let written = match self.held.get_mut(&resource) {
             Some(held) if held.file == file => {
                 let content = held.info.file_content();
-                self.dir.write_atomically(&file, &content)
+                held.stamp = None;
+                let stamp = self.dir.write_stamped(&file, &content);
+                if let (Ok(stamp), Some(held)) = (&stamp, self.held.get_mut(&resource)) {
+                    held.stamp = Some(*stamp);
+                }
+                stamp.map(drop)
             }
             _ => self.dir.remove(&file),
         };
         match written {
             Ok(()) => {
-                self.unsynced.insert(file, resource);
+                if self.durability == Durability::Always {
+                    self.unsynced.insert(file, resource);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -175,8 +200,9 @@ impl State {
     }
 
     /// Brings every lock file up to date and synced (with the directory),
-    /// then empties the journal. Fails, changing nothing that counts, if
-    /// any step fails; see [`State`].
+    /// writes the snapshot, then empties the journal. Fails, changing
+    /// nothing that counts, if any step fails; see [`State`]. With
+    /// `Durability::None` nothing is synced.
     pub(super) fn checkpoint(&mut self) -> Result<(), IoError> {
         let result = self.try_checkpoint();
         self.trouble = result.as_ref().err().cloned();
@@ -193,23 +219,39 @@ impl State {
         if let Some(e) = failed {
             return Err(e);
         }
-        let synced = self
-            .unsynced
-            .keys()
-            .try_for_each(|file| self.dir.sync_file(file))
-            .and_then(|()| self.dir.sync());
-        if let Err(e) = synced {
-            self.stale.extend(self.unsynced.drain());
-            return Err(e);
+        let always = self.durability == Durability::Always;
+        if always {
+            let synced = self
+                .unsynced
+                .keys()
+                .try_for_each(|file| self.dir.sync_file(file))
+                .and_then(|()| self.dir.sync());
+            if let Err(e) = synced {
+                self.stale.extend(self.unsynced.drain());
+                return Err(e);
+            }
+            self.unsynced.clear();
         }
-        self.unsynced.clear();
-        if let Some(journal) = &mut self.journal {
-            journal.reset()?;
+        let snapshot = snapshot::encode(self.held.values().map(|held| (&held.info, held.stamp)));
+        if always {
+            self.dir.replace_durably(SNAPSHOT_FILE, &snapshot)?;
+        } else {
+            self.dir.write_atomically(SNAPSHOT_FILE, &snapshot)?;
         }
-        if self.durability == Durability::None {
-            self.journal = None;
-        }
-        Ok(())
+        self.snapshot_bytes = snapshot.len() as u64;
+        self.journal.reset(self.checkpoint_bytes())
+    }
+}
+
+/// Completes the lock of `info.resource` in `held` with `info`, a
+/// snapshot's record of it, if its file is still the one the record was
+/// written with (`stamp`, which lockd wrote holding the holder alone).
+fn complete(held: &mut HashMap<String, Held>, info: LockInfo, stamp: Option<Stamp>) {
+    let Some(lock) = held.get_mut(&info.resource) else {
+        return;
+    };
+    if stamp.is_some() && lock.stamp == stamp && lock.info.client == info.client {
+        lock.info = info;
     }
 }
 

@@ -10,9 +10,9 @@ pub enum Durability {
     /// and `kill -9`. Concurrent changes share one sync.
     #[default]
     Always,
-    /// In the lock files before the call returns, synced when the operating
-    /// system decides, as gocept.lockd did: survives `kill -9` of the
-    /// daemon, not power loss or an operating system crash.
+    /// In the journal and the lock files before the call returns, synced
+    /// when the operating system decides, as gocept.lockd did: survives
+    /// `kill -9` of the daemon, not power loss or an operating system crash.
     None,
 }
 
