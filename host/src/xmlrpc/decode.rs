@@ -10,6 +10,7 @@ use base64::Engine as _;
 use quick_xml::Reader;
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::Event;
+use std::borrow::Cow;
 
 /// Values nested deeper than this are refused rather than recursed into.
 const MAX_DEPTH: usize = 64;
@@ -97,20 +98,21 @@ pub fn parse_response(body: &[u8]) -> Result<Result<Value, Fault>, ParseError> {
     Ok(result)
 }
 
+/// A token of the document; text borrowed from it where it can be.
 #[derive(Debug)]
-enum Token {
-    Open(String),
+enum Token<'a> {
+    Open(Cow<'static, str>),
     Close,
-    Text(String),
+    Text(Cow<'a, str>),
 }
 
-struct Parser {
-    tokens: Vec<Token>,
+struct Parser<'a> {
+    tokens: Vec<Token<'a>>,
     pos: usize,
 }
 
-impl Parser {
-    fn new(body: &[u8]) -> Result<Self, ParseError> {
+impl<'a> Parser<'a> {
+    fn new(body: &'a [u8]) -> Result<Self, ParseError> {
         let text = std::str::from_utf8(body)
             .map_err(|e| ParseError::NotWellFormed(format!("not UTF-8: {e}")))?;
         Ok(Self {
@@ -163,7 +165,7 @@ impl Parser {
     fn text(&mut self) -> Result<String, ParseError> {
         match self.tokens.get_mut(self.pos) {
             Some(Token::Text(t)) => {
-                let t = std::mem::take(t);
+                let t = std::mem::take(t).into_owned();
                 self.pos += 1;
                 Ok(t)
             }
@@ -289,7 +291,7 @@ fn scalar(tag: &str, text: String) -> Result<Value, ParseError> {
     })
 }
 
-fn describe(token: Option<&Token>) -> String {
+fn describe(token: Option<&Token<'_>>) -> String {
     match token {
         None => "the end of the document".into(),
         Some(Token::Open(name)) => format!("<{name}>"),
@@ -298,19 +300,59 @@ fn describe(token: Option<&Token>) -> String {
     }
 }
 
+/// The elements of XML-RPC (and Apache's `ex:` spellings), named without
+/// an allocation each.
+const TAGS: &[&str] = &[
+    "methodCall",
+    "methodName",
+    "methodResponse",
+    "params",
+    "param",
+    "value",
+    "string",
+    "int",
+    "i4",
+    "i8",
+    "i2",
+    "i1",
+    "boolean",
+    "double",
+    "dateTime.iso8601",
+    "base64",
+    "struct",
+    "member",
+    "name",
+    "array",
+    "data",
+    "nil",
+    "fault",
+    "ex:i8",
+    "ex:nil",
+];
+
+/// A start tag's name.
+fn tag_name(name: &str) -> Cow<'static, str> {
+    match TAGS.iter().find(|tag| **tag == name) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name.to_owned()),
+    }
+}
+
 /// The document as open/close/text tokens, with adjacent text, CDATA and
 /// references merged into one text token.
-fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
+fn tokenize(text: &str) -> Result<Vec<Token<'_>>, ParseError> {
     let not_well_formed = |e: &dyn std::fmt::Display| ParseError::NotWellFormed(e.to_string());
     let mut reader = Reader::from_str(text);
     reader.config_mut().expand_empty_elements = true;
     let mut tokens = Vec::new();
     let mut depth = 0usize;
     let mut seen_root = false;
-    let push_text = |tokens: &mut Vec<Token>, s: &str| match tokens.last_mut() {
-        Some(Token::Text(t)) => t.push_str(s),
-        _ => tokens.push(Token::Text(s.to_owned())),
-    };
+    fn push_text<'a>(tokens: &mut Vec<Token<'a>>, s: Cow<'a, str>) {
+        match tokens.last_mut() {
+            Some(Token::Text(t)) => t.to_mut().push_str(&s),
+            _ => tokens.push(Token::Text(s)),
+        }
+    }
     loop {
         let event = reader.read_event().map_err(|e| not_well_formed(&e))?;
         match event {
@@ -322,8 +364,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
                 }
                 seen_root = true;
                 depth += 1;
-                let name = e.name().as_ref().to_owned();
-                tokens.push(Token::Open(name));
+                tokens.push(Token::Open(tag_name(e.name().as_ref())));
             }
             Event::End(_) => {
                 depth -= 1;
@@ -336,9 +377,9 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
                         "text outside the root element".into(),
                     ));
                 }
-                push_text(&mut tokens, &content);
+                push_text(&mut tokens, content);
             }
-            Event::CData(c) => push_text(&mut tokens, &c),
+            Event::CData(c) => push_text(&mut tokens, c.into_inner()),
             Event::GeneralRef(r) => {
                 let resolved = match r.resolve_char_ref().map_err(|e| not_well_formed(&e))? {
                     Some(c) => c.to_string(),
@@ -353,7 +394,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
                         "reference outside the root element".into(),
                     ));
                 }
-                push_text(&mut tokens, &resolved);
+                push_text(&mut tokens, Cow::Owned(resolved));
             }
             Event::DocType(_) => {
                 return Err(ParseError::NotWellFormed(
