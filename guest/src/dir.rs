@@ -223,6 +223,13 @@ impl LockDir {
             .map_err(|e| io_error(&format!("renaming {from:?} to"), to, e))
     }
 
+    /// Links `to` to the file `from` names; fails if `to` exists.
+    pub fn link(&mut self, from: &str, to: &str) -> Result<(), IoError> {
+        self.dir
+            .link_at(PathFlags::empty(), from, &self.dir, to)
+            .map_err(|e| io_error(&format!("linking {from:?} as"), to, e))
+    }
+
     /// Removes `file`; a file that is already gone is not an error.
     pub fn remove(&mut self, file: &str) -> Result<(), IoError> {
         match self.dir.unlink_file_at(file) {

@@ -181,6 +181,14 @@ fn lock_files_edited_by_hand_never_leak_into_later_lock_files() {
         server.call("lock", &["h", "host-g"]).unwrap();
         assert_eq!(holder_of(&read("h")), "host-g", "{sync}");
 
+        // A spare linked as a lock file, edited through it.
+        server.call("unlock", &["e", "host-a"]).unwrap();
+        server.call("lock", &["i", "host-a"]).unwrap();
+        std::fs::write(file("i"), "host-y\n").unwrap();
+        server.call("unlock", &["i", "host-a"]).unwrap();
+        server.call("lock", &["j", "host-a"]).unwrap();
+        assert_eq!(holder_of(&read("j")), "host-a", "{sync}");
+
         // What is on disk is what a restart finds.
         server.kill9();
         let server = TestServer::start_in(&dir, &["--sync", sync]);

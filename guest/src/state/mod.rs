@@ -268,6 +268,7 @@ impl State {
                 }
                 _ => self.dir.remove(file),
             };
+            self.free_spare_of(file);
             if put_back.is_err() {
                 self.stale.insert(file.clone(), step.resource.clone());
             }
@@ -312,29 +313,38 @@ impl State {
     }
 
     /// Puts lock file `file` in place holding `content`, and returns its
-    /// stamp: a spare linked into place if one holds `content` as lockd
-    /// wrote it, else a new file.
+    /// stamp: a spare linked as it if one holds `content` as lockd wrote
+    /// it, else a new file.
     fn put(&mut self, file: &str, content: &[u8]) -> Result<Stamp, IoError> {
+        // Whatever was linked there is about to be replaced.
+        self.free_spare_of(file);
         if let Some((spare, stamp)) = self.spares.take(content) {
             let unchanged = self.dir.stamp(&spare).is_ok_and(|now| now == Some(stamp));
-            if unchanged && self.dir.rename(&spare, file).is_ok() {
+            if unchanged && self.dir.link(&spare, file).is_ok() {
+                self.spares.linked(file, content.to_vec(), spare, stamp);
                 return Ok(stamp);
             }
-            // Edited, or gone: not kept.
+            // Edited, gone, or the name is taken: not kept.
             let _ = self.dir.remove(&spare);
         }
         self.dir.write_stamped(file, content)
     }
 
-    /// Takes lock file `file`, of lock `before`, away: kept as a spare if
-    /// lockd wrote it as it is, else removed.
+    /// Takes lock file `file`, of lock `before`, away: a spare linked as it
+    /// is free again; a file lockd wrote is kept as a spare; any other is
+    /// removed.
     fn unlink(&mut self, file: &str, before: Option<&Held>) -> Result<(), IoError> {
+        if self.spares.links(file) {
+            self.dir.remove(file)?;
+            self.free_spare_of(file);
+            return Ok(());
+        }
         let known = before.filter(|held| held.file == file && !self.stale.contains_key(file));
         let Some((held, stamp)) = known.and_then(|held| Some((held, held.stamp?))) else {
             return self.dir.remove(file);
         };
         let spare = self.spares.name();
-        if self.dir.rename(file, &spare).is_err() {
+        if !self.spares.has_room() || self.dir.rename(file, &spare).is_err() {
             return self.dir.remove(file);
         }
         for dropped in self.spares.kept(spare, held.info.file_content(), stamp) {
@@ -342,5 +352,14 @@ impl State {
             let _ = self.dir.remove(&dropped);
         }
         Ok(())
+    }
+
+    /// Lock file `file` no longer links its spare, if it did.
+    fn free_spare_of(&mut self, file: &str) {
+        if self.spares.links(file) {
+            for dropped in self.spares.unlinked(file) {
+                let _ = self.dir.remove(&dropped);
+            }
+        }
     }
 }

@@ -1,16 +1,19 @@
-//! Inodes kept for their holder. An unlocked lock file is renamed to a
-//! spare name instead of removed, and renamed into place when the same
-//! holder takes a lock again, of any resource: a lock and its unlock cost a
-//! rename each, where a fresh file costs creating, writing, closing and
-//! freeing an inode.
+//! Inodes kept for their holder. An unlocked lock file that lockd wrote is
+//! renamed to a spare name instead of removed; when the same holder takes a
+//! lock again, of any resource, the spare is hard-linked as its lock file,
+//! and unlinking that name at the unlock leaves the spare free again. A
+//! lock and its unlock then cost a link and an unlink, where a fresh file
+//! costs creating, writing, closing and freeing an inode, and the spares'
+//! names stay the same.
 //!
 //! A lock file holds its holder's line alone, so a spare is only ever
-//! linked again where it holds exactly the bytes it held, and only if its
-//! stamp (size, modification time) is still the one lockd wrote: a reader
-//! holding it open keeps reading the bytes it read (as through any lock
-//! file since unlinked), and a file edited by hand is never linked back.
-//! At most [`MAX_SPARES`] are kept, the least recently kept removed first;
-//! those of an earlier run are removed at open.
+//! linked where it holds exactly the bytes it held, and only if its stamp
+//! (size, modification time) is still the one lockd wrote: a reader holding
+//! a lock file open keeps reading the bytes it read (as through any lock
+//! file since unlinked), and a file edited in place is never linked again
+//! (one replaced by another file leaves the spare as it was). At most
+//! [`MAX_SPARES`] are kept, free or linked, the least recently freed
+//! removed first; those of an earlier run are removed at open.
 
 use crate::dir::Stamp;
 use std::collections::{HashMap, VecDeque};
@@ -35,8 +38,11 @@ struct Spare {
 /// The spares of an open lock directory, by the holder's line they hold.
 #[derive(Debug, Default)]
 pub struct Spares {
+    /// Spares linked as no lock file.
     by_holder: HashMap<Vec<u8>, VecDeque<Spare>>,
-    /// How many spares are kept.
+    /// Spares linked as a lock file, by that file: its holder's line too.
+    linked: HashMap<String, (Vec<u8>, Spare)>,
+    /// How many spares are kept, free and linked.
     count: usize,
     /// Holders and the keeping of a spare, oldest first; entries whose
     /// spare was taken since are skipped.
@@ -46,8 +52,9 @@ pub struct Spares {
 }
 
 impl Spares {
-    /// A spare holding `content` (the most recently kept), given up to be
-    /// linked into place if its stamp is still the one returned.
+    /// A free spare holding `content` (the most recently freed), to be
+    /// linked as a lock file if its stamp is still the one returned; then
+    /// [`linked`](Self::linked), else removed by the caller.
     pub fn take(&mut self, content: &[u8]) -> Option<(String, Stamp)> {
         let spares = self.by_holder.get_mut(content)?;
         let spare = spares.pop_back()?;
@@ -58,14 +65,47 @@ impl Spares {
         Some((spare.name, spare.stamp))
     }
 
-    /// A name for the next spare.
+    /// Records that spare `name`, taken for `content`, is linked as lock
+    /// file `file`.
+    pub fn linked(&mut self, file: &str, content: Vec<u8>, name: String, stamp: Stamp) {
+        self.count += 1;
+        let spare = Spare {
+            name,
+            stamp,
+            kept: u64::MAX,
+        };
+        self.linked.insert(file.to_owned(), (content, spare));
+    }
+
+    /// Records that lock file `file` no longer links its spare, if it did
+    /// (unlinked, or replaced): the spare is free again. Returns the names
+    /// of spares no longer kept, for the caller to remove.
+    pub fn unlinked(&mut self, file: &str) -> Vec<String> {
+        let Some((content, spare)) = self.linked.remove(file) else {
+            return Vec::new();
+        };
+        self.count -= 1;
+        self.kept(spare.name, content, spare.stamp)
+    }
+
+    /// Whether lock file `file` links a spare.
+    pub fn links(&self, file: &str) -> bool {
+        !self.linked.is_empty() && self.linked.contains_key(file)
+    }
+
+    /// Whether another spare may be kept without removing a linked one.
+    pub fn has_room(&self) -> bool {
+        self.count < MAX_SPARES || self.count > self.linked.len()
+    }
+
+    /// A name for a new spare.
     pub fn name(&self) -> String {
         format!("{SPARE_PREFIX}{}", self.next)
     }
 
-    /// Records that spare `name` (named by [`name`](Self::name)) holds
-    /// `content` and is stamped `stamp`. Returns the names of spares no
-    /// longer kept, for the caller to remove.
+    /// Records that free spare `name` holds `content` and is stamped
+    /// `stamp`. Returns the names of free spares no longer kept, for the
+    /// caller to remove.
     pub fn kept(&mut self, name: String, content: Vec<u8>, stamp: Stamp) -> Vec<String> {
         let kept = self.next;
         self.next += 1;
@@ -147,6 +187,14 @@ mod tests {
             dropped,
             ["0", "1", "2"].map(|n| format!("{SPARE_PREFIX}{n}")),
         );
+        // A linked spare comes back free, and counts meanwhile.
+        let (name, stamp) = spares.take(b"h0\n").unwrap();
+        spares.linked("f", b"h0\n".to_vec(), name.clone(), stamp);
+        assert!(spares.links("f") && !spares.links("g"));
+        assert_eq!(spares.len(), MAX_SPARES);
+        assert!(spares.unlinked("f").is_empty());
+        assert!(!spares.links("f"));
+        assert_eq!(spares.take(b"h0\n"), Some((name, stamp)), "newest first");
         // One holder's spare kept and taken over and over leaves no trail.
         for _ in 0..10 * MAX_SPARES {
             assert!(keep(&mut spares, b"hot\n").1.len() <= 1);
