@@ -173,15 +173,14 @@ impl LockDir {
     }
 
     /// As [`write_atomically`](Self::write_atomically), and returns the
-    /// stamp of the file written.
-    pub fn write_stamped(&mut self, file: &str, content: &[u8]) -> Result<Stamp, IoError> {
+    /// stamp of the file written if it could be read and tells contents
+    /// apart (it has a modification time).
+    pub fn write_stamped(&mut self, file: &str, content: &[u8]) -> Result<Option<Stamp>, IoError> {
         let fd = self.write_temp(content, false)?;
-        let stat = fd
-            .stat()
-            .map_err(|e| io_error("reading the status of", TEMP_FILE, e));
+        let stamp = fd.stat().ok().map(|stat| Stamp::of(&stat));
         drop(fd);
         self.rename(TEMP_FILE, file)?;
-        Ok(Stamp::of(&stat?))
+        Ok(stamp.filter(|stamp| stamp.modified.is_some()))
     }
 
     /// The stamp of `file`, or `None` if it does not exist.

@@ -186,6 +186,22 @@ impl Journal {
         }
     }
 
+    /// Cuts off the records appended after the first `len` bytes of this
+    /// cycle's (a change refused after its records were written). If that
+    /// fails, appends are refused until a reset.
+    pub fn cut_to(&mut self, len: u64) -> Result<(), IoError> {
+        match self.cut_back(FILE_HEADER + len) {
+            Ok(()) => {
+                self.len = len;
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
     /// Truncates the file to `at` bytes, durably. Shrinking needs no space,
     /// so this works on a full disk too; the preallocation is made again at
     /// the next reset.

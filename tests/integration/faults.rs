@@ -522,6 +522,20 @@ fn warm_and_lock_r(server: &TestServer, model: &mut Model) {
     model.holders.insert("r".into(), Some("c".into()));
 }
 
+/// A spare of `c`'s kept: the next lock by `c` links it.
+fn warm_spare(server: &TestServer, model: &mut Model) {
+    warm(server, model);
+    server.call("lock", &["s", "c"]).unwrap();
+    server.call("unlock", &["s", "c"]).unwrap();
+}
+
+/// `r` held by `c` through a linked spare.
+fn warm_spare_and_lock_r(server: &TestServer, model: &mut Model) {
+    warm_spare(server, model);
+    server.call("lock", &["r", "c"]).unwrap();
+    model.holders.insert("r".into(), Some("c".into()));
+}
+
 /// The journal brought to just under the checkpoint size (1 MiB): the
 /// next lock with a long client passes it.
 fn journal_nearly_full(server: &TestServer, model: &mut Model) {
@@ -570,10 +584,34 @@ const CASES: &[Case] = &[
         operation: lock_r_long,
     },
     Case {
+        name: "a lock linking a spare",
+        sync: "always",
+        prepare: warm_spare,
+        operation: lock_r,
+    },
+    Case {
+        name: "an unlock of a lock linked from a spare",
+        sync: "always",
+        prepare: warm_spare_and_lock_r,
+        operation: unlock_r,
+    },
+    Case {
         name: "a lock reserving tokens",
         sync: "none",
         prepare: nothing,
         operation: lock_r,
+    },
+    Case {
+        name: "a lock linking a spare",
+        sync: "none",
+        prepare: warm_spare,
+        operation: lock_r,
+    },
+    Case {
+        name: "an unlock of a lock linked from a spare",
+        sync: "none",
+        prepare: warm_spare_and_lock_r,
+        operation: unlock_r,
     },
     Case {
         name: "an unlock",
@@ -592,6 +630,7 @@ const FAULTS: &[(&str, &[&str])] = &[
     ("fdatasync", &["EIO", "ENOSPC"]),
     ("fsync", &["EIO", "ENOSPC"]),
     ("renameat", &["EIO", "ENOSPC"]),
+    ("linkat", &["EIO", "ENOSPC"]),
     ("unlinkat", &["EIO"]),
     ("ftruncate", &["EIO"]),
 ];

@@ -179,17 +179,20 @@ impl State {
         for request in batch {
             match self.decide(request, now_ms) {
                 Ok((reply, steps)) if steps.is_empty() => results.push(Ok(reply)),
-                Ok((reply, steps)) => {
-                    if self.durability == Durability::None {
-                        // Without a sync the lock files follow at once, and
-                        // as gocept.lockd did, a change whose files cannot
-                        // be written is refused (its readers see the files).
-                        if let Err(e) = self.perform_all(&steps) {
+                Ok((reply, steps)) if self.durability == Durability::None => {
+                    // Without a sync each change goes to the journal, then
+                    // to its lock files at once: a change whose files
+                    // cannot be written is refused (as gocept.lockd did;
+                    // its readers see the files), and its records cut off.
+                    match self.record_then_perform(&steps, cycle) {
+                        Ok(()) => results.push(Ok(reply)),
+                        Err(e) => {
                             self.undo(steps);
                             results.push(Err(Error::Io(e)));
-                            continue;
                         }
                     }
+                }
+                Ok((reply, steps)) => {
                     for step in &steps {
                         step.encode(cycle, &mut records);
                     }
@@ -200,27 +203,23 @@ impl State {
             }
         }
         if changed.is_empty() {
+            // (With `Durability::None`, a checkpoint may be due.)
+            self.repair(now_ms);
             return results;
         }
         if let Err(e) = self.journal.append(&records) {
             for (i, steps) in changed.into_iter().rev() {
-                if self.durability == Durability::None {
-                    self.put_back(&steps);
-                }
                 self.undo(steps);
                 results[i] = Err(Error::Io(e.clone()));
             }
             return results;
         }
-        if self.durability == Durability::Always {
-            // Durable in the journal: the lock files follow. One that
-            // cannot be written is stale, and the journal keeps the change
-            // until it is written (at a later checkpoint, or replayed at
-            // the next open).
-            for (_, steps) in &changed {
-                for step in steps {
-                    let _ = self.perform(step);
-                }
+        // Durable in the journal: the lock files follow. One that cannot
+        // be written is stale, and the journal keeps the change until it
+        // is written (at a later checkpoint, or replayed at the next open).
+        for (_, steps) in &changed {
+            for step in steps {
+                let _ = self.perform(step);
             }
         }
         self.repair(now_ms);
@@ -242,6 +241,25 @@ impl State {
         }
     }
 
+    /// With `Durability::None`: appends the records of `steps`, then
+    /// performs them, all or none. On failure the files of the steps done
+    /// are put back and the records cut off.
+    fn record_then_perform(&mut self, steps: &[Step], cycle: u64) -> Result<(), IoError> {
+        let mut records = Vec::new();
+        for step in steps {
+            step.encode(cycle, &mut records);
+        }
+        let mark = self.journal.len();
+        self.journal.append(&records)?;
+        if let Err(e) = self.perform_all(steps) {
+            // If it cannot be cut off, the journal refuses changes until a
+            // checkpoint writes what memory holds.
+            let _ = self.journal.cut_to(mark);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Performs `steps` on the lock files, all or none: on failure the
     /// files of the steps done are put back.
     fn perform_all(&mut self, steps: &[Step]) -> Result<(), IoError> {
@@ -255,23 +273,24 @@ impl State {
     }
 
     /// Puts the lock files of `steps`, performed, back as they were before
-    /// (last first); one that cannot be is stale.
+    /// (last first), and counts them stale: the next checkpoint writes
+    /// them again from memory, with the stamp the snapshot needs.
     fn put_back(&mut self, steps: &[Step]) {
         for step in steps.iter().rev() {
             let file = match &step.change {
                 Change::Keep { .. } => continue,
                 Change::Write { file, .. } | Change::Remove { file } => file,
             };
-            let put_back = match &step.before {
+            self.drop_spare_of(file);
+            // At once for readers, as far as it goes; the repair then
+            // writes it again from memory, stamped.
+            let _ = match &step.before {
                 Some(held) if held.file == *file => {
                     self.dir.write_atomically(file, &held.info.file_content())
                 }
                 _ => self.dir.remove(file),
             };
-            self.free_spare_of(file);
-            if put_back.is_err() {
-                self.stale.insert(file.clone(), step.resource.clone());
-            }
+            self.stale.insert(file.clone(), step.resource.clone());
         }
     }
 
@@ -283,7 +302,7 @@ impl State {
             Change::Write { file, record } => {
                 let stamp = self.put(file, holder_line(record));
                 if let (Ok(stamp), Some(held)) = (&stamp, self.held.get_mut(&step.resource)) {
-                    held.stamp = Some(*stamp);
+                    held.stamp = *stamp;
                 }
                 (file, stamp.map(drop))
             }
@@ -315,17 +334,24 @@ impl State {
     /// Puts lock file `file` in place holding `content`, and returns its
     /// stamp: a spare linked as it if one holds `content` as lockd wrote
     /// it, else a new file.
-    fn put(&mut self, file: &str, content: &[u8]) -> Result<Stamp, IoError> {
+    fn put(&mut self, file: &str, content: &[u8]) -> Result<Option<Stamp>, IoError> {
         // Whatever was linked there is about to be replaced.
         self.free_spare_of(file);
         if let Some((spare, stamp)) = self.spares.take(content) {
-            let unchanged = self.dir.stamp(&spare).is_ok_and(|now| now == Some(stamp));
-            if unchanged && self.dir.link(&spare, file).is_ok() {
-                self.spares.linked(file, content.to_vec(), spare, stamp);
-                return Ok(stamp);
+            if self.dir.stamp(&spare).is_ok_and(|now| now == Some(stamp)) {
+                match self.dir.link(&spare, file) {
+                    Ok(()) => {
+                        self.spares.linked(file, content.to_vec(), spare, stamp);
+                        return Ok(Some(stamp));
+                    }
+                    // The name is taken (a lock file replaced): the spare
+                    // stays free.
+                    Err(_) => self.keep_spare(spare, content.to_vec(), stamp),
+                }
+            } else {
+                // Edited, or gone: not kept.
+                let _ = self.dir.remove(&spare);
             }
-            // Edited, gone, or the name is taken: not kept.
-            let _ = self.dir.remove(&spare);
         }
         self.dir.write_stamped(file, content)
     }
@@ -336,7 +362,12 @@ impl State {
     fn unlink(&mut self, file: &str, before: Option<&Held>) -> Result<(), IoError> {
         if self.spares.links(file) {
             self.dir.remove(file)?;
-            self.free_spare_of(file);
+            if self.stale.contains_key(file) {
+                // Its inode's sync failed: not to be linked again.
+                self.drop_spare_of(file);
+            } else {
+                self.free_spare_of(file);
+            }
             return Ok(());
         }
         let known = before.filter(|held| held.file == file && !self.stale.contains_key(file));
@@ -347,11 +378,25 @@ impl State {
         if !self.spares.has_room() || self.dir.rename(file, &spare).is_err() {
             return self.dir.remove(file);
         }
-        for dropped in self.spares.kept(spare, held.info.file_content(), stamp) {
+        self.keep_spare(spare, held.info.file_content(), stamp);
+        Ok(())
+    }
+
+    /// Keeps free spare `name`, holding `content`, stamped `stamp`.
+    fn keep_spare(&mut self, name: String, content: Vec<u8>, stamp: Stamp) {
+        for dropped in self.spares.kept(name, content, stamp) {
             // One left behind is removed at the next open.
             let _ = self.dir.remove(&dropped);
         }
-        Ok(())
+    }
+
+    /// Lock file `file` no longer links its spare, if it did, and the
+    /// spare is removed: its inode is not to be trusted (a failed sync, a
+    /// repair).
+    pub(super) fn drop_spare_of(&mut self, file: &str) {
+        if let Some(spare) = self.spares.forget(file) {
+            let _ = self.dir.remove(&spare);
+        }
     }
 
     /// Lock file `file` no longer links its spare, if it did.

@@ -173,13 +173,15 @@ impl State {
     /// content if `resource` is held under that name, no file otherwise.
     /// On failure it stays stale.
     fn show(&mut self, file: String, resource: String) -> Result<(), IoError> {
+        // Whatever inode the name links, it is replaced or removed.
+        self.drop_spare_of(&file);
         let written = match self.held.get_mut(&resource) {
             Some(held) if held.file == file => {
                 let content = held.info.file_content();
                 held.stamp = None;
                 let stamp = self.dir.write_stamped(&file, &content);
                 if let (Ok(stamp), Some(held)) = (&stamp, self.held.get_mut(&resource)) {
-                    held.stamp = Some(*stamp);
+                    held.stamp = *stamp;
                 }
                 stamp.map(drop)
             }
@@ -227,7 +229,12 @@ impl State {
                 .try_for_each(|file| self.dir.sync_file(file))
                 .and_then(|()| self.dir.sync());
             if let Err(e) = synced {
-                self.stale.extend(self.unsynced.drain());
+                let failed: Vec<_> = self.unsynced.drain().collect();
+                for (file, _) in &failed {
+                    // The inode may not be on disk: never linked again.
+                    self.drop_spare_of(file);
+                }
+                self.stale.extend(failed);
                 return Err(e);
             }
             self.unsynced.clear();

@@ -88,6 +88,14 @@ impl Spares {
         self.kept(spare.name, content, spare.stamp)
     }
 
+    /// Forgets the spare lock file `file` links, if any (its inode is no
+    /// longer to be trusted), returning its name for the caller to remove.
+    pub fn forget(&mut self, file: &str) -> Option<String> {
+        let (_, spare) = self.linked.remove(file)?;
+        self.count -= 1;
+        Some(spare.name)
+    }
+
     /// Whether lock file `file` links a spare.
     pub fn links(&self, file: &str) -> bool {
         !self.linked.is_empty() && self.linked.contains_key(file)
