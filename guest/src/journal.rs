@@ -159,9 +159,9 @@ impl Journal {
     }
 
     /// Appends `bytes` (records encoded for this cycle) and syncs them to
-    /// disk (if synced). On failure the file is cut back to where they began and
-    /// synced, so that no part of them counts, now or after a later append;
-    /// if even that fails, appends are refused until a reset.
+    /// disk (if synced). On failure the file is cut back to where they
+    /// began and synced, so that no part of them counts, now or after a
+    /// later append; if even that fails, appends are refused until a reset.
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), IoError> {
         if self.broken {
             return Err("the journal could not be repaired after a failed write: \
@@ -176,19 +176,17 @@ impl Journal {
                 self.size = self.size.max(at + bytes.len() as u64);
                 Ok(())
             }
-            Err(e) => match self.cut_back(at) {
+            Err(e) => match self.cut_to(self.len) {
                 Ok(()) => Err(e),
-                Err(cut) => {
-                    self.broken = true;
-                    Err(format!("{e}; then {cut}"))
-                }
+                Err(cut) => Err(format!("{e}; then {cut}")),
             },
         }
     }
 
-    /// Cuts off the records appended after the first `len` bytes of this
-    /// cycle's (a change refused after its records were written). If that
-    /// fails, appends are refused until a reset.
+    /// Cuts off whatever follows the first `len` bytes of this cycle's
+    /// records (an append that failed, or a change refused after its
+    /// records were written). If that fails, appends are refused until a
+    /// reset.
     pub fn cut_to(&mut self, len: u64) -> Result<(), IoError> {
         match self.cut_back(FILE_HEADER + len) {
             Ok(()) => {

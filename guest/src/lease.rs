@@ -4,7 +4,7 @@
 //! bytes depend on nothing but the holder, so that an inode can be linked
 //! again as the same resource's file for the same holder without a reader
 //! ever seeing other bytes through it. The lock's record (the journal's and
-//! the table file's) adds `key: value` lines after that line: the fencing
+//! the snapshot's) adds `key: value` lines after that line: the fencing
 //! token, when it was taken, its lease. Lock files written by earlier
 //! versions of lockd carry those lines too, and are read with them; a file
 //! with only the first line is a lock without a token or lease of its own.
@@ -55,12 +55,6 @@ impl LockInfo {
             push_line(&mut out, "expires", expires);
         }
         out
-    }
-
-    /// Whether only the holder is known: no token, time or lease (a file
-    /// of the holder's line alone).
-    pub fn holder_only(&self) -> bool {
-        self.token == 0 && self.acquired_ms == 0 && self.expires_ms.is_none()
     }
 
     /// Reads a record, or a lock file's content: the holder from the
@@ -142,7 +136,10 @@ mod tests {
         assert_eq!(LockInfo::parse("vm 1".into(), record.as_bytes()), info);
         assert_eq!(info.file_content(), b"host-a\n", "the holder's line alone");
         let file = LockInfo::parse("vm 1".into(), &info.file_content());
-        assert!(file.holder_only() && !info.holder_only());
+        assert_eq!(
+            (file.token, file.acquired_ms, file.expires_ms),
+            (0, 0, None)
+        );
         let gocept = LockInfo::parse("r".into(), b"client1\n");
         assert_eq!(gocept.client, "client1");
         assert_eq!(

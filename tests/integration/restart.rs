@@ -262,10 +262,7 @@ fn tokens_and_leases_outlive_restarts_though_lock_files_hold_their_holder_alone(
         for restart in 0..2 {
             server.kill9();
             server = TestServer::start_in(&dir, &["--sync", sync]);
-            let status = server
-                .client()
-                .call("lockd.status", &["vm".into()])
-                .unwrap();
+            let status = status_of(&server, "vm");
             assert_eq!(
                 status.member("token").and_then(Value::as_i64),
                 Some(token),
@@ -295,26 +292,34 @@ fn tokens_and_leases_outlive_restarts_though_lock_files_hold_their_holder_alone(
 #[test]
 fn a_lock_file_removed_while_lockd_was_down_frees_its_lock_whatever_the_snapshot_says() {
     let (_tmp, dir) = temp_lock_dir();
-    let server = TestServer::start_in(&dir, &[]);
-    server
-        .client()
-        .call("lockd.acquire", &["vm".into(), "host-a".into()])
-        .unwrap();
-    // The next start's checkpoint writes the snapshot, recording the lock.
-    drop(server);
-    drop(TestServer::start_in(&dir, &[]));
+    vm_in_the_snapshot(&dir, Value::Struct(Vec::new()));
     assert!(std::fs::read(dir.join(".lockd.snapshot")).unwrap().len() > 8);
     // As gocept.lockd's operators free a lock: its file removed.
     std::fs::remove_file(dir.join("vm.resource.lock")).unwrap();
     let server = TestServer::start_in(&dir, &[]);
-    assert_eq!(
-        server
-            .client()
-            .call("lockd.status", &["vm".into()])
-            .unwrap(),
-        Value::Nil
-    );
+    assert_eq!(status_of(&server, "vm"), Value::Nil);
     assert_eq!(server.call("lock", &["vm", "host-b"]), Ok(Value::Nil));
+}
+
+/// `vm` acquired by `host-a` with `options`, and lockd started again, so
+/// that the start's checkpoint records the lock in the snapshot (each
+/// daemon ended by `kill -9`).
+fn vm_in_the_snapshot(dir: &std::path::Path, options: Value) {
+    let server = TestServer::start_in(dir, &[]);
+    server
+        .client()
+        .call("lockd.acquire", &["vm".into(), "host-a".into(), options])
+        .unwrap();
+    drop(server);
+    drop(TestServer::start_in(dir, &[]));
+}
+
+/// `lockd.status` of `resource`.
+fn status_of(server: &TestServer, resource: &str) -> Value {
+    server
+        .client()
+        .call("lockd.status", &[resource.into()])
+        .unwrap()
 }
 
 #[test]
@@ -347,24 +352,14 @@ fn spare_files_of_an_earlier_version_are_removed_and_their_locks_kept() {
 fn a_lock_file_put_back_by_another_hand_gets_no_token_or_lease_from_the_snapshot() {
     for content in ["host-a", "host-a\n"] {
         let (_tmp, dir) = temp_lock_dir();
-        let server = TestServer::start_in(&dir, &[]);
         let lease = Value::Struct(vec![("ttl".into(), Value::Double(600.0))]);
-        server
-            .client()
-            .call("lockd.acquire", &["vm".into(), "host-a".into(), lease])
-            .unwrap();
-        // The next start's checkpoint records the lock in the snapshot.
-        drop(server);
-        drop(TestServer::start_in(&dir, &[]));
+        vm_in_the_snapshot(&dir, lease);
         // As gocept.lockd after a switch back: released, taken again.
         let file = dir.join("vm.resource.lock");
         std::fs::remove_file(&file).unwrap();
         std::fs::write(&file, content).unwrap();
         let server = TestServer::start_in(&dir, &[]);
-        let status = server
-            .client()
-            .call("lockd.status", &["vm".into()])
-            .unwrap();
+        let status = status_of(&server, "vm");
         assert_eq!(
             status.member("client").and_then(Value::as_str),
             Some("host-a")

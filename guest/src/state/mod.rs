@@ -62,13 +62,15 @@ pub(crate) struct Step {
 }
 
 impl Step {
-    /// Appends the step's journal record, of `cycle`, to `out`.
-    fn encode(&self, cycle: u64, out: &mut Vec<u8>) {
-        match &self.change {
-            Change::Write { record, .. } | Change::Keep { record } => {
-                journal::encode_put(&self.resource, record, cycle, out)
+    /// Appends the journal records of `steps`, of `cycle`, to `out`.
+    fn encode_all(steps: &[Step], cycle: u64, out: &mut Vec<u8>) {
+        for step in steps {
+            match &step.change {
+                Change::Write { record, .. } | Change::Keep { record } => {
+                    journal::encode_put(&step.resource, record, cycle, out)
+                }
+                Change::Remove { .. } => journal::encode_remove(&step.resource, cycle, out),
             }
-            Change::Remove { .. } => journal::encode_remove(&self.resource, cycle, out),
         }
     }
 }
@@ -86,8 +88,9 @@ const RETRY_MS: u64 = 1000;
 ///
 /// The journal, over the snapshot, is the truth and the lock files are its
 /// view: a change is acknowledged once its record is in the journal
-/// (synced, with `Durability::Always`), and its lock file follows. A lock file that cannot be written
-/// (a full disk, an unwritable directory) is remembered as stale, and the
+/// (synced, with `Durability::Always`), and its lock file follows. A lock
+/// file that cannot be written (a full disk, an unwritable directory) is
+/// remembered as stale, and the
 /// journal is not emptied until every stale file has been written again
 /// from memory and every file written since the last checkpoint, and the
 /// directory, synced. A failed sync makes the files it covered stale too:
@@ -193,9 +196,7 @@ impl State {
                     }
                 }
                 Ok((reply, steps)) => {
-                    for step in &steps {
-                        step.encode(cycle, &mut records);
-                    }
+                    Step::encode_all(&steps, cycle, &mut records);
                     changed.push((results.len(), steps));
                     results.push(Ok(reply));
                 }
@@ -246,9 +247,7 @@ impl State {
     /// are put back and the records cut off.
     fn record_then_perform(&mut self, steps: &[Step], cycle: u64) -> Result<(), IoError> {
         let mut records = Vec::new();
-        for step in steps {
-            step.encode(cycle, &mut records);
-        }
+        Step::encode_all(steps, cycle, &mut records);
         let mark = self.journal.len();
         self.journal.append(&records)?;
         if let Err(e) = self.perform_all(steps) {
@@ -299,13 +298,10 @@ impl State {
     fn perform(&mut self, step: &Step) -> Result<(), IoError> {
         let (file, done) = match &step.change {
             Change::Keep { .. } => return Ok(()),
-            Change::Write { file, record } => {
-                let stamp = self.put(file, holder_line(record));
-                if let (Ok(stamp), Some(held)) = (&stamp, self.held.get_mut(&step.resource)) {
-                    held.stamp = *stamp;
-                }
-                (file, stamp.map(drop))
-            }
+            Change::Write { file, record } => (
+                file,
+                self.put_held(&step.resource, file, holder_line(record)),
+            ),
             Change::Remove { file } => (file, self.unlink(file, step.before.as_ref())),
         };
         if let Err(e) = done {
@@ -327,6 +323,21 @@ impl State {
                 }
                 Change::Remove { .. } | Change::Keep { .. } => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Puts `resource`'s lock file `file` in place holding `content` (with
+    /// [`put`](Self::put)), and records its stamp in the table.
+    pub(super) fn put_held(
+        &mut self,
+        resource: &str,
+        file: &str,
+        content: &[u8],
+    ) -> Result<(), IoError> {
+        let stamp = self.put(file, content)?;
+        if let Some(held) = self.held.get_mut(resource) {
+            held.stamp = stamp;
         }
         Ok(())
     }

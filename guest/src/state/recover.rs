@@ -16,9 +16,9 @@ use std::collections::HashMap;
 impl State {
     /// Opens the preopened directory; see the WIT `open`. Fails only when
     /// something that says who holds what cannot be read: the directory, a
-    /// lock file, the journal, the snapshot, or both token marks. What a power loss can
-    /// leave is reported in the notes, and a checkpoint that fails leaves
-    /// the journal to keep the changes until one succeeds.
+    /// lock file, the journal, the snapshot, or both token marks. What a
+    /// power loss can leave is reported in the notes, and a checkpoint that
+    /// fails leaves the journal to keep the changes until one succeeds.
     pub fn open(settings: Settings) -> Result<(Self, Report), IoError> {
         let mut dir = LockDir::open()?;
         let mut report = Report::default();
@@ -179,11 +179,7 @@ impl State {
             Some(held) if held.file == file => {
                 let content = held.info.file_content();
                 held.stamp = None;
-                let stamp = self.dir.write_stamped(&file, &content);
-                if let (Ok(stamp), Some(held)) = (&stamp, self.held.get_mut(&resource)) {
-                    held.stamp = *stamp;
-                }
-                stamp.map(drop)
+                self.put_held(&resource, &file, &content)
             }
             _ => self.dir.remove(&file),
         };
