@@ -12,10 +12,10 @@ impl State {
     /// already made in memory (`undo` takes them back).
     pub(crate) fn decide(
         &mut self,
-        request: Request,
+        request: &Request,
         now_ms: u64,
     ) -> Result<(Reply, Vec<Step>), Error> {
-        let resource = match &request {
+        let resource = match request {
             Request::List {
                 prefix,
                 after,
@@ -44,7 +44,7 @@ impl State {
             cooling: self.cooling.get(&resource).map(|c| &c.delay),
         };
         let Outcome { mut reply, effect } =
-            rules::decide(&request, view, now_ms, self.lock_delay_ms)?;
+            rules::decide(request, view, now_ms, self.lock_delay_ms)?;
         let steps = match effect {
             Effect::None => Vec::new(),
             Effect::Hold { mut info, fresh } => {

@@ -75,6 +75,23 @@ impl Step {
     }
 }
 
+/// A batch decided: a result per request, the changes made in memory,
+/// and their journal records.
+struct Decided {
+    results: Vec<Result<Reply, Error>>,
+    changed: Vec<Changed>,
+    records: Vec<u8>,
+}
+
+/// One request's change, in a [`Decided`] batch.
+struct Changed {
+    /// The index of the request (and of its result).
+    index: usize,
+    steps: Vec<Step>,
+    /// Where its records begin in the batch's.
+    records_at: usize,
+}
+
 /// The holder's line of a record: what its lock file holds.
 fn holder_line(record: &str) -> &[u8] {
     let line = record.split_inclusive('\n').next().unwrap_or_default();
@@ -174,57 +191,144 @@ impl State {
         if self.needs_repair() {
             self.repair(now_ms);
         }
-        let mut results = Vec::with_capacity(batch.len());
-        // Per request with changes: the index of its result and its steps.
-        let mut changed: Vec<(usize, Vec<Step>)> = Vec::new();
-        let mut records = Vec::new();
-        let cycle = self.journal.cycle();
-        for request in batch {
-            match self.decide(request, now_ms) {
-                Ok((reply, steps)) if steps.is_empty() => results.push(Ok(reply)),
-                Ok((reply, steps)) if self.durability == Durability::None => {
-                    // Without a sync each change goes to the journal, then
-                    // to its lock files at once: a change whose files
-                    // cannot be written is refused (as gocept.lockd did;
-                    // its readers see the files), and its records cut off.
-                    match self.record_then_perform(&steps, cycle) {
-                        Ok(()) => results.push(Ok(reply)),
-                        Err(e) => {
-                            self.undo(steps);
-                            results.push(Err(Error::Io(e)));
-                        }
-                    }
-                }
-                Ok((reply, steps)) => {
-                    Step::encode_all(&steps, cycle, &mut records);
-                    changed.push((results.len(), steps));
-                    results.push(Ok(reply));
-                }
-                Err(e) => results.push(Err(e)),
+        match self.durability {
+            Durability::Always => self.apply_synced(&batch, now_ms),
+            Durability::None => {
+                let results = self.apply_unsynced(&batch, now_ms);
+                // (A checkpoint may be due.)
+                self.repair(now_ms);
+                results
             }
         }
+    }
+
+    /// With `Durability::Always`: the batch's records are appended and
+    /// synced at once, then its lock files follow. One that cannot be
+    /// written is stale, and the journal keeps the change until it is
+    /// written (at a later checkpoint, or replayed at the next open).
+    fn apply_synced(&mut self, batch: &[Request], now_ms: u64) -> Vec<Result<Reply, Error>> {
+        let Decided {
+            mut results,
+            changed,
+            records,
+        } = self.decide_all(batch, now_ms);
         if changed.is_empty() {
-            // (With `Durability::None`, a checkpoint may be due.)
             self.repair(now_ms);
             return results;
         }
         if let Err(e) = self.journal.append(&records) {
-            for (i, steps) in changed.into_iter().rev() {
-                self.undo(steps);
-                results[i] = Err(Error::Io(e.clone()));
+            for change in changed.into_iter().rev() {
+                self.undo(change.steps);
+                results[change.index] = Err(Error::Io(e.clone()));
             }
             return results;
         }
-        // Durable in the journal: the lock files follow. One that cannot
-        // be written is stale, and the journal keeps the change until it
-        // is written (at a later checkpoint, or replayed at the next open).
-        for (_, steps) in &changed {
-            for step in steps {
+        for change in &changed {
+            for step in &change.steps {
                 let _ = self.perform(step);
             }
         }
         self.repair(now_ms);
         results
+    }
+
+    /// With `Durability::None`: runs the batch as if one request at a
+    /// time, each change recorded in the journal and then written to its
+    /// lock files, a change whose files cannot be written refused (as
+    /// gocept.lockd did; its readers see the files) and its records cut
+    /// off. The batch's records go to the journal in one write: the
+    /// changes are decided first, then their files written in order. If
+    /// one cannot be, it and everything decided after it are taken back,
+    /// its records and theirs cut off, and the requests after it run
+    /// again one at a time, seeing the table without it.
+    fn apply_unsynced(&mut self, batch: &[Request], now_ms: u64) -> Vec<Result<Reply, Error>> {
+        let Decided {
+            mut results,
+            mut changed,
+            records,
+        } = self.decide_all(batch, now_ms);
+        if changed.is_empty() {
+            return results;
+        }
+        let mark = self.journal.len();
+        let failed = match self.journal.append(&records) {
+            // Nothing recorded: the first change fails as it would alone.
+            Err(e) => Some((0, e, false)),
+            Ok(()) => changed
+                .iter()
+                .enumerate()
+                .find_map(|(n, change)| Some((n, self.perform_all(&change.steps).err()?, true))),
+        };
+        let Some((n, e, recorded)) = failed else {
+            return results;
+        };
+        // Taken back, last first: the failed change and those after it.
+        let (first, at) = (changed[n].index, changed[n].records_at);
+        for change in changed.drain(n..).rev() {
+            self.undo(change.steps);
+        }
+        // If they cannot be cut off, the journal refuses changes until a
+        // checkpoint writes what memory holds.
+        if recorded {
+            let _ = self.journal.cut_to(mark + at as u64);
+        }
+        results.truncate(first);
+        results.push(Err(Error::Io(e)));
+        let cycle = self.journal.cycle();
+        for request in &batch[first + 1..] {
+            let result = self.apply_one_unsynced(request, now_ms, cycle);
+            results.push(result);
+        }
+        results
+    }
+
+    /// Decides each request of `batch` in turn, each seeing the changes
+    /// before it, made in memory; encodes the changes' journal records.
+    fn decide_all(&mut self, batch: &[Request], now_ms: u64) -> Decided {
+        let mut decided = Decided {
+            results: Vec::with_capacity(batch.len()),
+            changed: Vec::new(),
+            records: Vec::new(),
+        };
+        let cycle = self.journal.cycle();
+        for request in batch {
+            match self.decide(request, now_ms) {
+                Ok((reply, steps)) if steps.is_empty() => decided.results.push(Ok(reply)),
+                Ok((reply, steps)) => {
+                    let records_at = decided.records.len();
+                    Step::encode_all(&steps, cycle, &mut decided.records);
+                    decided.changed.push(Changed {
+                        index: decided.results.len(),
+                        steps,
+                        records_at,
+                    });
+                    decided.results.push(Ok(reply));
+                }
+                Err(e) => decided.results.push(Err(e)),
+            }
+        }
+        decided
+    }
+
+    /// With `Durability::None`, one request alone: its change recorded,
+    /// then its files written, or refused.
+    fn apply_one_unsynced(
+        &mut self,
+        request: &Request,
+        now_ms: u64,
+        cycle: u64,
+    ) -> Result<Reply, Error> {
+        let (reply, steps) = self.decide(request, now_ms)?;
+        if steps.is_empty() {
+            return Ok(reply);
+        }
+        match self.record_then_perform(&steps, cycle) {
+            Ok(()) => Ok(reply),
+            Err(e) => {
+                self.undo(steps);
+                Err(Error::Io(e))
+            }
+        }
     }
 
     /// Takes `steps` back in memory, last first.

@@ -198,3 +198,70 @@ fn the_precompiled_component_loads_on_the_build_machine() {
     let component = unsafe { Component::deserialize(&engine, COMPONENT_PRECOMPILED) };
     assert!(component.is_ok(), "{:?}", component.err());
 }
+
+/// With `Durability::None` a batch's records go to the journal in one
+/// write; a change whose lock file cannot be written is still refused as
+/// if the batch ran one request at a time: the requests after it see the
+/// table without it.
+#[test]
+fn with_sync_none_the_rest_of_a_batch_sees_the_table_without_a_refused_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new().unwrap();
+    let mut instance = runtime.instantiate(tmp.path()).unwrap();
+    let options = Options {
+        durability: Durability::None,
+        lock_delay_ms: 0,
+    };
+    instance.open(options).unwrap().unwrap();
+    // q's lock file cannot be written: a directory holds its name.
+    std::fs::create_dir(tmp.path().join("q.resource.lock")).unwrap();
+    let lock = |resource: &str, client: &str| {
+        Request::Lock(LockRequest {
+            resource: resource.into(),
+            client: client.into(),
+        })
+    };
+    let holder = |resource: &str| Request::Holder(resource.into());
+    let batch = [
+        lock("p", "c0"),
+        lock("q", "c1"),
+        holder("q"),
+        lock("q", "c2"),
+        lock("s", "c3"),
+        holder("p"),
+    ];
+    let results = instance.apply(&batch).unwrap();
+    assert!(matches!(results[0], Ok(Reply::Done)), "{results:?}");
+    assert!(matches!(results[1], Err(GuestError::Io(_))), "{results:?}");
+    assert!(
+        matches!(&results[2], Ok(Reply::Holder(None))),
+        "{results:?}"
+    );
+    // c2 finds q free, and its file cannot be written either.
+    assert!(matches!(results[3], Err(GuestError::Io(_))), "{results:?}");
+    assert!(matches!(results[4], Ok(Reply::Done)), "{results:?}");
+    assert!(
+        matches!(&results[5], Ok(Reply::Holder(Some(c))) if c == "c0"),
+        "{results:?}"
+    );
+    assert_eq!(results.len(), batch.len());
+
+    // Once q can be written, it is free, and the journal holds p and s
+    // alone: a fresh instance on the directory finds exactly those.
+    std::fs::remove_dir(tmp.path().join("q.resource.lock")).unwrap();
+    drop(instance);
+    let mut fresh = runtime.instantiate(tmp.path()).unwrap();
+    fresh.open(options).unwrap().unwrap();
+    let results = fresh
+        .apply(&[holder("p"), holder("q"), holder("s"), lock("q", "c2")])
+        .unwrap();
+    let holders: Vec<_> = results[..3]
+        .iter()
+        .map(|r| match r {
+            Ok(Reply::Holder(h)) => h.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(holders, [Some("c0".into()), None, Some("c3".into())]);
+    assert!(matches!(results[3], Ok(Reply::Done)), "{results:?}");
+}
