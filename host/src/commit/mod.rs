@@ -131,9 +131,12 @@ impl Committer {
     /// guest call (one sync), hands threads their results, wakes the oldest
     /// thread still queued to lead the next batch, and then, no longer
     /// leading, calls the functions waiting for results. If only functions
-    /// are queued by then, nobody is left to run them but this thread, so
-    /// it leads again. A lock freed in a batch goes to the oldest client
-    /// waiting for it in the very next batch.
+    /// are queued, it calls them still leading, and leads again while
+    /// anything is queued: what comes while the answers go out makes one
+    /// batch. (So a function given a result must not wait for another
+    /// result: this thread would have to lead the batch it waits for.) A
+    /// lock freed in a batch goes to the oldest client waiting for it in
+    /// the very next batch.
     fn lead<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
         loop {
             queue.leader = true;
@@ -227,11 +230,18 @@ impl Committer {
             if wake_timer {
                 self.timer.notify_one();
             }
-            queue.leader = false;
             let next_leader = queue.pending.iter().find_map(|p| match &p.taker {
                 Taker::Wake(slot) => Some(slot.thread().clone()),
                 Taker::Call(_) => None,
             });
+            // Without a thread waiting to lead, this one stays the leader
+            // while it hands out results: what comes meanwhile waits for
+            // its next batch instead of starting a batch of its own (each
+            // a guest call and a sync) as every answer goes out.
+            let keeping = next_leader.is_none();
+            if !keeping {
+                queue.leader = false;
+            }
             out.wakes.extend(next_leader);
             if !out.is_empty() {
                 // Woken only now: a thread woken while the queue is locked
@@ -240,7 +250,13 @@ impl Committer {
                 out.run();
                 queue = lock(&self.queue);
             }
-            if queue.leader || queue.pending.is_empty() {
+            if queue.pending.is_empty() {
+                if keeping {
+                    queue.leader = false;
+                }
+                return queue;
+            }
+            if !keeping && queue.leader {
                 return queue;
             }
         }
