@@ -240,8 +240,20 @@ impl State {
     /// changes are decided first, then their files written in order. If
     /// one cannot be, it and everything decided after it are taken back,
     /// its records and theirs cut off, and the requests after it run
-    /// again one at a time, seeing the table without it.
+    /// again one at a time, seeing the table without it. (If the write
+    /// itself fails, every change is taken back and run again alone.)
+    ///
+    /// Taking back restores the held locks exactly, not lock-delays:
+    /// a batch that may touch one (a lock-delay running or remembered, a
+    /// break, a sweep) runs one request at a time from the start.
     fn apply_unsynced(&mut self, batch: &[Request], now_ms: u64) -> Vec<Result<Reply, Error>> {
+        let touches_delays = !self.cooling.is_empty()
+            || batch
+                .iter()
+                .any(|r| matches!(r, Request::Sweep | Request::Break { .. }));
+        if touches_delays {
+            return self.apply_one_by_one(batch, now_ms);
+        }
         let Decided {
             mut results,
             mut changed,
@@ -252,34 +264,47 @@ impl State {
         }
         let mark = self.journal.len();
         let failed = match self.journal.append(&records) {
-            // Nothing recorded: the first change fails as it would alone.
-            Err(e) => Some((0, e, false)),
-            Ok(()) => changed
+            // Nothing recorded: each change is tried again alone.
+            Err(_) => None,
+            Ok(()) => match changed
                 .iter()
                 .enumerate()
-                .find_map(|(n, change)| Some((n, self.perform_all(&change.steps).err()?, true))),
+                .find_map(|(n, change)| Some((n, self.perform_all(&change.steps).err()?)))
+            {
+                None => return results,
+                failed => failed,
+            },
         };
-        let Some((n, e, recorded)) = failed else {
-            return results;
-        };
-        // Taken back, last first: the failed change and those after it.
+        // Taken back, last first: the failed change (or all) and those
+        // after it.
+        let n = failed.as_ref().map_or(0, |(n, _)| *n);
         let (first, at) = (changed[n].index, changed[n].records_at);
         for change in changed.drain(n..).rev() {
             self.undo(change.steps);
         }
-        // If they cannot be cut off, the journal refuses changes until a
-        // checkpoint writes what memory holds.
-        if recorded {
-            let _ = self.journal.cut_to(mark + at as u64);
-        }
         results.truncate(first);
-        results.push(Err(Error::Io(e)));
-        let cycle = self.journal.cycle();
-        for request in &batch[first + 1..] {
-            let result = self.apply_one_unsynced(request, now_ms, cycle);
-            results.push(result);
-        }
+        let rerun_from = match failed {
+            Some((_, e)) => {
+                // If they cannot be cut off, the journal refuses changes
+                // until a checkpoint writes what memory holds.
+                let _ = self.journal.cut_to(mark + at as u64);
+                results.push(Err(Error::Io(e)));
+                first + 1
+            }
+            None => first,
+        };
+        results.extend(self.apply_one_by_one(&batch[rerun_from..], now_ms));
         results
+    }
+
+    /// With `Durability::None`, `batch` one request at a time: each
+    /// change recorded, then its files written, or refused.
+    fn apply_one_by_one(&mut self, batch: &[Request], now_ms: u64) -> Vec<Result<Reply, Error>> {
+        let cycle = self.journal.cycle();
+        batch
+            .iter()
+            .map(|request| self.apply_one_unsynced(request, now_ms, cycle))
+            .collect()
     }
 
     /// Decides each request of `batch` in turn, each seeing the changes

@@ -138,7 +138,9 @@ impl Committer {
     /// lock freed in a batch goes to the oldest client waiting for it in
     /// the very next batch.
     fn lead<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        let mut rounds = 0;
         loop {
+            rounds += 1;
             queue.leader = true;
             let mut out = Deliveries::default();
             let batch = self.take_batch(&mut queue, &mut out);
@@ -235,10 +237,13 @@ impl Committer {
                 Taker::Call(_) => None,
             });
             // Without a thread waiting to lead, this one stays the leader
-            // while it hands out results: what comes meanwhile waits for
-            // its next batch instead of starting a batch of its own (each
-            // a guest call and a sync) as every answer goes out.
-            let keeping = next_leader.is_none();
+            // while it hands out results, for its first rounds: what comes
+            // meanwhile waits for its next batch instead of starting a
+            // batch of its own (each a guest call and a sync) as every
+            // answer goes out. After them anyone may take over, so that
+            // whoever leads (the timer, a caller waiting for its own
+            // result) is let go under a steady load.
+            let keeping = next_leader.is_none() && rounds <= KEEP_ROUNDS;
             if !keeping {
                 queue.leader = false;
             }
@@ -247,7 +252,9 @@ impl Committer {
                 // Woken only now: a thread woken while the queue is locked
                 // would wait for it at once.
                 drop(queue);
+                let unwinding = keeping.then_some(Unwinding(&self.queue));
                 out.run();
+                std::mem::forget(unwinding);
                 queue = lock(&self.queue);
             }
             if queue.pending.is_empty() {
@@ -391,6 +398,53 @@ impl Committer {
     }
 }
 
+/// The most batches in a row one thread leads keeping the lead while it
+/// hands out their results (see [`Committer::lead`]).
+const KEEP_ROUNDS: usize = 8;
+
+/// Lets go of the lead if a function given a result panics while its
+/// leader, keeping the lead, hands results out, so that the next call
+/// leads instead of waiting for a leader that is gone.
+struct Unwinding<'a>(&'a Mutex<Queue>);
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        lock(self.0).leader = false;
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::Terms;
+    use crate::locks::{self, Lockd};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A function given a result that panics while its leader keeps the
+    /// lead does not leave the lead taken: the next call is led.
+    #[test]
+    fn a_panicking_function_given_a_result_leaves_the_lead_to_the_next_call() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lockd = std::sync::Arc::new(Lockd::open(tmp.path()).unwrap());
+        let request = crate::component::Request::Lock(locks::lock_request("r", "c"));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lockd.submit_then(request, Terms::once(), |_| {
+                panic!("a function given a result")
+            });
+        }));
+        assert!(panicked.is_err(), "this thread led the batch and called it");
+        let (done, finished) = mpsc::channel();
+        let next = lockd.clone();
+        std::thread::spawn(move || done.send(next.lock("s", "c")));
+        let result = finished.recv_timeout(Duration::from_secs(30));
+        assert!(
+            matches!(result, Ok(Ok(_))),
+            "the next call was not led: {result:?}"
+        );
+        assert_eq!(lockd.holder("r").unwrap().as_deref(), Some("c"));
+    }
 }

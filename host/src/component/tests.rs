@@ -265,3 +265,38 @@ fn with_sync_none_the_rest_of_a_batch_sees_the_table_without_a_refused_change() 
     assert_eq!(holders, [Some("c0".into()), None, Some("c3".into())]);
     assert!(matches!(results[3], Ok(Reply::Done)), "{results:?}");
 }
+
+/// A sweep after a refused change in the same `Durability::None` batch
+/// still announces the lock-delays it ends: taking a change back restores
+/// held locks, not lock-delays, so such a batch runs one request at a time.
+#[test]
+fn with_sync_none_a_sweep_after_a_refused_change_announces_the_delays_it_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new().unwrap();
+    let mut instance = runtime.instantiate(tmp.path()).unwrap();
+    let options = Options {
+        durability: Durability::None,
+        lock_delay_ms: 0,
+    };
+    instance.open(options).unwrap().unwrap();
+    let lock = |resource: &str, client: &str| {
+        Request::Lock(LockRequest {
+            resource: resource.into(),
+            client: client.into(),
+        })
+    };
+    assert!(matches!(
+        instance.apply(&[lock("r", "c0")]).unwrap()[0],
+        Ok(Reply::Done)
+    ));
+    // Broken: unavailable for a lock-delay of 0, over at the next sweep.
+    let broken = instance.apply(&[Request::BreakLock("r".into())]).unwrap();
+    assert!(matches!(broken[0], Ok(Reply::Lock(_))), "{broken:?}");
+    std::fs::create_dir(tmp.path().join("q.resource.lock")).unwrap();
+    let results = instance.apply(&[lock("q", "c1"), Request::Sweep]).unwrap();
+    assert!(matches!(results[0], Err(GuestError::Io(_))), "{results:?}");
+    let Ok(Reply::Swept(swept)) = &results[1] else {
+        panic!("{results:?}");
+    };
+    assert_eq!(swept.available, ["r"], "{results:?}");
+}
