@@ -206,21 +206,9 @@ fn the_precompiled_component_loads_on_the_build_machine() {
 #[test]
 fn with_sync_none_the_rest_of_a_batch_sees_the_table_without_a_refused_change() {
     let tmp = tempfile::tempdir().unwrap();
-    let runtime = Runtime::new().unwrap();
-    let mut instance = runtime.instantiate(tmp.path()).unwrap();
-    let options = Options {
-        durability: Durability::None,
-        lock_delay_ms: 0,
-    };
-    instance.open(options).unwrap().unwrap();
+    let (runtime, mut instance) = open_unsynced(tmp.path());
     // q's lock file cannot be written: a directory holds its name.
     std::fs::create_dir(tmp.path().join("q.resource.lock")).unwrap();
-    let lock = |resource: &str, client: &str| {
-        Request::Lock(LockRequest {
-            resource: resource.into(),
-            client: client.into(),
-        })
-    };
     let holder = |resource: &str| Request::Holder(resource.into());
     let batch = [
         lock("p", "c0"),
@@ -251,7 +239,7 @@ fn with_sync_none_the_rest_of_a_batch_sees_the_table_without_a_refused_change() 
     std::fs::remove_dir(tmp.path().join("q.resource.lock")).unwrap();
     drop(instance);
     let mut fresh = runtime.instantiate(tmp.path()).unwrap();
-    fresh.open(options).unwrap().unwrap();
+    fresh.open(UNSYNCED).unwrap().unwrap();
     let results = fresh
         .apply(&[holder("p"), holder("q"), holder("s"), lock("q", "c2")])
         .unwrap();
@@ -272,19 +260,7 @@ fn with_sync_none_the_rest_of_a_batch_sees_the_table_without_a_refused_change() 
 #[test]
 fn with_sync_none_a_sweep_after_a_refused_change_announces_the_delays_it_ends() {
     let tmp = tempfile::tempdir().unwrap();
-    let runtime = Runtime::new().unwrap();
-    let mut instance = runtime.instantiate(tmp.path()).unwrap();
-    let options = Options {
-        durability: Durability::None,
-        lock_delay_ms: 0,
-    };
-    instance.open(options).unwrap().unwrap();
-    let lock = |resource: &str, client: &str| {
-        Request::Lock(LockRequest {
-            resource: resource.into(),
-            client: client.into(),
-        })
-    };
+    let (_runtime, mut instance) = open_unsynced(tmp.path());
     assert!(matches!(
         instance.apply(&[lock("r", "c0")]).unwrap()[0],
         Ok(Reply::Done)
@@ -299,4 +275,24 @@ fn with_sync_none_a_sweep_after_a_refused_change_announces_the_delays_it_ends() 
         panic!("{results:?}");
     };
     assert_eq!(swept.available, ["r"], "{results:?}");
+}
+
+const UNSYNCED: Options = Options {
+    durability: Durability::None,
+    lock_delay_ms: 0,
+};
+
+/// An instance open with `Durability::None` and no lock-delay on `dir`.
+fn open_unsynced(dir: &Path) -> (Runtime, Instance) {
+    let runtime = Runtime::new().unwrap();
+    let mut instance = runtime.instantiate(dir).unwrap();
+    instance.open(UNSYNCED).unwrap().unwrap();
+    (runtime, instance)
+}
+
+fn lock(resource: &str, client: &str) -> Request {
+    Request::Lock(LockRequest {
+        resource: resource.into(),
+        client: client.into(),
+    })
 }
