@@ -147,7 +147,9 @@ impl Committer {
             // Those refused a place are told now, not after the batch.
             let refused = std::mem::take(&mut out);
             drop(queue);
+            let unwinding = Unwinding(&self.queue);
             refused.run();
+            std::mem::forget(unwinding);
             let requests: Vec<Request> = batch.iter().map(|p| p.request.clone()).collect();
             let results = self.run(&requests);
             queue = lock(&self.queue);
@@ -403,13 +405,24 @@ impl Committer {
 const KEEP_ROUNDS: usize = 8;
 
 /// Lets go of the lead if a function given a result panics while its
-/// leader, keeping the lead, hands results out, so that the next call
-/// leads instead of waiting for a leader that is gone.
+/// leader, still leading, hands results out, and wakes the oldest thread
+/// waiting in [`Committer::submit`] to lead instead: nobody waits for a
+/// leader that is gone. (Results not handed out yet are lost with the
+/// thread, as a panic loses them.)
 struct Unwinding<'a>(&'a Mutex<Queue>);
 
 impl Drop for Unwinding<'_> {
     fn drop(&mut self) {
-        lock(self.0).leader = false;
+        let mut queue = lock(self.0);
+        queue.leader = false;
+        let next = queue.pending.iter().find_map(|p| match &p.taker {
+            Taker::Wake(slot) => Some(slot.thread().clone()),
+            Taker::Call(_) => None,
+        });
+        drop(queue);
+        if let Some(next) = next {
+            next.unpark();
+        }
     }
 }
 
@@ -420,31 +433,66 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use crate::backend::Terms;
+    use crate::component::Request;
     use crate::locks::{self, Lockd};
-    use std::sync::mpsc;
-    use std::time::Duration;
+    use std::sync::{Arc, mpsc};
+    use std::time::{Duration, Instant};
+
+    fn lock(resource: &str, client: &str) -> Request {
+        Request::Lock(locks::lock_request(resource, client))
+    }
+
+    /// Submits `request` on this thread, which leads its batch, with a
+    /// function for its result that panics; then makes `next` on another
+    /// thread and returns whether it was led and answered.
+    fn next_call_after_a_panic(
+        lockd: &Arc<Lockd>,
+        request: Request,
+        next: impl FnOnce(&Lockd) -> bool + Send + 'static,
+    ) -> bool {
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lockd.submit_then(request, Terms::once(), |_| {
+                panic!("a function given a result")
+            });
+        }));
+        assert!(panicked.is_err(), "this thread led and called it");
+        let (done, finished) = mpsc::channel();
+        let lockd = lockd.clone();
+        std::thread::spawn(move || done.send(next(&lockd)));
+        finished.recv_timeout(Duration::from_secs(30)) == Ok(true)
+    }
 
     /// A function given a result that panics while its leader keeps the
     /// lead does not leave the lead taken: the next call is led.
     #[test]
     fn a_panicking_function_given_a_result_leaves_the_lead_to_the_next_call() {
         let tmp = tempfile::tempdir().unwrap();
-        let lockd = std::sync::Arc::new(Lockd::open(tmp.path()).unwrap());
-        let request = crate::component::Request::Lock(locks::lock_request("r", "c"));
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            lockd.submit_then(request, Terms::once(), |_| {
-                panic!("a function given a result")
-            });
-        }));
-        assert!(panicked.is_err(), "this thread led the batch and called it");
-        let (done, finished) = mpsc::channel();
-        let next = lockd.clone();
-        std::thread::spawn(move || done.send(next.lock("s", "c")));
-        let result = finished.recv_timeout(Duration::from_secs(30));
-        assert!(
-            matches!(result, Ok(Ok(_))),
-            "the next call was not led: {result:?}"
-        );
+        let lockd = Arc::new(Lockd::open(tmp.path()).unwrap());
+        let led =
+            next_call_after_a_panic(&lockd, lock("r", "c"), |lockd| lockd.lock("s", "c").is_ok());
+        assert!(led, "the next call was not led");
         assert_eq!(lockd.holder("r").unwrap().as_deref(), Some("c"));
+    }
+
+    /// The same for a call refused before its batch runs (it would not
+    /// wait behind those waiting for its lock).
+    #[test]
+    fn a_panicking_function_given_a_refusal_leaves_the_lead_to_the_next_call() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lockd = Arc::new(Lockd::open(tmp.path()).unwrap());
+        lockd.lock("r", "a").unwrap();
+        let (waited, wait_ended) = mpsc::channel();
+        let waiting = Terms {
+            deadline: Some(Instant::now() + Duration::from_secs(60)),
+            request_id: None,
+        };
+        lockd.submit_then(lock("r", "b"), waiting, move |result| {
+            let _ = waited.send(result.is_ok());
+        });
+        let led = next_call_after_a_panic(&lockd, lock("r", "c"), |lockd| {
+            lockd.unlock("r", "a").is_ok()
+        });
+        assert!(led, "the next call was not led");
+        assert_eq!(wait_ended.recv_timeout(Duration::from_secs(30)), Ok(true));
     }
 }
