@@ -147,9 +147,7 @@ impl Committer {
             // Those refused a place are told now, not after the batch.
             let refused = std::mem::take(&mut out);
             drop(queue);
-            let unwinding = Unwinding(&self.queue);
-            refused.run();
-            std::mem::forget(unwinding);
+            self.hand_out(refused, true);
             let requests: Vec<Request> = batch.iter().map(|p| p.request.clone()).collect();
             let results = self.run(&requests);
             queue = lock(&self.queue);
@@ -234,10 +232,7 @@ impl Committer {
             if wake_timer {
                 self.timer.notify_one();
             }
-            let next_leader = queue.pending.iter().find_map(|p| match &p.taker {
-                Taker::Wake(slot) => Some(slot.thread().clone()),
-                Taker::Call(_) => None,
-            });
+            let next_leader = queue.waiting_leader();
             // Without a thread waiting to lead, this one stays the leader
             // while it hands out results, for its first rounds: what comes
             // meanwhile waits for its next batch instead of starting a
@@ -254,9 +249,7 @@ impl Committer {
                 // Woken only now: a thread woken while the queue is locked
                 // would wait for it at once.
                 drop(queue);
-                let unwinding = keeping.then_some(Unwinding(&self.queue));
-                out.run();
-                std::mem::forget(unwinding);
+                self.hand_out(out, keeping);
                 queue = lock(&self.queue);
             }
             if queue.pending.is_empty() {
@@ -269,6 +262,15 @@ impl Committer {
                 return queue;
             }
         }
+    }
+
+    /// Hands out `out` with the queue unlocked; `leading` if this thread
+    /// still leads meanwhile, which it lets go of if a function given a
+    /// result panics (see [`Unwinding`]).
+    fn hand_out(&self, out: Deliveries, leading: bool) {
+        let unwinding = leading.then_some(Unwinding(&self.queue));
+        out.run();
+        std::mem::forget(unwinding);
     }
 
     /// The next batch from the queue. A newcomer taking a lock that others
@@ -415,10 +417,7 @@ impl Drop for Unwinding<'_> {
     fn drop(&mut self) {
         let mut queue = lock(self.0);
         queue.leader = false;
-        let next = queue.pending.iter().find_map(|p| match &p.taker {
-            Taker::Wake(slot) => Some(slot.thread().clone()),
-            Taker::Call(_) => None,
-        });
+        let next = queue.waiting_leader();
         drop(queue);
         if let Some(next) = next {
             next.unpark();

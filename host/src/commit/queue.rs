@@ -188,6 +188,15 @@ impl Queue {
         }
     }
 
+    /// The oldest thread waiting in [`Committer::submit`](super::Committer::submit)
+    /// whose request is still queued: the one to lead the next batch.
+    pub(super) fn waiting_leader(&self) -> Option<Thread> {
+        self.pending.iter().find_map(|p| match &p.taker {
+            Taker::Wake(slot) => Some(slot.thread().clone()),
+            Taker::Call(_) => None,
+        })
+    }
+
     /// Makes the next sweep happen no later than `at`; returns whether
     /// that is sooner than planned.
     pub(super) fn sweep_by(&mut self, at: Instant) -> bool {
