@@ -97,7 +97,6 @@ impl<H: Handler> Workers<H> {
     }
 
     fn work(self: Arc<Self>) {
-        yield_to_woken();
         loop {
             self.free.fetch_add(1, Ordering::Relaxed);
             let taking = self.taking.lock().unwrap_or_else(|p| p.into_inner());
@@ -210,26 +209,5 @@ impl<H: Handler> Workers<H> {
             std::thread::sleep(Duration::from_millis(10));
         }
         true
-    }
-}
-
-/// Lets this thread run on when it wakes another worker, instead of the
-/// woken one taking the CPU at once (Linux's `SCHED_BATCH`: same share of
-/// the CPU, no preemption on waking).
-///
-/// Each request taken wakes the next worker to wait for the one after it;
-/// that worker has nothing to do but wait again, and running it first put
-/// two thread switches between every request and its answer. It now runs
-/// when this one waits. A woken worker still runs as soon as the thread
-/// that woke it (the connection's, which reads the next request) waits.
-fn yield_to_woken() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler(2) on the calling thread (pid 0), with a
-    // parameter it only reads.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
-        tracing::debug!(
-            "a worker keeping the CPU when it wakes another: {}",
-            std::io::Error::last_os_error()
-        );
     }
 }
