@@ -159,9 +159,32 @@ impl TestServer {
     /// The value of the metric sample `name` (with its labels, if any)
     /// now.
     pub fn metric(&self, name: &str) -> f64 {
+        sample(&self.scrape(), name)
+    }
+
+    /// The value of counter `name` (with its labels), 0 if it has no
+    /// sample yet: a labelled counter appears at its first increment,
+    /// while `family` (its name without labels) must be there.
+    pub fn count(&self, family: &str, name: &str) -> f64 {
+        let scrape = self.scrape();
+        assert!(
+            scrape.contains(&format!("# TYPE {family} counter")),
+            "no counter {family} in\n{scrape}"
+        );
+        if scrape
+            .lines()
+            .any(|line| line.starts_with(&format!("{name} ")))
+        {
+            sample(&scrape, name)
+        } else {
+            0.0
+        }
+    }
+
+    fn scrape(&self) -> String {
         let (status, scrape) = raw_http(&self.addr, b"GET /metrics HTTP/1.0\r\n\r\n");
         assert_eq!(status, 200, "{scrape}");
-        sample(&scrape, name)
+        scrape
     }
 
     /// Waits until `lockd_waiters` is `n`: that many clients wait in
