@@ -171,14 +171,7 @@ impl TestServer {
             scrape.contains(&format!("# TYPE {family} counter")),
             "no counter {family} in\n{scrape}"
         );
-        if scrape
-            .lines()
-            .any(|line| line.starts_with(&format!("{name} ")))
-        {
-            sample(&scrape, name)
-        } else {
-            0.0
-        }
+        sample_if_any(&scrape, name).unwrap_or(0.0)
     }
 
     fn scrape(&self) -> String {
@@ -369,12 +362,16 @@ pub fn run_ok(command: &mut Command) -> String {
 
 /// The value of the sample `name` (with its labels) in a scrape.
 pub fn sample(scrape: &str, name: &str) -> f64 {
-    scrape
+    sample_if_any(scrape, name).unwrap_or_else(|| panic!("no {name} in\n{scrape}"))
+}
+
+/// The value of the sample `name` (with its labels) in a scrape, if it
+/// has one.
+fn sample_if_any(scrape: &str, name: &str) -> Option<f64> {
+    let value = scrape
         .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in\n{scrape}"))
-        .parse()
-        .unwrap()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))?;
+    Some(value.parse().unwrap())
 }
 
 /// Waits for `event` to have happened, looking every 10 ms; fails the
